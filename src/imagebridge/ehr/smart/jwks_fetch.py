@@ -24,12 +24,13 @@ import ipaddress
 import json
 import socket
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 import httpx
-from joserfc.errors import JoseError
+from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import KeySet
 
 __all__ = ["MAX_KEYS", "JwksError", "JwksFetcher", "Resolver", "key_set_from_jwks"]
@@ -65,7 +66,12 @@ def key_set_from_jwks(document: object) -> KeySet:
         if _PRIVATE_MEMBERS & key.keys():
             raise JwksError("the JWKS contains private or symmetric key material")
     try:
-        return KeySet.import_key_set({"keys": keys})  # type: ignore[typeddict-item]  # checked above
+        with warnings.catch_warnings():
+            # joserfc warns about weak keys (e.g. RSA < 2048 bits, RFC 7518 §3.3); refuse them instead.
+            warnings.simplefilter("error", SecurityWarning)
+            return KeySet.import_key_set({"keys": keys})  # type: ignore[typeddict-item]  # checked above
+    except SecurityWarning as exc:
+        raise JwksError("the JWKS contains a key that is too weak") from exc
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise JwksError("the JWKS contains an invalid key") from exc
 
