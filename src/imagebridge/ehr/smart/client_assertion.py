@@ -6,12 +6,12 @@ Nothing in the token is trusted before the checks that concern it:
 
 * the header is decoded here, not by the JOSE library: ``alg`` must be RS384 or ES384 and that one
   algorithm is pinned for verification (RFC 8725 §2.1, §3.1); ``crit`` (RFC 7515 §4.1.11), ``jwk``,
-  ``x5u`` and ``x5c`` are refused; ``typ``, if present, must be ``JWT`` (RFC 8725 §3.11);
+  ``x5u`` and ``x5c`` are refused (RFC 8725 §3.10); ``typ``, if present, must be ``JWT`` (§3.11);
 * ``jku`` is accepted only if it equals the client's registered ``jwks_uri``; no other URL is fetched;
 * exactly one key of the client's JWK Set has the header's ``kid`` and a ``kty`` suited to ``alg``;
 * ``iss`` = ``sub`` = the registered ``client_id`` (= the form's ``client_id`` when sent), ``aud`` is
   the token endpoint, ``exp`` is at most five minutes ahead, ``jti`` has not been seen for this ``iss``;
-* duplicate member names in the header or claims make the token invalid (RFC 8725 §3.9 / RFC 7519 §4).
+* duplicate member names in the header or claims make the token invalid (RFC 7515 §4, RFC 7519 §4).
 
 Every failure raises :class:`InvalidClient`, answered as 401 ``invalid_client`` (RFC 6749 §5.2).
 """

@@ -127,24 +127,23 @@ class JwksFetcher:
         self._cache.pop(url, None)
 
     async def _fetch(self, url: str) -> tuple[KeySet, float]:
-        target = httpx.URL(url)
-        if target.userinfo:
+        try:
+            target = httpx.URL(url)
+            host, netloc, userinfo = target.host, target.netloc.decode("ascii"), target.userinfo
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise JwksError("the JWKS URL is not a valid URL") from exc
+        if userinfo:
             raise JwksError("the JWKS URL must not carry credentials")
-        if target.scheme not in ("https", "http") or not target.host:
+        if target.scheme not in ("https", "http") or not host:
             raise JwksError("the JWKS URL must be an absolute https URL")
         port = target.port or (443 if target.scheme == "https" else 80)
-        address = await self._checked_address(target.host, port, plain_http=target.scheme == "http")
+        address = await self._checked_address(host, port, plain_http=target.scheme == "http")
         # Connect to the address we checked; keep the name for Host and TLS (SNI + certificate check).
         pinned = target.copy_with(host=address)
-        headers = {
-            "Host": target.netloc.decode("ascii"),
-            "Accept": "application/jwk-set+json, application/json",
-        }
+        headers = {"Host": netloc, "Accept": "application/jwk-set+json, application/json"}
         async with (
             httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self._timeout) as client,
-            client.stream(
-                "GET", pinned, headers=headers, extensions={"sni_hostname": target.host}
-            ) as response,
+            client.stream("GET", pinned, headers=headers, extensions={"sni_hostname": host}) as response,
         ):
             if response.status_code != httpx.codes.OK:
                 raise JwksError(f"the JWKS URL answered HTTP {response.status_code}")

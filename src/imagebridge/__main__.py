@@ -1,0 +1,7 @@
+"""``python -m imagebridge`` runs the command line."""
+
+import sys
+
+from imagebridge.cli import main
+
+sys.exit(main())

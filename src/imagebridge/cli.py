@@ -1,0 +1,221 @@
+"""The one ``imagebridge`` command: ``demo``, ``ehr …``, ``imaging …``.
+
+Settings come from ``IMAGEBRIDGE_*`` environment variables or a TOML file (``--config`` or
+``IMAGEBRIDGE_CONFIG``); see docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from imagebridge.common import settings as settings_mod
+from imagebridge.common.server import serve
+from imagebridge.common.settings import EhrSettings, ImagingSettings
+
+
+def _ehr_settings(args: argparse.Namespace) -> EhrSettings:
+    return settings_mod.load(
+        EhrSettings,
+        "ehr",
+        config_file=args.config,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+def _imaging_settings(args: argparse.Namespace) -> ImagingSettings:
+    return settings_mod.load(
+        ImagingSettings,
+        "imaging",
+        config_file=args.config,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+def cmd_ehr_serve(args: argparse.Namespace) -> int:
+    from imagebridge.ehr.app import create_app, migrate
+
+    settings = _ehr_settings(args)
+    migrate(settings)
+    serve(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        factory="imagebridge.ehr.app:app_from_env",
+    )
+    return 0
+
+
+def cmd_imaging_serve(args: argparse.Namespace) -> int:
+    from imagebridge.imaging.app import create_app, migrate
+
+    settings = _imaging_settings(args)
+    migrate(settings)
+    serve(
+        create_app(settings),
+        settings.host,
+        settings.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        factory="imagebridge.imaging.app:app_from_env",
+    )
+    return 0
+
+
+def cmd_ehr_migrate(args: argparse.Namespace) -> int:
+    from imagebridge.ehr.app import migrate
+
+    migrate(_ehr_settings(args))
+    return 0
+
+
+def cmd_imaging_migrate(args: argparse.Namespace) -> int:
+    from imagebridge.imaging.app import migrate
+
+    migrate(_imaging_settings(args))
+    return 0
+
+
+def cmd_ehr_clients(args: argparse.Namespace) -> int:
+    from imagebridge.ehr.admin import Admin, read_jwks
+    from imagebridge.ehr.app import migrate
+
+    settings = _ehr_settings(args)
+    migrate(settings)
+
+    async def run() -> int:
+        admin = Admin(settings)
+        try:
+            if args.action == "add":
+                client = await admin.add_client(
+                    args.client_id,
+                    args.kind,
+                    scope=args.scope,
+                    name=args.name or "",
+                    jwks=read_jwks(args.jwks_file) if args.jwks_file else None,
+                    jwks_uri=args.jwks_uri,
+                    redirect_uris=args.redirect_uri or (),
+                    launch_url=args.launch_url,
+                    group=args.group,
+                    zero_click=args.zero_click,
+                )
+                print(json.dumps(_client_json(client), indent=2))
+            elif args.action == "list":
+                for client in await admin.clients.all():
+                    state = "enabled" if client.enabled else "disabled"
+                    print(f"{client.client_id}\t{client.kind}\t{state}\t{client.scope}")
+            elif args.action == "show":
+                found = await admin.clients.get(args.client_id)
+                if found is None:
+                    print(f"no client {args.client_id!r}", file=sys.stderr)
+                    return 1
+                print(json.dumps(_client_json(found), indent=2))
+            elif args.action == "disable":
+                if not await admin.clients.set_enabled(args.client_id, False):
+                    print(f"no client {args.client_id!r}", file=sys.stderr)
+                    return 1
+                print(f"disabled {args.client_id}")
+            return 0
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def _client_json(client: Any) -> dict[str, Any]:
+    return {
+        "client_id": client.client_id,
+        "kind": client.kind,
+        "name": client.name,
+        "scope": client.scope,
+        "jwks_uri": client.jwks_uri,
+        "redirect_uris": list(client.redirect_uris),
+        "launch_url": client.launch_url,
+        "group": client.group_ref,
+        "zero_click": client.zero_click,
+        "enabled": client.enabled,
+    }
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from imagebridge.apps.demo import run_demo
+
+    return run_demo(
+        ehr_port=args.ehr_port, imaging_port=args.imaging_port, data_dir=args.data_dir, reset=args.reset
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="imagebridge", description=__doc__)
+    top.add_argument("--config", type=Path, help="TOML settings file (default: $IMAGEBRIDGE_CONFIG)")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run both services with synthetic data on loopback")
+    demo.add_argument("--ehr-port", type=int, default=8080)
+    demo.add_argument("--imaging-port", type=int, default=8081)
+    demo.add_argument("--data-dir", type=Path, default=Path("var/demo"))
+    demo.add_argument("--reset", action="store_true", help="delete the data folder first")
+    demo.set_defaults(func=cmd_demo)
+
+    for name, serve_cmd, migrate_cmd in (
+        ("ehr", cmd_ehr_serve, cmd_ehr_migrate),
+        ("imaging", cmd_imaging_serve, cmd_imaging_migrate),
+    ):
+        service = commands.add_parser(name, help=f"the {name} service").add_subparsers(
+            dest="action", required=True
+        )
+        run = service.add_parser("serve", help=f"migrate the database and serve the {name} API")
+        run.add_argument("--host")
+        run.add_argument("--port", type=int)
+        run.add_argument("--workers", type=int, default=1)
+        run.set_defaults(func=serve_cmd)
+        service.add_parser("migrate", help="bring the database to the current schema").set_defaults(
+            func=migrate_cmd
+        )
+        if name == "ehr":
+            _clients_parser(service)
+    return top
+
+
+def _clients_parser(service: Any) -> None:
+    clients = service.add_parser("clients", help="register and manage clients").add_subparsers(
+        dest="action", required=True
+    )
+    add = clients.add_parser("add", help="register a backend or confidential client")
+    add.add_argument("client_id")
+    add.add_argument("--kind", choices=["backend", "confidential", "public"], default="backend")
+    add.add_argument("--scope", required=True, help="the most this client may ever be granted")
+    add.add_argument("--name")
+    add.add_argument("--jwks-file", type=Path, help="a file with the client's public JWK Set")
+    add.add_argument("--jwks-uri", help="where the client publishes its JWK Set")
+    add.add_argument("--redirect-uri", action="append")
+    add.add_argument("--launch-url")
+    add.add_argument("--group", help="Group/<id> a backend client may reach")
+    add.add_argument(
+        "--zero-click", action="store_true", help="clinicians launch it without a consent screen"
+    )
+    for action in ("list", "show", "disable"):
+        sub = clients.add_parser(action)
+        if action != "list":
+            sub.add_argument("client_id")
+    for sub_name in ("add", "list", "show", "disable"):
+        clients.choices[sub_name].set_defaults(func=cmd_ehr_clients, action=sub_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

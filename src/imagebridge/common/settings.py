@@ -1,0 +1,155 @@
+"""Settings for both services: embedded defaults, a TOML file, then ``IMAGEBRIDGE_*`` variables.
+
+Precedence (lowest first): the defaults below, the TOML file named by ``IMAGEBRIDGE_CONFIG`` (or
+passed explicitly), then environment variables. A service's variables are prefixed with its
+name: ``IMAGEBRIDGE_EHR_DATABASE_URL``, ``IMAGEBRIDGE_IMAGING_REVOCATION_WINDOW`` and so on; the
+TOML file uses one table per service (``[ehr]``, ``[imaging]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting has a value of the wrong form."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EhrSettings:
+    """The EHR: SMART authorization server and FHIR R4 API."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: The externally visible origin, e.g. ``https://ehr.example.org``; derived from host/port if empty.
+    public_url: str = ""
+    data_dir: Path = Path("var/ehr")
+    #: SQLAlchemy URL; empty means SQLite in ``data_dir``.
+    database_url: str = ""
+    #: DICOMweb bases of imaging systems that trust this EHR (``associated_endpoints``, token ``aud``).
+    imaging_bases: tuple[str, ...] = ()
+    #: Identifier system of medical record numbers, used to match DICOM PatientID to Patient.
+    mrn_system: str = "urn:imagebridge:mrn"
+    access_token_lifetime: int = 3600
+    backend_token_lifetime: int = 300
+    log_level: str = "info"
+
+    @property
+    def origin(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.origin}/fhir"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'ehr.sqlite3'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagingSettings:
+    """The imaging system: DICOMweb origin server (or proxy) behind the delegated-authorization gate."""
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    public_url: str = ""
+    data_dir: Path = Path("var/imaging")
+    database_url: str = ""
+    #: Where DICOM blobs live: a folder path, or ``s3://bucket/prefix``.
+    blob_store: str = ""
+    #: The EHR this imaging system trusts, by its FHIR base URL.
+    ehr_fhir_base: str = "http://127.0.0.1:8080/fhir"
+    #: This system's own Backend Services registration at the EHR.
+    client_id: str = "imaging"
+    private_key_file: Path = Path("var/imaging/client-key.json")
+    #: Seconds a positive introspection answer may be reused: the revocation promise.
+    revocation_window: int = 30
+    #: Seconds a negative introspection answer is remembered.
+    negative_cache_ttl: int = 5
+    #: Seconds to wait for the EHR before answering 503.
+    ehr_timeout: float = 2.0
+    #: Identifier system of the DICOM PatientID when publishing studies to the EHR.
+    mrn_system: str = "urn:imagebridge:mrn"
+    #: Largest accepted STOW-RS request body, in bytes.
+    max_request_bytes: int = 4 * 1024**3
+    log_level: str = "info"
+
+    @property
+    def origin(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def dicomweb_base(self) -> str:
+        return f"{self.origin}/dicom-web"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'imaging.sqlite3'}"
+
+    @property
+    def resolved_blob_store(self) -> str:
+        return self.blob_store or str(self.data_dir / "blobs")
+
+
+def _convert(raw: Any, hint: Any, name: str) -> Any:
+    """Convert a TOML or environment value to the dataclass field's type."""
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        if hint in (int, float, str):
+            return hint(raw)
+        if hint is Path:
+            return Path(raw)
+        if origin is tuple:
+            if isinstance(raw, str):
+                return tuple(item.strip() for item in raw.split(",") if item.strip())
+            return tuple(str(item) for item in raw)
+        if origin in (typing.Union, types.UnionType):
+            return raw
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"setting {name!r}: {exc}") from exc
+    raise SettingsError(f"setting {name!r} has an unsupported type {hint!r}")
+
+
+def load(
+    cls: type[T],
+    section: str,
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> T:
+    """Build ``cls`` from defaults, the TOML ``[section]``, ``IMAGEBRIDGE_<SECTION>_*`` and overrides."""
+    env = os.environ if environ is None else environ
+    path = config_file or (Path(env["IMAGEBRIDGE_CONFIG"]) if env.get("IMAGEBRIDGE_CONFIG") else None)
+    table: dict[str, Any] = {}
+    if path is not None:
+        with path.open("rb") as fh:
+            table = dict(tomllib.load(fh).get(section, {}))
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = f"IMAGEBRIDGE_{section.upper()}_{field.name.upper()}"
+        if field.name in overrides and overrides[field.name] is not None:
+            values[field.name] = overrides[field.name]
+        elif key in env:
+            values[field.name] = _convert(env[key], hints[field.name], key)
+        elif field.name in table:
+            values[field.name] = _convert(table[field.name], hints[field.name], field.name)
+    unknown = set(table) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if unknown:
+        raise SettingsError(f"unknown settings in [{section}]: {', '.join(sorted(unknown))}")
+    return cls(**values)

@@ -1,0 +1,86 @@
+"""The EHR application factory: SMART authorization server + FHIR R4 API in one ASGI app."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from imagebridge.common import db, http
+from imagebridge.common import settings as settings_mod
+from imagebridge.common.settings import EhrSettings
+from imagebridge.ehr.context import EhrContext
+from imagebridge.ehr.fhir import rest
+from imagebridge.ehr.fhir.store import Store
+from imagebridge.ehr.policy.engine import PolicyEngine
+from imagebridge.ehr.smart import discovery
+from imagebridge.ehr.smart.clients import ClientRegistry
+from imagebridge.ehr.smart.grants import GrantStore
+from imagebridge.ehr.smart.introspection import introspection_endpoint
+from imagebridge.ehr.smart.jwks_fetch import JwksFetcher
+from imagebridge.ehr.smart.keys import SigningKeys
+from imagebridge.ehr.smart.replay import DatabaseReplayStore
+from imagebridge.ehr.smart.token import token_endpoint
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def migrate(settings: EhrSettings) -> None:
+    """Bring the EHR database to the current schema."""
+    db.upgrade(MIGRATIONS, settings.resolved_database_url)
+
+
+def build_context(settings: EhrSettings) -> EhrContext:
+    engine = db.create_engine(settings.resolved_database_url)
+    store = Store(engine)
+    return EhrContext(
+        settings=settings,
+        engine=engine,
+        store=store,
+        clients=ClientRegistry(engine),
+        grants=GrantStore(engine),
+        keys=SigningKeys(engine),
+        replay=DatabaseReplayStore(engine),
+        jwks=JwksFetcher(allow_loopback_http=settings.origin.startswith("http://127.0.0.1")),
+        policy=PolicyEngine(store),
+        http=http.client(5.0),
+    )
+
+
+async def health(_: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def create_app(settings: EhrSettings) -> Starlette:
+    """The EHR as an ASGI application (the database must already be migrated)."""
+    ctx = build_context(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await ctx.keys.active()
+        yield
+        await ctx.http.aclose()
+        await ctx.engine.dispose()
+
+    routes = [
+        Route("/healthz", health),
+        Route("/fhir/.well-known/smart-configuration", discovery.smart_configuration),
+        Route("/fhir/.well-known/openid-configuration", discovery.openid_configuration),
+        Route("/.well-known/jwks.json", discovery.jwks),
+        Route("/auth/token", token_endpoint, methods=["POST"]),
+        Route("/auth/introspect", introspection_endpoint, methods=["POST"]),
+        *rest.routes,
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.ctx = ctx
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for multi-worker serving: settings from the environment and $IMAGEBRIDGE_CONFIG."""
+    return create_app(settings_mod.load(EhrSettings, "ehr"))

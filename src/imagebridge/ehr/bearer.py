@@ -1,0 +1,73 @@
+"""Bearer-token authentication of requests to the EHR's own APIs (RFC 6750 §2.1, §3).
+
+Tokens are accepted only in the ``Authorization`` header (never in the query string, RFC 6750
+§2.3 is not supported by design: security.md RS-02).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
+from imagebridge.ehr.context import EhrContext
+from imagebridge.ehr.policy.engine import Principal
+from imagebridge.ehr.smart.grants import Grant
+
+
+class Unauthenticated(Exception):
+    """No usable bearer token: answer 401 with a Bearer challenge."""
+
+    def __init__(self, error: str | None, description: str = "") -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    grant: Grant
+    principal: Principal
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of a single ``Authorization: Bearer`` header; raises on malformed headers."""
+    values = request.headers.getlist("authorization")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Unauthenticated("invalid_request", "more than one Authorization header")
+    scheme, _, token = values[0].partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise Unauthenticated("invalid_token", "expected 'Authorization: Bearer <token>'")
+    return token
+
+
+async def authenticate(ctx: EhrContext, request: Request) -> Authenticated:
+    """The active grant and principal behind the request's bearer token."""
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthenticated(None, "a bearer token is required")
+    grant = await ctx.grants.lookup(token)
+    if grant is None or not grant.active():
+        raise Unauthenticated("invalid_token", "the access token is invalid, expired or revoked")
+    return Authenticated(grant, await principal_of(ctx, grant))
+
+
+async def principal_of(ctx: EhrContext, grant: Grant) -> Principal:
+    client = await ctx.clients.get(grant.client_id)
+    if client is None or not client.enabled:
+        raise Unauthenticated("invalid_token", "the client of this token is disabled")
+    try:
+        scopes = parse_scopes(grant.scope)
+    except InvalidScope as exc:  # cannot happen for tokens we issued, but never trust stored data blindly
+        raise Unauthenticated("invalid_token", "the token carries an invalid scope") from exc
+    return Principal(
+        client_id=grant.client_id,
+        scopes=scopes,
+        patient=grant.patient,
+        fhir_user=grant.fhir_user,
+        group_ref=client.group_ref if client.kind == "backend" else None,
+    )

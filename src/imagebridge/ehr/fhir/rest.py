@@ -1,0 +1,229 @@
+"""The FHIR R4 RESTful API of the EHR (FHIR R4 §3.1.0): read, search, create, update.
+
+Every interaction is authorized in two steps: the granted SMART scopes must cover the
+interaction (otherwise 403 ``insufficient_scope``), then the policy engine decides per resource.
+A resource outside the grant is simply absent from results; a search naming a patient outside the
+authorization is 403 (Argonaut SMART Imaging Access, "Required token checks").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imagebridge.common.responses import bearer_challenge
+from imagebridge.common.smart_scopes import Interaction
+from imagebridge.ehr.bearer import Authenticated, Unauthenticated, authenticate
+from imagebridge.ehr.context import EhrContext
+from imagebridge.ehr.fhir.capability import capability_statement
+from imagebridge.ehr.fhir.outcome import FhirError, fhir_response
+from imagebridge.ehr.fhir.search import parse_search
+from imagebridge.ehr.fhir.search_params import PARAMS
+from imagebridge.ehr.fhir.store import ResourceConflict, has_token
+from imagebridge.ehr.fhir.subjects import resolve_subject
+from imagebridge.ehr.tables import resources
+
+MAX_BODY = 8 * 1024 * 1024
+SUPPORTED_TYPES = frozenset(PARAMS)
+
+
+async def metadata(request: Request) -> Response:
+    return fhir_response(
+        capability_statement(request.app.state.ctx), headers={"Access-Control-Allow-Origin": "*"}
+    )
+
+
+async def _caller(request: Request) -> tuple[EhrContext, Authenticated]:
+    ctx: EhrContext = request.app.state.ctx
+    return ctx, await authenticate(ctx, request)
+
+
+def _require_scope(auth: Authenticated, resource_type: str, interaction: Interaction) -> None:
+    if not auth.principal.scopes.allows(auth.principal.levels, resource_type, interaction):
+        raise FhirError(
+            403,
+            "forbidden",
+            f"the granted scopes do not allow '{interaction}' on {resource_type}",
+            {"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
+        )
+
+
+def _resource_type(request: Request) -> str:
+    resource_type = str(request.path_params["type"])
+    if resource_type not in SUPPORTED_TYPES:
+        raise FhirError(404, "not-supported", f"resource type {resource_type!r} is not supported")
+    return resource_type
+
+
+async def read(request: Request) -> Response:
+    ctx, auth = await _caller(request)
+    resource_type = _resource_type(request)
+    _require_scope(auth, resource_type, "r")
+    resource = await ctx.store.read(resource_type, str(request.path_params["id"]))
+    if resource is None or not (await ctx.policy.may_see(auth.principal, resource)).allowed:
+        raise FhirError(404, "not-found", f"{resource_type}/{request.path_params['id']} is not known")
+    return fhir_response(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"'})
+
+
+async def search(request: Request) -> Response:
+    ctx, auth = await _caller(request)
+    resource_type = _resource_type(request)
+    _require_scope(auth, resource_type, "s")
+    strict = "handling=strict" in request.headers.get("prefer", "")
+    parsed = parse_search(resource_type, request.query_params.multi_items(), strict=strict)
+    principal = auth.principal
+    reachable = await ctx.policy.reachable_patients(principal)
+    if reachable is not None and parsed.patient is not None and parsed.patient not in reachable:
+        raise FhirError(403, "forbidden", "the patient is outside this authorization")
+    restrict = None
+    if reachable is not None and "patient" in {p.name for p in PARAMS.get(resource_type, ())}:
+        restrict = has_token("patient", [(None, f"Patient/{p}") for p in sorted(reachable)] or [(None, "-")])
+    elif reachable is not None and resource_type == "Patient":
+        restrict = resources.c.id.in_(sorted(reachable))
+    results, total = await ctx.store.search(parsed.query, restrict=restrict)
+    visible = [r for r in results if (await ctx.policy.may_see(principal, r)).allowed]
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": f"{ctx.settings.fhir_base}/{r['resourceType']}/{r['id']}",
+            "resource": r,
+            "search": {"mode": "match"},
+        }
+        for r in visible
+    ]
+    entries.extend(await _included(ctx, parsed.includes, visible))
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total - (len(results) - len(visible)),
+        "link": _links(ctx, request, resource_type, parsed.query.offset, parsed.query.count, total),
+        "entry": entries,
+    }
+    return fhir_response(bundle)
+
+
+async def _included(
+    ctx: EhrContext, includes: list[str], matches: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``_include=ImagingStudy:endpoint``: the referenced Endpoints on the same page (FHIR R4 §3.1.1.5.4)."""
+    refs: dict[tuple[str, str], None] = {}
+    for include in includes:
+        source, _, param = include.partition(":")
+        if (source, param) != ("ImagingStudy", "endpoint"):
+            raise FhirError(400, "not-supported", f"_include={include} is not supported")
+        for study in matches:
+            for ref in study.get("endpoint", []):
+                kind, _, rid = str(ref.get("reference", "")).partition("/")
+                if kind == "Endpoint" and rid:
+                    refs[(kind, rid)] = None
+    found = await ctx.store.read_many(list(refs))
+    return [
+        {
+            "fullUrl": f"{ctx.settings.fhir_base}/Endpoint/{e['id']}",
+            "resource": e,
+            "search": {"mode": "include"},
+        }
+        for e in found
+    ]
+
+
+def _links(
+    ctx: EhrContext, request: Request, resource_type: str, offset: int, count: int, total: int
+) -> list[dict[str, str]]:
+    base = [(k, v) for k, v in request.query_params.multi_items() if k not in ("_offset",)]
+
+    def url(at: int) -> str:
+        return f"{ctx.settings.fhir_base}/{resource_type}?{urlencode([*base, ('_offset', str(at))])}"
+
+    links = [{"relation": "self", "url": url(offset)}]
+    if offset + count < total:
+        links.append({"relation": "next", "url": url(offset + count)})
+    if offset > 0:
+        links.append({"relation": "previous", "url": url(max(0, offset - count))})
+    return links
+
+
+async def _body(request: Request, resource_type: str) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip() not in (
+        "application/fhir+json",
+        "application/json",
+    ):
+        raise FhirError(415, "not-supported", "send application/fhir+json")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise FhirError(413, "too-costly", "the resource is too large")
+    try:
+        resource = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise FhirError(400, "structure", f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
+        raise FhirError(400, "invalid", f"the body must be a {resource_type} resource")
+    return resource
+
+
+async def create(request: Request) -> Response:
+    ctx, auth = await _caller(request)
+    resource_type = _resource_type(request)
+    _require_scope(auth, resource_type, "c")
+    resource = await resolve_subject(ctx, await _body(request, resource_type))
+    resource.pop("id", None)
+    stored = await ctx.store.create(resource)
+    return fhir_response(
+        stored, 201, {"Location": f"{ctx.settings.fhir_base}/{resource_type}/{stored['id']}/_history/1"}
+    )
+
+
+async def conditional_update(request: Request) -> Response:
+    """``PUT [type]?[search]`` (FHIR R4 §3.1.0.4.3): no match creates, one match updates, more is 412."""
+    ctx, auth = await _caller(request)
+    resource_type = _resource_type(request)
+    _require_scope(auth, resource_type, "u")
+    _require_scope(auth, resource_type, "c")
+    resource = await resolve_subject(ctx, await _body(request, resource_type))
+    parsed = parse_search(resource_type, request.query_params.multi_items(), strict=True)
+    if not parsed.query.criteria:
+        raise FhirError(400, "invalid", "a conditional update needs search criteria")
+    parsed.query.count = 2
+    matches, _ = await ctx.store.search(parsed.query)
+    if len(matches) > 1:
+        raise FhirError(412, "multiple-matches", "the criteria match more than one resource")
+    resource["id"] = matches[0]["id"] if matches else resource.get("id") or None
+    try:
+        if matches:
+            stored, created = await ctx.store.put(resource)
+        else:
+            stored, created = await ctx.store.create(resource), True
+    except ResourceConflict as exc:
+        raise FhirError(409, "conflict", str(exc)) from exc
+    location = (
+        f"{ctx.settings.fhir_base}/{resource_type}/{stored['id']}/_history/{stored['meta']['versionId']}"
+    )
+    return fhir_response(stored, 201 if created else 200, {"Location": location})
+
+
+def handle_errors(endpoint: Any) -> Any:
+    async def wrapped(request: Request) -> Response:
+        try:
+            response: Response = await endpoint(request)
+            return response
+        except Unauthenticated as exc:
+            return bearer_challenge(exc.error, exc.description)
+        except FhirError as exc:
+            return exc.response()
+
+    return wrapped
+
+
+routes = [
+    Route("/fhir/metadata", metadata, methods=["GET"]),
+    Route("/fhir/{type}", handle_errors(search), methods=["GET"]),
+    Route("/fhir/{type}", handle_errors(create), methods=["POST"]),
+    Route("/fhir/{type}", handle_errors(conditional_update), methods=["PUT"]),
+    Route("/fhir/{type}/{id}", handle_errors(read), methods=["GET"]),
+]

@@ -1,0 +1,103 @@
+"""Search parameters the EHR indexes, per resource type (FHIR R4 §3.1.1 "Search").
+
+Each parameter extracts index values from a resource document: token and reference parameters
+become ``(system, code)`` rows, date parameters become ``[low, high]`` instants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from imagebridge.ehr.fhir.dates import date_range
+
+Kind = Literal["token", "reference", "date", "string"]
+Resource = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    name: str
+    kind: Kind
+    extract: Callable[[Resource], Iterator[Any]]
+
+
+def _identifiers(path: str) -> Callable[[Resource], Iterator[tuple[str, str]]]:
+    def extract(resource: Resource) -> Iterator[tuple[str, str]]:
+        for ident in _as_list(resource.get(path)):
+            if isinstance(ident, dict) and ident.get("value"):
+                yield str(ident.get("system", "")), str(ident["value"])
+
+    return extract
+
+
+def _references(*paths: str) -> Callable[[Resource], Iterator[tuple[str, str]]]:
+    def extract(resource: Resource) -> Iterator[tuple[str, str]]:
+        for path in paths:
+            node: Any = resource
+            for step in path.split("."):
+                node = [item.get(step) for item in _as_list(node) if isinstance(item, dict)]
+                node = [leaf for value in node for leaf in _as_list(value)]
+            for ref in node:
+                if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                    yield "", ref["reference"]
+
+    return extract
+
+
+def _codings(path: str) -> Callable[[Resource], Iterator[tuple[str, str]]]:
+    def extract(resource: Resource) -> Iterator[tuple[str, str]]:
+        for coding in _as_list(resource.get(path)):
+            if isinstance(coding, dict) and coding.get("code"):
+                yield str(coding.get("system", "")), str(coding["code"])
+
+    return extract
+
+
+def _dates(path: str) -> Callable[[Resource], Iterator[tuple[str, str]]]:
+    def extract(resource: Resource) -> Iterator[tuple[str, str]]:
+        value = resource.get(path)
+        if isinstance(value, str):
+            yield date_range(value)
+
+    return extract
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _security(resource: Resource) -> Iterator[tuple[str, str]]:
+    return _codings("security")(resource.get("meta", {}))
+
+
+_COMMON = (SearchParam("_security", "token", _security),)
+
+PARAMS: dict[str, tuple[SearchParam, ...]] = {
+    "Patient": (SearchParam("identifier", "token", _identifiers("identifier")),),
+    "ImagingStudy": (
+        SearchParam("identifier", "token", _identifiers("identifier")),
+        SearchParam("patient", "reference", _references("subject")),
+        SearchParam("endpoint", "reference", _references("endpoint")),
+        SearchParam("modality", "token", _codings("modality")),
+        SearchParam("started", "date", _dates("started")),
+    ),
+    "Endpoint": (SearchParam("identifier", "token", _identifiers("identifier")),),
+    "Group": (SearchParam("member", "reference", _references("member.entity")),),
+    "RelatedPerson": (
+        SearchParam("identifier", "token", _identifiers("identifier")),
+        SearchParam("patient", "reference", _references("patient")),
+    ),
+    "DiagnosticReport": (
+        SearchParam("identifier", "token", _identifiers("identifier")),
+        SearchParam("patient", "reference", _references("subject")),
+    ),
+}
+
+
+def params_for(resource_type: str) -> dict[str, SearchParam]:
+    """The indexed search parameters of ``resource_type`` by name."""
+    return {p.name: p for p in (*PARAMS.get(resource_type, ()), *_COMMON)}

@@ -1,0 +1,278 @@
+"""FHIR resources as JSON documents with indexed search parameters (FHIR R4 §3.1 RESTful API).
+
+The store knows nothing of authorization: callers (the REST layer, guided by the policy engine)
+decide what may be read or written. Writes replace a document and its index rows in one
+transaction, so a search never sees a half-written resource.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from imagebridge.ehr.fhir.dates import date_range, now_instant
+from imagebridge.ehr.fhir.search_params import params_for
+from imagebridge.ehr.tables import resources, search_dates, search_tokens
+
+Resource = dict[str, Any]
+DatePrefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
+
+
+class ResourceConflict(Exception):
+    """A write would break an invariant (e.g. move a study to another patient)."""
+
+
+@dataclass(frozen=True)
+class TokenCriterion:
+    """``param=[system|]code[,...]``: any of the alternatives matches (FHIR R4 §3.1.1.4.8)."""
+
+    param: str
+    alternatives: tuple[tuple[str | None, str], ...]
+
+
+@dataclass(frozen=True)
+class DateCriterion:
+    """``param=<prefix><date>`` (FHIR R4 §3.1.1.4.3); ``_lastUpdated`` uses the document column."""
+
+    param: str
+    prefix: DatePrefix
+    value: str
+
+
+Criterion = TokenCriterion | DateCriterion
+
+
+@dataclass
+class Query:
+    resource_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    count: int = 50
+    offset: int = 0
+    sort: tuple[tuple[str, bool], ...] = ()  # (param, descending)
+
+
+class Store:
+    """CRUD and search over the ``resources`` table and its index tables."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def read(self, resource_type: str, resource_id: str) -> Resource | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(resources.c.content).where(
+                        resources.c.resource_type == resource_type, resources.c.id == resource_id
+                    )
+                )
+            ).first()
+        return None if row is None else _load(row.content)
+
+    async def read_many(self, refs: Sequence[tuple[str, str]]) -> list[Resource]:
+        if not refs:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(resources.c.content).where(
+                    or_(*(and_(resources.c.resource_type == t, resources.c.id == i) for t, i in refs))
+                )
+            )
+            return [_load(r.content) for r in rows]
+
+    async def create(self, resource: Resource) -> Resource:
+        resource = dict(resource)
+        resource["id"] = resource.get("id") or uuid.uuid4().hex
+        async with self.engine.begin() as conn:
+            return await self._write(conn, resource, version=1, new=True)
+
+    async def put(self, resource: Resource) -> tuple[Resource, bool]:
+        """Create or replace ``resource`` by id; returns (stored, created)."""
+        async with self.engine.begin() as conn:
+            existing = await _current(conn, resource["resourceType"], resource["id"])
+            if existing is None:
+                return await self._write(conn, resource, version=1, new=True), True
+            _guard_subject(existing, resource)
+            version = int(existing.get("meta", {}).get("versionId", "1")) + 1
+            return await self._write(conn, resource, version=version, new=False), False
+
+    async def _write(self, conn: AsyncConnection, resource: Resource, *, version: int, new: bool) -> Resource:
+        rtype, rid = resource["resourceType"], resource["id"]
+        meta = dict(resource.get("meta", {}))
+        meta.update(versionId=str(version), lastUpdated=now_instant())
+        resource = {**resource, "meta": meta}
+        content = orjson.dumps(resource).decode()
+        if new:
+            await conn.execute(
+                insert(resources).values(
+                    resource_type=rtype,
+                    id=rid,
+                    version=version,
+                    last_updated=meta["lastUpdated"],
+                    content=content,
+                )
+            )
+        else:
+            await conn.execute(
+                update(resources)
+                .where(resources.c.resource_type == rtype, resources.c.id == rid)
+                .values(version=version, last_updated=meta["lastUpdated"], content=content)
+            )
+            await conn.execute(
+                delete(search_tokens).where(search_tokens.c.resource_type == rtype, search_tokens.c.id == rid)
+            )
+            await conn.execute(
+                delete(search_dates).where(search_dates.c.resource_type == rtype, search_dates.c.id == rid)
+            )
+        token_rows: list[dict[str, str]] = []
+        date_rows: list[dict[str, str]] = []
+        for param in params_for(rtype).values():
+            for value in param.extract(resource):
+                if param.kind == "date":
+                    date_rows.append(
+                        {
+                            "resource_type": rtype,
+                            "id": rid,
+                            "param": param.name,
+                            "low": value[0],
+                            "high": value[1],
+                        }
+                    )
+                else:
+                    token_rows.append(
+                        {
+                            "resource_type": rtype,
+                            "id": rid,
+                            "param": param.name,
+                            "system": value[0],
+                            "code": value[1],
+                        }
+                    )
+        if token_rows:
+            await conn.execute(insert(search_tokens), token_rows)
+        if date_rows:
+            await conn.execute(insert(search_dates), date_rows)
+        return resource
+
+    async def search(
+        self, query: Query, *, restrict: ColumnElement[bool] | None = None
+    ) -> tuple[list[Resource], int]:
+        """Resources matching every criterion, a page of them, and the total count."""
+        where = [resources.c.resource_type == query.resource_type, *map(self._clause, query.criteria)]
+        if restrict is not None:
+            where.append(restrict)
+        order = [
+            (resources.c.last_updated.desc() if desc else resources.c.last_updated)
+            if param == "_lastUpdated"
+            else (
+                _date_sort(query.resource_type, param).desc()
+                if desc
+                else _date_sort(query.resource_type, param)
+            )
+            for param, desc in query.sort
+        ]
+        async with self.engine.connect() as conn:
+            total = (
+                await conn.execute(select(func.count()).select_from(resources).where(*where))
+            ).scalar_one()
+            rows = await conn.execute(
+                select(resources.c.content)
+                .where(*where)
+                .order_by(*order, resources.c.id)
+                .limit(query.count)
+                .offset(query.offset)
+            )
+            return [_load(r.content) for r in rows], int(total)
+
+    def _clause(self, criterion: Criterion) -> ColumnElement[bool]:
+        if isinstance(criterion, TokenCriterion):
+            return has_token(criterion.param, criterion.alternatives)
+        if criterion.param == "_lastUpdated":
+            low, high = resources.c.last_updated, resources.c.last_updated
+        else:
+            low, high = search_dates.c.low, search_dates.c.high
+        lo, hi = date_range(criterion.value)
+        cond = _date_condition(criterion.prefix, low, high, lo, hi)
+        if criterion.param == "_lastUpdated":
+            return cond
+        return resources.c.id.in_(
+            select(search_dates.c.id).where(
+                search_dates.c.resource_type == resources.c.resource_type,
+                search_dates.c.param == criterion.param,
+                cond,
+            )
+        )
+
+
+def has_token(param: str, alternatives: Sequence[tuple[str | None, str]]) -> ColumnElement[bool]:
+    """SQL: the resource has an index row for ``param`` matching any ``(system, code)``."""
+    options = [
+        search_tokens.c.code == code
+        if system is None
+        else and_(search_tokens.c.system == system, search_tokens.c.code == code)
+        for system, code in alternatives
+    ]
+    return resources.c.id.in_(
+        select(search_tokens.c.id).where(
+            search_tokens.c.resource_type == resources.c.resource_type,
+            search_tokens.c.param == param,
+            or_(*options),
+        )
+    )
+
+
+def _date_condition(prefix: str, low: Any, high: Any, lo: str, hi: str) -> ColumnElement[bool]:
+    conditions: dict[str, ColumnElement[bool]] = {
+        "eq": and_(low >= lo, high <= hi),
+        "ne": or_(low < lo, high > hi),
+        "gt": high > hi,
+        "lt": low < lo,
+        "ge": high >= lo,
+        "le": low <= hi,
+        "sa": low > hi,
+        "eb": high < lo,
+        "ap": and_(low <= hi, high >= lo),
+    }
+    return conditions[prefix]
+
+
+def _date_sort(resource_type: str, param: str) -> Any:
+    return (
+        select(func.min(search_dates.c.low))
+        .where(
+            search_dates.c.resource_type == resource_type,
+            search_dates.c.id == resources.c.id,
+            search_dates.c.param == param,
+        )
+        .scalar_subquery()
+    )
+
+
+async def _current(conn: AsyncConnection, resource_type: str, resource_id: str) -> Resource | None:
+    row = (
+        await conn.execute(
+            select(resources.c.content).where(
+                resources.c.resource_type == resource_type, resources.c.id == resource_id
+            )
+        )
+    ).first()
+    return None if row is None else _load(row.content)
+
+
+def _guard_subject(existing: Resource, new: Resource) -> None:
+    """An update may never move a resource from one patient to another."""
+    old_subject = existing.get("subject", {}).get("reference")
+    new_subject = new.get("subject", {}).get("reference")
+    if old_subject and new_subject and old_subject != new_subject:
+        raise ResourceConflict(f"{existing['resourceType']}/{existing['id']} belongs to another patient")
+
+
+def _load(content: str) -> Resource:
+    data: Resource = orjson.loads(content)
+    return data

@@ -1,0 +1,8 @@
+"""Alembic environment for the EHR schema."""
+
+from alembic import context
+
+from imagebridge.common.db import run_migrations_online
+from imagebridge.ehr.tables import metadata
+
+run_migrations_online(context.config.get_main_option("sqlalchemy.url") or "", metadata)

@@ -1,0 +1,104 @@
+"""The client registry: every app, backend service and resource server registers here, once.
+
+Client kinds (SMART App Launch 2.2 "Client Authentication"): ``public`` apps, ``confidential``
+apps using asymmetric keys, and ``backend`` services (client_credentials, RFC 7523 assertions).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagebridge.ehr.tables import clients
+
+ClientKind = Literal["backend", "public", "confidential"]
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    kind: ClientKind
+    name: str
+    scope: str
+    jwks: dict[str, Any] | None
+    jwks_uri: str | None
+    redirect_uris: tuple[str, ...]
+    launch_url: str | None
+    group_ref: str | None
+    zero_click: bool
+    enabled: bool
+
+
+class ClientRegistry:
+    """Read and write client registrations."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def get(self, client_id: str) -> Client | None:
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(clients).where(clients.c.client_id == client_id)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else _client(dict(row))
+
+    async def all(self) -> list[Client]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(clients).order_by(clients.c.client_id))).mappings().all()
+        return [_client(dict(r)) for r in rows]
+
+    async def add(self, client: Client) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(clients).values(**_row(client), created_at=time.time()))
+
+    async def replace(self, client: Client) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(clients).where(clients.c.client_id == client.client_id).values(**_row(client))
+            )
+
+    async def set_enabled(self, client_id: str, enabled: bool) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(clients).where(clients.c.client_id == client_id).values(enabled=enabled)
+            )
+        return bool(result.rowcount)
+
+
+def _row(client: Client) -> dict[str, Any]:
+    return {
+        "client_id": client.client_id,
+        "kind": client.kind,
+        "name": client.name,
+        "scope": client.scope,
+        "jwks": orjson.dumps(client.jwks).decode() if client.jwks is not None else None,
+        "jwks_uri": client.jwks_uri,
+        "redirect_uris": orjson.dumps(list(client.redirect_uris)).decode(),
+        "launch_url": client.launch_url,
+        "group_ref": client.group_ref,
+        "zero_click": client.zero_click,
+        "enabled": client.enabled,
+    }
+
+
+def _client(row: dict[str, Any]) -> Client:
+    return Client(
+        client_id=row["client_id"],
+        kind=row["kind"],
+        name=row["name"],
+        scope=row["scope"],
+        jwks=orjson.loads(row["jwks"]) if row["jwks"] else None,
+        jwks_uri=row["jwks_uri"],
+        redirect_uris=tuple(orjson.loads(row["redirect_uris"] or "[]")),
+        launch_url=row["launch_url"],
+        group_ref=row["group_ref"],
+        zero_click=bool(row["zero_click"]),
+        enabled=bool(row["enabled"]),
+    )

@@ -1,0 +1,102 @@
+"""Issued access and refresh tokens: opaque 256-bit secrets, stored only as SHA-256 digests.
+
+Opaque tokens (not JWTs) let the EHR revoke any token at once (RFC 7009): every resource server
+learns a token's meaning only through introspection (RFC 7662).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagebridge.common.tokens import digest, new_secret
+from imagebridge.ehr.tables import tokens
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a token stands for: who asked, for what, in which context, until when."""
+
+    client_id: str
+    scope: str
+    expires_at: float
+    issued_at: float
+    kind: str = "access"
+    patient: str | None = None
+    fhir_user: str | None = None
+    sub: str | None = None
+    family: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    revoked: bool = False
+
+    def active(self, now: float | None = None) -> bool:
+        return not self.revoked and (now or time.time()) < self.expires_at
+
+
+class GrantStore:
+    """Issue, look up and revoke tokens."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def issue(self, grant: Grant) -> str:
+        secret = new_secret()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(tokens).values(
+                    digest=digest(secret),
+                    kind=grant.kind,
+                    client_id=grant.client_id,
+                    scope=grant.scope,
+                    patient=grant.patient,
+                    fhir_user=grant.fhir_user,
+                    sub=grant.sub,
+                    family=grant.family,
+                    context=orjson.dumps(grant.context).decode(),
+                    issued_at=grant.issued_at,
+                    expires_at=grant.expires_at,
+                    revoked=False,
+                )
+            )
+        return secret
+
+    async def lookup(self, secret: str, kind: str = "access") -> Grant | None:
+        """The grant behind ``secret`` if it is a token of ``kind`` (active or not)."""
+        async with self.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(tokens).where(tokens.c.digest == digest(secret), tokens.c.kind == kind)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        return Grant(
+            client_id=row["client_id"],
+            scope=row["scope"],
+            expires_at=row["expires_at"],
+            issued_at=row["issued_at"],
+            kind=row["kind"],
+            patient=row["patient"],
+            fhir_user=row["fhir_user"],
+            sub=row["sub"],
+            family=row["family"],
+            context=orjson.loads(row["context"] or "{}"),
+            revoked=bool(row["revoked"]),
+        )
+
+    async def revoke(self, secret: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(tokens).where(tokens.c.digest == digest(secret)).values(revoked=True))
+
+    async def revoke_family(self, family: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(tokens).where(tokens.c.family == family).values(revoked=True))

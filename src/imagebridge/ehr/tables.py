@@ -1,0 +1,106 @@
+"""The EHR's relational schema (SQLAlchemy Core): clients, tokens, keys and FHIR documents.
+
+FHIR resources are stored as JSON documents with their search parameters extracted into
+index rows (``search_tokens``, ``search_dates``), so searches are indexed on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("client_id", String(200), primary_key=True),
+    Column("kind", String(20), nullable=False),  # backend | public | confidential
+    Column("name", String(200), nullable=False, default=""),
+    Column("scope", Text, nullable=False, default=""),  # the most this client may ever be granted
+    Column("jwks", Text),  # inline JWK Set (JSON)
+    Column("jwks_uri", Text),
+    Column("redirect_uris", Text, nullable=False, default="[]"),  # JSON list
+    Column("launch_url", Text),
+    Column("group_ref", String(200)),  # Group/<id> a backend client may reach
+    Column("zero_click", Boolean, nullable=False, default=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("digest", String(64), primary_key=True),  # SHA-256 of the opaque token
+    Column("kind", String(10), nullable=False),  # access | refresh
+    Column("client_id", String(200), nullable=False, index=True),
+    Column("scope", Text, nullable=False),
+    Column("patient", String(200)),
+    Column("fhir_user", String(300)),
+    Column("sub", String(300)),
+    Column("family", String(64), index=True),  # grant family: refresh rotation and revocation
+    Column("context", Text, nullable=False, default="{}"),  # other launch context (JSON)
+    Column("issued_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+assertion_jtis = Table(
+    "assertion_jtis",
+    metadata,
+    Column("key", String(600), primary_key=True),  # iss + jti
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(100), primary_key=True),
+    Column("private_jwk", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("retired_at", Float),
+)
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("resource_type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", String(40), nullable=False),  # FHIR instant, UTC
+    Column("content", Text, nullable=False),
+)
+Index("ix_resources_type_updated", resources.c.resource_type, resources.c.last_updated)
+
+search_tokens = Table(
+    "search_tokens",
+    metadata,
+    Column("resource_type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", String(300), nullable=False, default=""),
+    Column("code", String(500), nullable=False),
+)
+Index("ix_search_tokens_lookup", search_tokens.c.resource_type, search_tokens.c.param, search_tokens.c.code)
+Index("ix_search_tokens_owner", search_tokens.c.resource_type, search_tokens.c.id)
+
+search_dates = Table(
+    "search_dates",
+    metadata,
+    Column("resource_type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("low", String(40), nullable=False),  # inclusive, normalised UTC instant
+    Column("high", String(40), nullable=False),
+)
+Index("ix_search_dates_lookup", search_dates.c.resource_type, search_dates.c.param, search_dates.c.low)
+Index("ix_search_dates_owner", search_dates.c.resource_type, search_dates.c.id)

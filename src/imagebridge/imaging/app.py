@@ -1,0 +1,87 @@
+"""The imaging-system application factory: DICOMweb behind the delegated-authorization gate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from imagebridge.common import db, http, jose
+from imagebridge.common import settings as settings_mod
+from imagebridge.common.settings import ImagingSettings
+from imagebridge.imaging.archive.blobs import open_blob_store
+from imagebridge.imaging.archive.index import Index
+from imagebridge.imaging.context import ImagingContext
+from imagebridge.imaging.dicomweb import routes as dicomweb_routes
+from imagebridge.imaging.gate.ehr_client import EhrClient
+from imagebridge.imaging.gate.gate import Gate
+from imagebridge.imaging.publish import Publisher
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+#: What this system asks the EHR for with its own registration: introspection and publishing.
+OWN_SCOPE = "introspection system/ImagingStudy.cru system/Endpoint.cru"
+
+
+def migrate(settings: ImagingSettings) -> None:
+    db.upgrade(MIGRATIONS, settings.resolved_database_url)
+
+
+def build_context(settings: ImagingSettings) -> ImagingContext:
+    engine = db.create_engine(settings.resolved_database_url)
+    client = http.client(settings.ehr_timeout)
+    ehr = EhrClient(
+        client,
+        settings.ehr_fhir_base,
+        settings.client_id,
+        jose.load_or_create_private_jwk(settings.private_key_file),
+        OWN_SCOPE,
+    )
+    index = Index(engine)
+    return ImagingContext(
+        settings=settings,
+        engine=engine,
+        index=index,
+        blobs=open_blob_store(settings.resolved_blob_store),
+        gate=Gate(
+            ehr,
+            settings.dicomweb_base,
+            revocation_window=settings.revocation_window,
+            negative_ttl=settings.negative_cache_ttl,
+        ),
+        publisher=Publisher(engine, index, ehr, settings.dicomweb_base, settings.mrn_system),
+        http=client,
+    )
+
+
+async def health(_: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def create_app(settings: ImagingSettings) -> Starlette:
+    """The imaging system as an ASGI application (the database must already be migrated)."""
+    ctx = build_context(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        publisher = asyncio.create_task(ctx.publisher.run())
+        yield
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+        await ctx.http.aclose()
+        await ctx.engine.dispose()
+
+    app = Starlette(routes=[Route("/healthz", health), *dicomweb_routes.routes], lifespan=lifespan)
+    app.state.ctx = ctx
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for multi-worker serving: settings from the environment and $IMAGEBRIDGE_CONFIG."""
+    return create_app(settings_mod.load(ImagingSettings, "imaging"))

@@ -1,0 +1,66 @@
+"""The DICOMweb URL space of the imaging system (PS3.18 §10: Studies Service).
+
+Every route runs behind the gate: there is no second way in (ARCHITECTURE.md invariant 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imagebridge.imaging.context import ImagingContext
+from imagebridge.imaging.dicomweb import stow, wado
+from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
+from imagebridge.imaging.dicomweb.uids import is_valid_uid
+from imagebridge.imaging.gate.gate import Access, GateRefusal
+
+BASE = "/dicom-web"
+Handler = Callable[[ImagingContext, Access, Request], Awaitable[Response]]
+
+
+def gated(handler: Handler, operation: str = "read") -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        ctx: ImagingContext = request.app.state.ctx
+        try:
+            access = await ctx.gate.admit(request, "write" if operation == "write" else "read")
+            return await handler(ctx, access, request)
+        except GateRefusal as refusal:
+            return refusal.response
+        except DicomwebError as exc:
+            return exc.response()
+
+    return endpoint
+
+
+def _uids(request: Request) -> tuple[str, str | None, str | None]:
+    params = request.path_params
+    values = (params["study"], params.get("series"), params.get("instance"))
+    if not all(v is None or is_valid_uid(v) for v in values):
+        raise DicomwebError(400, "a UID in the URL is not a valid DICOM UID")
+    return values[0], values[1], values[2]
+
+
+async def retrieve(ctx: ImagingContext, access: Access, request: Request) -> Response:
+    study, series, instance = _uids(request)
+    rows = await ctx.index.instances_of(study, series, instance)
+    if not rows or not await ctx.gate.may_see_study(access, study):
+        return not_found()
+    return wado.retrieve(ctx.blobs, rows, request.headers.get("accept"))
+
+
+async def store(ctx: ImagingContext, access: Access, request: Request) -> Response:
+    return await stow.store_instances(ctx, request, request.path_params.get("study"))
+
+
+routes = [
+    Route(f"{BASE}/studies", gated(store, "write"), methods=["POST"]),
+    Route(f"{BASE}/studies/{{study}}", gated(store, "write"), methods=["POST"]),
+    Route(f"{BASE}/studies/{{study}}", gated(retrieve), methods=["GET"]),
+    Route(f"{BASE}/studies/{{study}}/series/{{series}}", gated(retrieve), methods=["GET"]),
+    Route(
+        f"{BASE}/studies/{{study}}/series/{{series}}/instances/{{instance}}", gated(retrieve), methods=["GET"]
+    ),
+]

@@ -1,0 +1,58 @@
+"""WADO-RS retrieval of studies, series and instances (PS3.18 §10.4, §8.7.3).
+
+The response is ``multipart/related; type="application/dicom"``, one PS3.10 instance per part,
+streamed part by part from the blob store: memory does not grow with study size. With
+``transfer-syntax=*`` instances go out exactly as stored; otherwise an instance is sent only if
+it is stored in the requested (or default) transfer syntax, and 406 names what is available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from starlette.responses import Response, StreamingResponse
+
+from imagebridge.imaging.archive.blobs import BlobStore
+from imagebridge.imaging.archive.index import InstanceRow
+from imagebridge.imaging.dicomweb.errors import DicomwebError
+from imagebridge.imaging.dicomweb.media import (
+    MULTIPART_RELATED,
+    NotAcceptable,
+    Offer,
+    negotiate,
+    parse_accept,
+)
+from imagebridge.imaging.dicomweb.multipart import boundary, content_type_related, related_stream
+
+DICOM = "application/dicom"
+
+
+def choose_representation(accept: str | None, rows: Sequence[InstanceRow]) -> tuple[Offer, bool]:
+    """The negotiated offer and whether instances may go out in mixed, as-stored syntaxes."""
+    stored = sorted({r.transfer_syntax_uid for r in rows})
+    offers = [Offer(MULTIPART_RELATED, DICOM, ts) for ts in stored]
+    wildcard = any(r.transfer_syntax == "*" for r in parse_accept(accept))
+    try:
+        chosen = negotiate(accept, offers)
+    except NotAcceptable as exc:
+        raise DicomwebError(406, exc.detail) from exc
+    if len(stored) > 1 and not wildcard:
+        raise DicomwebError(
+            406,
+            f"instances are stored in several transfer syntaxes ({', '.join(stored)}); "
+            "ask for transfer-syntax=*",
+        )
+    return chosen, wildcard
+
+
+def retrieve(blobs: BlobStore, rows: Sequence[InstanceRow], accept: str | None) -> Response:
+    offer, as_stored = choose_representation(accept, rows)
+    mark = boundary()
+
+    async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        for row in rows:
+            headers = {"Content-Type": f"{DICOM}; transfer-syntax={row.transfer_syntax_uid}"}
+            yield headers, blobs.open(row.blob_key)
+
+    media_type = content_type_related(DICOM, mark) if as_stored else offer.content_type(mark)
+    return StreamingResponse(related_stream(parts(), mark), media_type=media_type)

@@ -1,0 +1,163 @@
+"""The imaging system's own connection to the EHR, as a registered Backend Services client.
+
+It discovers the EHR's endpoints from ``{fhir}/.well-known/smart-configuration`` (SMART App
+Launch 2.2 §"Conformance"), obtains its own access token with ``client_credentials`` and a
+signed assertion (RFC 7523 §2.2), reuses it until shortly before expiry, and makes the
+introspection (RFC 7662 §2.1) and FHIR calls the gate and the publisher need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from imagebridge.common import jose
+
+
+class EhrUnavailable(Exception):
+    """The EHR could not be asked, or answered something unusable (fail closed: 503)."""
+
+
+@dataclass(frozen=True)
+class EhrEndpoints:
+    token: str
+    introspection: str
+
+
+class EhrClient:
+    """Discovery, own-token management, introspection and FHIR requests against one EHR."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        fhir_base: str,
+        client_id: str,
+        private_jwk: dict[str, Any],
+        scope: str,
+        *,
+        introspection_endpoint: str | None = None,
+    ) -> None:
+        self.http = http
+        self.fhir_base = fhir_base.rstrip("/")
+        self.client_id = client_id
+        self.private_jwk = private_jwk
+        self.scope = scope
+        self._override = introspection_endpoint
+        self._endpoints: EhrEndpoints | None = None
+        self._token: tuple[str, float] | None = None
+        self._lock = asyncio.Lock()
+
+    async def endpoints(self) -> EhrEndpoints:
+        if self._endpoints is None:
+            doc = await self._json("GET", f"{self.fhir_base}/.well-known/smart-configuration")
+            token = doc.get("token_endpoint")
+            introspection = self._override or doc.get("introspection_endpoint")
+            if not isinstance(token, str) or not isinstance(introspection, str):
+                raise EhrUnavailable("the EHR does not advertise token and introspection endpoints")
+            self._endpoints = EhrEndpoints(token=token, introspection=introspection)
+        return self._endpoints
+
+    async def own_token(self) -> str:
+        """This system's Backend Services token, renewed 30 s before it expires."""
+        async with self._lock:
+            if self._token and self._token[1] - 30 > time.time():
+                return self._token[0]
+            endpoints = await self.endpoints()
+            body = await self._json(
+                "POST",
+                endpoints.token,
+                data={
+                    "grant_type": "client_credentials",
+                    "scope": self.scope,
+                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    "client_assertion": jose.client_assertion(
+                        self.client_id, endpoints.token, self.private_jwk
+                    ),
+                },
+            )
+            token, lifetime = body.get("access_token"), body.get("expires_in", 60)
+            if not isinstance(token, str) or not isinstance(lifetime, int):
+                raise EhrUnavailable("the EHR returned no usable access token")
+            self._token = (token, time.time() + lifetime)
+            return token
+
+    async def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662 §2.1: POST the token, authenticated with this system's own bearer token."""
+        endpoints = await self.endpoints()
+        for attempt in (0, 1):
+            own = await self.own_token()
+            response = await self._send(
+                "POST",
+                endpoints.introspection,
+                data={"token": token},
+                headers={"Authorization": f"Bearer {own}"},
+            )
+            if response.status_code == 401 and attempt == 0:
+                self._token = None  # our own token was revoked or expired early: renew once
+                continue
+            return _json_body(response)
+        raise EhrUnavailable("the EHR refused this system's credentials")
+
+    async def fhir_get(self, path: str, params: dict[str, str], token: str) -> tuple[int, dict[str, Any]]:
+        """A FHIR GET with the caller's token (criterion f, channel 1); returns status and body."""
+        response = await self._send(
+            "GET",
+            f"{self.fhir_base}/{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
+        )
+        if response.status_code >= 500:
+            raise EhrUnavailable(f"the EHR answered {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise EhrUnavailable("the EHR answered with invalid JSON") from exc
+        return response.status_code, body if isinstance(body, dict) else {}
+
+    async def fhir_put(self, path: str, params: dict[str, str], resource: dict[str, Any]) -> dict[str, Any]:
+        """A conditional update with this system's own token (publishing)."""
+        own = await self.own_token()
+        response = await self._send(
+            "PUT",
+            f"{self.fhir_base}/{path}",
+            params=params,
+            json=resource,
+            headers={"Authorization": f"Bearer {own}", "Content-Type": "application/fhir+json"},
+        )
+        body = _json_body(response, accept_4xx=True)
+        if response.status_code >= 400:
+            raise PublishRefused(response.status_code, str(body.get("issue", body))[:500])
+        return body
+
+    async def _json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        return _json_body(await self._send(method, url, **kwargs))
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self.http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise EhrUnavailable(f"the EHR could not be reached ({type(exc).__name__})") from exc
+
+
+class PublishRefused(Exception):
+    """The EHR refused a published resource (4xx); retrying the same write will not help."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+
+
+def _json_body(response: httpx.Response, *, accept_4xx: bool = False) -> dict[str, Any]:
+    if response.status_code >= 500 or (response.status_code >= 400 and not accept_4xx):
+        raise EhrUnavailable(f"the EHR answered {response.status_code}")
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise EhrUnavailable("the EHR answered with invalid JSON") from exc
+    if not isinstance(body, dict):
+        raise EhrUnavailable("the EHR answered with a JSON value that is not an object")
+    return body

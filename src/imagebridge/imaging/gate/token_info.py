@@ -1,0 +1,76 @@
+"""What an introspection answer means to the imaging system (RFC 7662 §2.2; SMART 2.2).
+
+Anything malformed is treated as an EHR fault (fail closed), never as permission
+(security.md FT-03): ``active`` must be the JSON boolean ``true``, ``exp`` an integer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from imagebridge.common.smart_scopes import InvalidScope, ScopeSet, parse_scopes
+
+IMAGING_GRANT = "urn:imagebridge:imaging-grant"
+
+
+class MalformedIntrospection(ValueError):
+    """The introspection response is not a usable RFC 7662 answer."""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    active: bool
+    scopes: ScopeSet = field(default_factory=ScopeSet)
+    client_id: str = ""
+    exp: float = 0.0
+    patient: str | None = None
+    user: str | None = None
+    audiences: tuple[str, ...] | None = None
+    #: From our EHR: the studies this token may reach, or None meaning "ask per study".
+    allowed_studies: frozenset[str] | None = None
+
+
+INACTIVE = TokenInfo(active=False)
+
+
+def parse_introspection(body: dict[str, Any]) -> TokenInfo:
+    active = body.get("active")
+    if active is False:
+        return INACTIVE
+    if active is not True:
+        raise MalformedIntrospection("'active' is not a boolean")
+    exp = body.get("exp")
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        raise MalformedIntrospection("an active token has no integer 'exp'")
+    try:
+        scopes = parse_scopes(str(body.get("scope", "")))
+    except InvalidScope as exc:
+        raise MalformedIntrospection(f"invalid scope: {exc}") from exc
+    aud = body.get("aud")
+    audiences = (
+        (aud,)
+        if isinstance(aud, str)
+        else tuple(a for a in aud if isinstance(a, str))
+        if isinstance(aud, list)
+        else None
+    )
+    patient = body.get("patient")
+    user = body.get("fhirUser") or body.get("sub")
+    grant = body.get(IMAGING_GRANT)
+    allowed: frozenset[str] | None = None
+    if isinstance(grant, dict) and grant.get("mode") == "studies":
+        studies = grant.get("studies")
+        if not isinstance(studies, list) or grant.get("patient") != patient:
+            raise MalformedIntrospection("the imaging grant does not match the token's patient")
+        allowed = frozenset(str(s) for s in studies)
+    return TokenInfo(
+        active=True,
+        scopes=scopes,
+        client_id=str(body.get("client_id", "")),
+        exp=float(exp),
+        patient=str(patient) if isinstance(patient, str) and patient else None,
+        user=str(user) if isinstance(user, str) else None,
+        audiences=audiences,
+        allowed_studies=allowed,
+    )

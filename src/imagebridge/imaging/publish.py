@@ -1,0 +1,213 @@
+"""Publishing studies to the EHR as ImagingStudy resources (ARCHITECTURE.md "Publishing").
+
+When a study arrives or changes, the imaging system upserts it at the EHR with a FHIR
+conditional update keyed by its ``urn:dicom:uid`` identifier (FHIR R4 §3.1.0.4.3), shaped by the
+Argonaut ``smart-imaging-study`` profile and pointing at one ``smart-wado-endpoint`` Endpoint for
+this system's WADO-RS base. The patient is named by identifier (the DICOM PatientID as an MRN);
+the EHR reconciles it. A durable queue (the ``publish_queue`` table) makes publishing survive
+restarts and EHR outages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagebridge.imaging.archive.index import Index
+from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable, PublishRefused
+from imagebridge.imaging.tables import publish_queue
+
+log = logging.getLogger(__name__)
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"  # noqa: S105 (an extension URL)
+ENDPOINT_SYSTEM = "urn:imagebridge:wado-rs"
+#: DICOM acquisition modalities (PS3.16 CID 29 subset) that belong in ImagingStudy.modality.
+NON_ACQUISITION = frozenset({"SR", "KO", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "OT"})
+
+
+def endpoint_resource(wado_base: str) -> dict[str, Any]:
+    """An Endpoint per the Argonaut ``smart-wado-endpoint`` profile."""
+    return {
+        "resourceType": "Endpoint",
+        "identifier": [{"system": ENDPOINT_SYSTEM, "value": wado_base}],
+        "extension": [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}],
+        "status": "active",
+        "connectionType": {
+            "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+            "code": "dicom-wado-rs",
+        },
+        "name": "imagebridge WADO-RS",
+        "payloadType": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/endpoint-payload-type", "code": "any"}
+                ]
+            }
+        ],
+        "payloadMimeType": ["application/dicom"],
+        "address": wado_base,
+    }
+
+
+def _started(date: str, time_: str) -> str | None:
+    if len(date) != 8 or not date.isdigit():
+        return None
+    value = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    digits = time_.split(".")[0]
+    if len(digits) >= 4 and digits[:4].isdigit():
+        value += f"T{digits[:2]}:{digits[2:4]}:{digits[4:6] if len(digits) >= 6 else '00'}"
+    return value
+
+
+def imaging_study_resource(summary: dict[str, Any], endpoint_ref: str, mrn_system: str) -> dict[str, Any]:
+    """An ImagingStudy per the Argonaut ``smart-imaging-study`` profile (FHIR R4 ImagingStudy)."""
+    study = summary["study"]
+    by_series: dict[str, list[dict[str, Any]]] = {}
+    for inst in summary["instances"]:
+        by_series.setdefault(inst["series_uid"], []).append(inst)
+    series_out = []
+    modalities: dict[str, None] = {}
+    for s in summary["series"]:
+        members = by_series.get(s["series_uid"], [])
+        if s["modality"] and s["modality"] not in NON_ACQUISITION:
+            modalities[s["modality"]] = None
+        entry: dict[str, Any] = {
+            "uid": s["series_uid"],
+            "modality": {"system": DCM, "code": s["modality"] or "OT"},
+            "numberOfInstances": len(members),
+            "instance": [
+                {
+                    "uid": i["sop_uid"],
+                    "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{i['sop_class_uid']}"},
+                    **({"number": i["instance_number"]} if i["instance_number"] is not None else {}),
+                }
+                for i in members
+            ],
+        }
+        if s["series_number"] is not None:
+            entry["number"] = s["series_number"]
+        if s["series_description"]:
+            entry["description"] = s["series_description"]
+        series_out.append(entry)
+    identifiers: list[dict[str, Any]] = [
+        {"system": "urn:dicom:uid", "value": f"urn:oid:{study['study_uid']}"}
+    ]
+    if study["accession_number"]:
+        identifiers.append(
+            {
+                "type": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]
+                },
+                "value": study["accession_number"],
+            }
+        )
+    resource: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "meta": {
+            "profile": ["http://fhir.org/argonaut/smart-imaging/StructureDefinition/smart-imaging-study"]
+        },
+        "identifier": identifiers,
+        "status": "available",
+        "subject": {"identifier": {"system": mrn_system, "value": study["patient_id"]}},
+        "modality": [{"system": DCM, "code": m} for m in modalities] or [{"system": DCM, "code": "OT"}],
+        "numberOfSeries": len(series_out),
+        "numberOfInstances": len(summary["instances"]),
+        "endpoint": [{"reference": endpoint_ref}],
+        "series": series_out,
+    }
+    started = _started(study["study_date"], study["study_time"])
+    if started:
+        resource["started"] = started
+    if study["study_description"]:
+        resource["description"] = study["study_description"]
+    return resource
+
+
+class Publisher:
+    """Drains the publish queue into the EHR, retrying with backoff while it is unavailable."""
+
+    def __init__(
+        self, engine: AsyncEngine, index: Index, ehr: EhrClient, wado_base: str, mrn_system: str
+    ) -> None:
+        self.engine = engine
+        self.index = index
+        self.ehr = ehr
+        self.wado_base = wado_base
+        self.mrn_system = mrn_system
+        self.wakeup = asyncio.Event()
+        self._endpoint_ref: str | None = None
+
+    async def run(self) -> None:
+        """Publish forever (the app's background task)."""
+        delay = 0.5
+        while True:
+            try:
+                pending = await self.publish_pending()
+                delay = 0.5 if not pending else min(delay * 2, 30.0)
+            except EhrUnavailable as exc:
+                log.warning("publishing deferred: %s", exc)
+                delay = min(delay * 2, 30.0)
+            self.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
+
+    async def publish_pending(self) -> int:
+        """Publish every queued study once; return how many remain queued."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(publish_queue)
+                    .where(publish_queue.c.queued_at <= time.time())
+                    .order_by(publish_queue.c.queued_at)
+                    .limit(100)
+                )
+            ).all()
+        remaining = 0
+        for row in rows:
+            try:
+                await self.publish(row.study_uid)
+            except PublishRefused as exc:
+                remaining += 1
+                await self._failed(row.study_uid, str(exc))
+                continue
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    delete(publish_queue).where(
+                        publish_queue.c.study_uid == row.study_uid, publish_queue.c.queued_at == row.queued_at
+                    )
+                )
+        return remaining
+
+    async def publish(self, study_uid: str) -> None:
+        summary = await self.index.study_summary(study_uid)
+        if summary is None:
+            return
+        if self._endpoint_ref is None:
+            endpoint = await self.ehr.fhir_put(
+                "Endpoint",
+                {"identifier": f"{ENDPOINT_SYSTEM}|{self.wado_base}"},
+                endpoint_resource(self.wado_base),
+            )
+            self._endpoint_ref = f"Endpoint/{endpoint['id']}"
+        resource = imaging_study_resource(summary, self._endpoint_ref, self.mrn_system)
+        await self.ehr.fhir_put(
+            "ImagingStudy", {"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}, resource
+        )
+
+    async def _failed(self, study_uid: str, error: str) -> None:
+        log.warning("the EHR refused study publication: %s", error)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(publish_queue)
+                .where(publish_queue.c.study_uid == study_uid)
+                .values(
+                    attempts=publish_queue.c.attempts + 1, last_error=error[:1000], queued_at=time.time() + 60
+                )
+            )

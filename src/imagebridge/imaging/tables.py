@@ -1,0 +1,102 @@
+"""The imaging system's index (SQLAlchemy Core): studies, series, instances, publishing, audit.
+
+The index holds what QIDO-RS matches and returns (PS3.18 §10.6.3.3 required attributes) and a
+pointer to each instance's blob; the original bytes live only in the blob store.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("patient_id", String(64), nullable=False, default=""),
+    Column("patient_name", String(324), nullable=False, default=""),
+    Column("patient_birth_date", String(8), nullable=False, default=""),
+    Column("patient_sex", String(16), nullable=False, default=""),
+    Column("study_date", String(8), nullable=False, default=""),
+    Column("study_time", String(16), nullable=False, default=""),
+    Column("accession_number", String(16), nullable=False, default=""),
+    Column("study_id", String(16), nullable=False, default=""),
+    Column("study_description", String(64), nullable=False, default=""),
+    Column("referring_physician_name", String(324), nullable=False, default=""),
+    Column("study_json", LargeBinary, nullable=False),  # study-level attributes as DICOM JSON
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_studies_patient_id", studies.c.patient_id)
+Index("ix_studies_study_date", studies.c.study_date)
+
+series = Table(
+    "series",
+    metadata,
+    Column("series_uid", String(64), primary_key=True),
+    Column("study_uid", String(64), ForeignKey("studies.study_uid"), nullable=False, index=True),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("series_number", Integer),
+    Column("series_description", String(64), nullable=False, default=""),
+    Column("series_json", LargeBinary, nullable=False),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("sop_uid", String(64), primary_key=True),
+    Column("series_uid", String(64), ForeignKey("series.series_uid"), nullable=False, index=True),
+    Column("study_uid", String(64), ForeignKey("studies.study_uid"), nullable=False, index=True),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer),
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("bits_allocated", Integer),
+    Column("number_of_frames", Integer),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("blob_key", String(128), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("metadata_json", LargeBinary, nullable=False),  # instance DICOM JSON with BulkDataURI templates
+    Column("created_at", Float, nullable=False),
+)
+
+publish_queue = Table(
+    "publish_queue",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("queued_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("client_id", String(200)),
+    Column("user", String(300)),
+    Column("patient", String(200)),
+    Column("token_id", String(32)),
+    Column("operation", String(40), nullable=False),
+    Column("study_uid", String(64)),
+    Column("series_uid", String(64)),
+    Column("sop_uid", String(64)),
+    Column("outcome", String(20), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("detail", Text),
+)
+Index("ix_audit_at", audit.c.at)
