@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,11 +40,21 @@ def _imaging_settings(args: argparse.Namespace) -> ImagingSettings:
     )
 
 
+def _export(section: str, args: argparse.Namespace) -> None:
+    """Hand command-line settings to worker processes, which read the environment."""
+    if args.config is not None:
+        os.environ["IMAGEBRIDGE_CONFIG"] = str(args.config)
+    for name in ("host", "port"):
+        if getattr(args, name, None) is not None:
+            os.environ[f"IMAGEBRIDGE_{section.upper()}_{name.upper()}"] = str(getattr(args, name))
+
+
 def cmd_ehr_serve(args: argparse.Namespace) -> int:
     from imagebridge.ehr.app import create_app, migrate
 
     settings = _ehr_settings(args)
     migrate(settings)
+    _export("ehr", args)
     serve(
         create_app(settings),
         settings.host,
@@ -60,6 +71,7 @@ def cmd_imaging_serve(args: argparse.Namespace) -> int:
 
     settings = _imaging_settings(args)
     migrate(settings)
+    _export("imaging", args)
     serve(
         create_app(settings),
         settings.host,
