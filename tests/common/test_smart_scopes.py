@@ -274,10 +274,14 @@ def test_parsed_round_trip_is_byte_identical(ss: ScopeSet) -> None:
 
 @given(scope_sets, scope_sets)
 def test_narrowing_never_widens(registered: ScopeSet, requested: ScopeSet) -> None:
+    # Each granted interaction, with the granted constraints, is covered by one registered scope and
+    # by one requested scope (permissions with identical constraints may be merged: that is exact).
     granted = registered.narrowed_to(requested)
     for g in granted.resource_scopes:
-        assert any(r.covers(g) for r in registered.resource_scopes)
-        assert any(q.covers(g) for q in requested.resource_scopes)
+        for p in g.permissions:
+            single = Scope(g.level, g.resource_type, frozenset(p), g.constraints)
+            assert any(r.covers(single) for r in registered.resource_scopes)
+            assert any(q.covers(single) for q in requested.resource_scopes)
     assert set(granted.others) <= set(registered.others) & set(requested.others)
 
 

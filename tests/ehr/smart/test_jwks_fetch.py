@@ -199,6 +199,9 @@ async def test_connection_refused_is_a_jwks_error() -> None:
         "file:///etc/passwd",
         "https://user:pw@example.org/jwks",
         "/relative/jwks",
+        "https://ex\x00.org/jwks",
+        "https://xn--/jwks",
+        "https://exa mple.org/jwks",
     ],
 )
 async def test_refuses_non_public_targets(url: str, allow_loopback_http: bool) -> None:
