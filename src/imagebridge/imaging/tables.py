@@ -36,11 +36,16 @@ studies = Table(
     Column("study_id", String(16), nullable=False, default=""),
     Column("study_description", String(64), nullable=False, default=""),
     Column("referring_physician_name", String(324), nullable=False, default=""),
+    # QIDO-RS fuzzy person-name matching keys (dicomweb/qido_match.fold_person_name)
+    Column("patient_name_fold", String(400), nullable=False, default=""),
+    Column("referring_physician_name_fold", String(400), nullable=False, default=""),
     Column("study_json", LargeBinary, nullable=False),  # study-level attributes as DICOM JSON
     Column("updated_at", Float, nullable=False),
 )
 Index("ix_studies_patient_id", studies.c.patient_id)
 Index("ix_studies_study_date", studies.c.study_date)
+Index("ix_studies_qido_order", studies.c.study_date, studies.c.study_time, studies.c.study_uid)
+Index("ix_studies_accession_number", studies.c.accession_number)
 
 series = Table(
     "series",
@@ -50,7 +55,19 @@ series = Table(
     Column("modality", String(16), nullable=False, default=""),
     Column("series_number", Integer),
     Column("series_description", String(64), nullable=False, default=""),
+    Column("performed_start_date", String(8), nullable=False, default=""),
+    Column("performed_start_time", String(16), nullable=False, default=""),
     Column("series_json", LargeBinary, nullable=False),
+)
+Index("ix_series_study_modality", series.c.study_uid, series.c.modality)
+
+#: Request Attributes Sequence items of a series (QIDO-RS sequence matching, PS3.4 C.2.2.2.6).
+series_requests = Table(
+    "series_requests",
+    metadata,
+    Column("series_uid", String(64), ForeignKey("series.series_uid"), nullable=False, index=True),
+    Column("scheduled_procedure_step_id", String(16), nullable=False, default=""),
+    Column("requested_procedure_id", String(16), nullable=False, default=""),
 )
 
 instances = Table(

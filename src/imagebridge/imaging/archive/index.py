@@ -21,7 +21,8 @@ from imagebridge.imaging.archive.ingest import (
     InstanceRejected,
     ParsedInstance,
 )
-from imagebridge.imaging.tables import instances, publish_queue, series, studies
+from imagebridge.imaging.dicomweb.qido_match import fold_person_name
+from imagebridge.imaging.tables import instances, publish_queue, series, series_requests, studies
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,19 @@ class Stored:
 
 def _text(parsed: ParsedInstance, keyword: str, limit: int) -> str:
     return parsed.attr(keyword)[:limit]
+
+
+def _request_attributes(parsed: ParsedInstance, series_uid: str) -> list[dict[str, str]]:
+    """Request Attributes Sequence items, as QIDO-RS matches them (PS3.18 Table 10.6.1-5)."""
+    items = parsed.dataset.get("RequestAttributesSequence") or []
+    return [
+        {
+            "series_uid": series_uid,
+            "scheduled_procedure_step_id": str(item.get("ScheduledProcedureStepID", "") or "")[:16],
+            "requested_procedure_id": str(item.get("RequestedProcedureID", "") or "")[:16],
+        }
+        for item in items
+    ]
 
 
 class Index:
@@ -117,6 +131,10 @@ class Index:
                     study_id=_text(parsed, "StudyID", 16),
                     study_description=_text(parsed, "StudyDescription", 64),
                     referring_physician_name=_text(parsed, "ReferringPhysicianName", 324),
+                    patient_name_fold=fold_person_name(parsed.attr("PatientName"))[:400],
+                    referring_physician_name_fold=fold_person_name(parsed.attr("ReferringPhysicianName"))[
+                        :400
+                    ],
                     study_json=study_json,
                     updated_at=now,
                 )
@@ -138,9 +156,14 @@ class Index:
                     modality=_text(parsed, "Modality", 16),
                     series_number=parsed.int_attr("SeriesNumber"),
                     series_description=_text(parsed, "SeriesDescription", 64),
+                    performed_start_date=_text(parsed, "PerformedProcedureStepStartDate", 8),
+                    performed_start_time=_text(parsed, "PerformedProcedureStepStartTime", 16),
                     series_json=series_json,
                 )
             )
+            requests = _request_attributes(parsed, ds_series)
+            if requests:
+                await conn.execute(insert(series_requests), requests)
         elif found_series.study_uid != ds_study:
             raise InstanceRejected(
                 STUDY_MISMATCH, "this Series Instance UID belongs to another study", sop_class, sop_uid

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imagebridge.imaging.context import ImagingContext
-from imagebridge.imaging.dicomweb import stow, wado
+from imagebridge.imaging.dicomweb import bulkdata, metadata, qido, stow, wado
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 from imagebridge.imaging.gate.gate import Access, GateRefusal
@@ -55,7 +55,23 @@ async def store(ctx: ImagingContext, access: Access, request: Request) -> Respon
     return await stow.store_instances(ctx, request, request.path_params.get("study"))
 
 
+_STUDY = f"{BASE}/studies/{{study}}"
+_SERIES = f"{_STUDY}/series/{{series}}"
+_INSTANCE = f"{_SERIES}/instances/{{instance}}"
+
 routes = [
+    # QIDO-RS (PS3.18 §10.6)
+    Route(f"{BASE}/studies", gated(qido.handler("study")), methods=["GET"]),
+    Route(f"{_STUDY}/series", gated(qido.handler("series")), methods=["GET"]),
+    Route(f"{BASE}/series", gated(qido.handler("series")), methods=["GET"]),
+    Route(f"{_SERIES}/instances", gated(qido.handler("instance")), methods=["GET"]),
+    Route(f"{_STUDY}/instances", gated(qido.handler("instance")), methods=["GET"]),
+    Route(f"{BASE}/instances", gated(qido.handler("instance")), methods=["GET"]),
+    # WADO-RS metadata and bulk data (PS3.18 §10.4)
+    Route(f"{_STUDY}/metadata", gated(metadata.retrieve_metadata), methods=["GET"]),
+    Route(f"{_SERIES}/metadata", gated(metadata.retrieve_metadata), methods=["GET"]),
+    Route(f"{_INSTANCE}/metadata", gated(metadata.retrieve_metadata), methods=["GET"]),
+    Route(f"{_INSTANCE}/bulkdata/{{tagpath:path}}", gated(bulkdata.retrieve_bulkdata), methods=["GET"]),
     Route(f"{BASE}/studies", gated(store, "write"), methods=["POST"]),
     Route(f"{BASE}/studies/{{study}}", gated(store, "write"), methods=["POST"]),
     Route(f"{BASE}/studies/{{study}}", gated(retrieve), methods=["GET"]),

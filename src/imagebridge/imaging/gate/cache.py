@@ -34,6 +34,14 @@ class SingleFlightCache(Generic[V]):
         self._entries.move_to_end(key)
         return entry[0]
 
+    def put(self, key: str, value: V, expires_at: float) -> None:
+        """Remember ``value`` until ``expires_at`` (ignored when that is already past)."""
+        if expires_at > time.time():
+            self._entries[key] = (value, expires_at)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
     async def get(self, key: str, produce: Callable[[], Awaitable[tuple[V, float]]]) -> V:
         """The cached value, or the one ``produce`` returns with its expiry time."""
         cached = self.peek(key)
@@ -52,11 +60,7 @@ class SingleFlightCache(Generic[V]):
             raise
         else:
             future.set_result((value, expires_at))
-            if expires_at > time.time():
-                self._entries[key] = (value, expires_at)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+            self.put(key, value, expires_at)
             return value
         finally:
             del self._inflight[key]

@@ -10,6 +10,7 @@ patterns"). The EHR unreachable means 503 + Retry-After: the gate never guesses.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,10 @@ from imagebridge.imaging.gate.token_info import (
 )
 
 Operation = Literal["read", "write"]
+#: Identifier system of Study Instance UIDs on ImagingStudy (Argonaut SMART Imaging Access).
+UID_SYSTEM = "urn:dicom:uid"
+#: Study UIDs decided by one FHIR search (keeps the query URL well under common 8 KB limits).
+STUDY_BATCH = 50
 
 
 class GateRefusal(Exception):
@@ -102,16 +107,75 @@ class Gate:
             )
         return Access(token=token, info=info, levels=frozenset(levels))
 
+    @staticmethod
+    def study_restriction(access: Access) -> frozenset[str] | None:
+        """The studies a patient-context token may reach, as the EHR's grant lists them.
+
+        None means the grant lists none: decide per study (:meth:`may_see_study`).
+        """
+        info = access.info
+        if info.allowed_studies is not None and access.levels == {"patient"}:
+            return info.allowed_studies
+        return None
+
+    async def visible_studies(self, access: Access, study_uids: Sequence[str]) -> frozenset[str]:
+        """Which of ``study_uids`` this token may see, asking the EHR once per batch of undecided ones.
+
+        One FHIR search ``ImagingStudy?identifier=<uid1>,<uid2>,…`` with the caller's token decides
+        a whole batch (the EHR's policy filters the results); each answer is cached as
+        :meth:`may_see_study` would cache it.
+        """
+        restriction = self.study_restriction(access)
+        if restriction is not None:
+            return frozenset(u for u in study_uids if u in restriction)
+        prefix = digest(access.token)
+        visible = {u for u in study_uids if self.studies.peek(f"{prefix}:{u}")}
+        undecided = [u for u in dict.fromkeys(study_uids) if self.studies.peek(f"{prefix}:{u}") is None]
+        for start in range(0, len(undecided), STUDY_BATCH):
+            batch = undecided[start : start + STUDY_BATCH]
+            found, expires_at = await self._ask_studies(access, batch)
+            for uid in batch:
+                allowed = uid in found
+                expiry = expires_at if allowed else time.time() + self.negative_ttl
+                self.studies.put(f"{prefix}:{uid}", allowed, expiry)
+                if allowed:
+                    visible.add(uid)
+        return frozenset(visible)
+
+    async def _ask_studies(self, access: Access, study_uids: Sequence[str]) -> tuple[frozenset[str], float]:
+        """The subset of ``study_uids`` the EHR returns to this token, and until when to trust it."""
+        identifiers = ",".join(f"{UID_SYSTEM}|urn:oid:{u}" for u in study_uids)
+        try:
+            status, body = await self.ehr.fhir_get(
+                "ImagingStudy", {"identifier": identifiers, "_count": str(len(study_uids))}, access.token
+            )
+        except EhrUnavailable as exc:
+            raise unavailable(str(exc)) from exc
+        if status in (401, 403, 404):
+            return frozenset(), time.time()
+        if status != 200 or body.get("resourceType") != "Bundle":
+            raise unavailable(f"the EHR answered the study query with {status}")
+        found = {
+            ident["value"].removeprefix("urn:oid:")
+            for e in body.get("entry", [])
+            if e.get("search", {}).get("mode", "match") == "match"
+            and e.get("resource", {}).get("resourceType") == "ImagingStudy"
+            for ident in e["resource"].get("identifier", [])
+            if ident.get("system") == UID_SYSTEM and isinstance(ident.get("value"), str)
+        }
+        return frozenset(found), min(access.info.exp, time.time() + self.revocation_window)
+
     async def may_see_study(self, access: Access, study_uid: str) -> bool:
         """Whether the EHR's current decision for this token covers ``study_uid``."""
         info = access.info
-        if info.allowed_studies is not None and access.levels == {"patient"}:
-            return study_uid in info.allowed_studies
+        restriction = self.study_restriction(access)
+        if restriction is not None:
+            return study_uid in restriction
         key = f"{digest(access.token)}:{study_uid}"
 
         async def ask() -> tuple[bool, float]:
             status, body = await self.ehr.fhir_get(
-                "ImagingStudy", {"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}, access.token
+                "ImagingStudy", {"identifier": f"{UID_SYSTEM}|urn:oid:{study_uid}"}, access.token
             )
             if status in (401, 403, 404):
                 return False, time.time() + self.negative_ttl
