@@ -104,7 +104,10 @@ class _Walker:
                 break  # elements are in ascending tag order (PS3.5 §7.1)
             if header.tag == target:
                 if len(path) == 1:
-                    return Located(header.value, header.length, header.vr, header.length == UNDEFINED)
+                    encapsulated = header.length == UNDEFINED
+                    if not encapsulated and header.value + header.length > self.reader.size:
+                        raise Unlocatable("the value runs past the end of the file")
+                    return Located(header.value, header.length, header.vr, encapsulated)
                 return await self._item(header, path, implicit, depth)
             position = await self.skip(header, implicit, depth)
         raise Unlocatable("no such attribute")
