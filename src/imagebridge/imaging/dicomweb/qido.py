@@ -215,15 +215,12 @@ async def _study_counts(ctx: ImagingContext, uids: list[str]) -> dict[str, tuple
             if modality:
                 modalities[study_uid].append(modality)
             series_count[study_uid] += count
-        instance_count: dict[str, int] = dict(
-            (
-                await conn.execute(
-                    select(instances.c.study_uid, func.count())
-                    .where(instances.c.study_uid.in_(uids))
-                    .group_by(instances.c.study_uid)
-                )
-            ).tuples()
+        counted = await conn.execute(
+            select(instances.c.study_uid, func.count())
+            .where(instances.c.study_uid.in_(uids))
+            .group_by(instances.c.study_uid)
         )
+        instance_count: dict[str, int] = {study_uid: count for study_uid, count in counted}
     return {u: (sorted(modalities[u]), series_count[u], instance_count.get(u, 0)) for u in uids}
 
 
@@ -234,7 +231,7 @@ async def _series_counts(ctx: ImagingContext, uids: list[str]) -> dict[str, int]
             .where(instances.c.series_uid.in_(sorted(set(uids))))
             .group_by(instances.c.series_uid)
         )
-        return dict(result.tuples())
+        return {series_uid: count for series_uid, count in result}
 
 
 def _wanted(query: Query, level: Level) -> set[str]:
