@@ -72,6 +72,8 @@ class ImagingSettings:
     #: This system's own Backend Services registration at the EHR.
     client_id: str = "imaging"
     private_key_file: Path = Path("var/imaging/client-key.json")
+    #: Browser origins allowed to call DICOMweb (CORS); "*" = any (bearer tokens are not cookies).
+    cors_allowed_origins: tuple[str, ...] = ("*",)
     #: Seconds a positive introspection answer may be reused: the revocation promise.
     revocation_window: int = 30
     #: Seconds a negative introspection answer is remembered.

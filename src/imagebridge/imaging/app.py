@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -19,6 +20,7 @@ from imagebridge.imaging.archive.blobs import open_blob_store
 from imagebridge.imaging.archive.index import Index
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import routes as dicomweb_routes
+from imagebridge.imaging.dicomweb.cors import DicomwebCors
 from imagebridge.imaging.gate.ehr_client import EhrClient
 from imagebridge.imaging.gate.gate import Gate
 from imagebridge.imaging.publish import Publisher
@@ -77,7 +79,11 @@ def create_app(settings: ImagingSettings) -> Starlette:
         await ctx.http.aclose()
         await ctx.engine.dispose()
 
-    app = Starlette(routes=[Route("/healthz", health), *dicomweb_routes.routes], lifespan=lifespan)
+    app = Starlette(
+        routes=[Route("/healthz", health), *dicomweb_routes.routes],
+        middleware=[Middleware(DicomwebCors, allowed_origins=settings.cors_allowed_origins)],
+        lifespan=lifespan,
+    )
     app.state.ctx = ctx
     return app
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imagebridge.imaging.context import ImagingContext
-from imagebridge.imaging.dicomweb import bulkdata, metadata, qido, stow, wado
+from imagebridge.imaging.dicomweb import bulkdata, frames, metadata, qido, rendered, stow, wado
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 from imagebridge.imaging.gate.gate import Access, GateRefusal
@@ -78,5 +78,17 @@ routes = [
     Route(f"{BASE}/studies/{{study}}/series/{{series}}", gated(retrieve), methods=["GET"]),
     Route(
         f"{BASE}/studies/{{study}}/series/{{series}}/instances/{{instance}}", gated(retrieve), methods=["GET"]
+    ),
+]
+
+# WADO-RS frames, rendered and thumbnail resources (PS3.18 §10.4.1.1.3, §10.4.1.1.4, §10.4.1.1.6)
+_FRAMES = f"{_INSTANCE}/frames/{{frames}}"
+routes += [
+    Route(_FRAMES, gated(frames.frames_endpoint), methods=["GET"]),
+    Route(f"{_INSTANCE}/rendered", gated(rendered.rendered_endpoint), methods=["GET"]),
+    Route(f"{_FRAMES}/rendered", gated(rendered.rendered_endpoint), methods=["GET"]),
+    *(
+        Route(f"{resource}/thumbnail", gated(rendered.thumbnail_endpoint), methods=["GET"])
+        for resource in (_STUDY, _SERIES, _INSTANCE, _FRAMES)
     ),
 ]

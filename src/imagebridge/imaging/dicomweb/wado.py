@@ -2,8 +2,9 @@
 
 The response is ``multipart/related; type="application/dicom"``, one PS3.10 instance per part,
 streamed part by part from the blob store: memory does not grow with study size. With
-``transfer-syntax=*`` instances go out exactly as stored; otherwise an instance is sent only if
-it is stored in the requested (or default) transfer syntax, and 406 names what is available.
+``transfer-syntax=*`` instances go out exactly as stored; with none, or Explicit VR Little Endian,
+instances stored otherwise are transcoded one at a time (:mod:`transcode`); another explicit
+syntax is served only if every instance is stored in it, else 406 names what is available.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from imagebridge.imaging.archive.blobs import BlobStore
 from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.dicomweb.errors import DicomwebError
 from imagebridge.imaging.dicomweb.media import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
     MULTIPART_RELATED,
     NotAcceptable,
     Offer,
@@ -23,36 +25,49 @@ from imagebridge.imaging.dicomweb.media import (
     parse_accept,
 )
 from imagebridge.imaging.dicomweb.multipart import boundary, content_type_related, related_stream
+from imagebridge.imaging.dicomweb.transcode import can_transcode, explicit_little_endian_stream
 
 DICOM = "application/dicom"
 
 
 def choose_representation(accept: str | None, rows: Sequence[InstanceRow]) -> tuple[Offer, bool]:
-    """The negotiated offer and whether instances may go out in mixed, as-stored syntaxes."""
+    """The negotiated offer and whether instances go out in mixed, as-stored syntaxes.
+
+    Offers are the stored syntaxes (preferred: no work) and Explicit VR Little Endian, the
+    default, produced by :mod:`transcode` for instances stored otherwise.
+    """
     stored = sorted({r.transfer_syntax_uid for r in rows})
     offers = [Offer(MULTIPART_RELATED, DICOM, ts) for ts in stored]
+    if EXPLICIT_VR_LITTLE_ENDIAN not in stored and all(can_transcode(ts) for ts in stored):
+        offers.append(Offer(MULTIPART_RELATED, DICOM, EXPLICIT_VR_LITTLE_ENDIAN))
     wildcard = any(r.transfer_syntax == "*" for r in parse_accept(accept))
     try:
         chosen = negotiate(accept, offers)
     except NotAcceptable as exc:
         raise DicomwebError(406, exc.detail) from exc
-    if len(stored) > 1 and not wildcard:
+    as_stored = wildcard and chosen.transfer_syntax in stored
+    if not as_stored and chosen.transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN and len(stored) > 1:
         raise DicomwebError(
             406,
-            f"instances are stored in several transfer syntaxes ({', '.join(stored)}); "
-            "ask for transfer-syntax=*",
+            f"instances are stored in several transfer syntaxes ({', '.join(stored)}); ask for "
+            f"transfer-syntax=* or transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}",
         )
-    return chosen, wildcard
+    return chosen, as_stored
 
 
 def retrieve(blobs: BlobStore, rows: Sequence[InstanceRow], accept: str | None) -> Response:
     offer, as_stored = choose_representation(accept, rows)
+    transcoding = not as_stored and offer.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
     mark = boundary()
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         for row in rows:
-            headers = {"Content-Type": f"{DICOM}; transfer-syntax={row.transfer_syntax_uid}"}
-            yield headers, blobs.open(row.blob_key)
+            if transcoding:
+                headers = {"Content-Type": f"{DICOM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"}
+                yield headers, explicit_little_endian_stream(blobs, row)
+            else:
+                headers = {"Content-Type": f"{DICOM}; transfer-syntax={row.transfer_syntax_uid}"}
+                yield headers, blobs.open(row.blob_key)
 
     media_type = content_type_related(DICOM, mark) if as_stored else offer.content_type(mark)
     return StreamingResponse(related_stream(parts(), mark), media_type=media_type)

@@ -1,0 +1,239 @@
+"""Shared pixel-data access for frames, rendering and transcoding (PS3.5 §8, Annex A.4).
+
+Stored instances are read through :class:`BlobFile`, a seekable file object over the blob store
+that fetches only the byte ranges pydicom asks for: parsing a header or extracting one frame of a
+1 GB multi-frame instance reads kilobytes, not the instance. All pydicom work runs in worker
+threads (``anyio.to_thread``) under one process-wide :data:`DECODERS` limiter, so decoding never
+blocks the event loop and never runs more than a few at once.
+
+Every decode is checked against a pixel budget before anything is allocated (security.md DI-09:
+a header declaring 65535 x 65535 pixels over a few bytes of data is refused with 413, not
+attempted). Pixel data that no installed codec can decode is answered 406: the stored bytes
+remain available as they are (``transfer-syntax=*`` or the stored compressed media type).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from struct import unpack
+from typing import TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pack_bits, pixel_array
+from pydicom.uid import UID
+
+from imagebridge.imaging.archive.blobs import BlobStore
+from imagebridge.imaging.dicomweb.errors import DicomwebError
+
+#: Largest number of samples (rows x columns x samples per pixel) of one frame we decode.
+MAX_FRAME_SAMPLES = 2**25
+#: Largest decoded pixel data of a whole instance we produce when transcoding (bytes).
+MAX_INSTANCE_BYTES = 1024**3
+#: Largest header (everything before Pixel Data) we parse.
+MAX_HEADER_BYTES = 64 * 1024**2
+#: At most this many pydicom decodes run at once in one process.
+DECODERS = anyio.CapacityLimiter(2)
+_WINDOW = 64 * 1024
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+
+T = TypeVar("T")
+
+
+class BlobFile(io.RawIOBase):
+    """A read-only, seekable view of one blob, for pydicom running in an anyio worker thread.
+
+    Each read fetches exactly the requested range from the blob store through the event loop
+    (``anyio.from_thread.run``); wrap it in :class:`io.BufferedReader` for small reads.
+    """
+
+    def __init__(self, blobs: BlobStore, key: str, size: int) -> None:
+        super().__init__()
+        self._blobs = blobs
+        self._key = key
+        self._size = size
+        self._pos = 0
+        self.name = None  # pydicom records a file name; a blob has none
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        end = min(self._size, self._pos + len(buffer))
+        if end <= self._pos:
+            return 0
+        data = anyio.from_thread.run(self._fetch, self._pos, end)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    async def _fetch(self, start: int, end: int) -> bytes:
+        return b"".join([chunk async for chunk in self._blobs.open(self._key, start, end)])
+
+
+def open_blob(blobs: BlobStore, key: str, size: int) -> io.BufferedReader:
+    """A buffered :class:`BlobFile` (call only from a worker thread)."""
+    return io.BufferedReader(BlobFile(blobs, key, size), buffer_size=_WINDOW)
+
+
+@dataclass(frozen=True)
+class PixelHeader:
+    """What pixel access needs from an instance: its header and where its Pixel Data lies.
+
+    ``value_offset`` is the file offset of the Pixel Data value (after the element header);
+    ``value_length`` is None for encapsulated (undefined length) pixel data. Both are None when
+    the value cannot be located by offset (deflated data set or no Pixel Data).
+    """
+
+    dataset: Dataset
+    transfer_syntax: UID
+    value_offset: int | None
+    value_length: int | None
+
+    @property
+    def rows(self) -> int:
+        return int(self.dataset.get("Rows", 0) or 0)
+
+    @property
+    def columns(self) -> int:
+        return int(self.dataset.get("Columns", 0) or 0)
+
+    @property
+    def samples(self) -> int:
+        return int(self.dataset.get("SamplesPerPixel", 1) or 1)
+
+    @property
+    def bits_allocated(self) -> int:
+        return int(self.dataset.get("BitsAllocated", 0) or 0)
+
+    @property
+    def frames(self) -> int:
+        try:
+            return max(1, int(self.dataset.get("NumberOfFrames", 1) or 1))
+        except (TypeError, ValueError):
+            return 1
+
+    @property
+    def has_pixels(self) -> bool:
+        return self.rows > 0 and self.columns > 0 and self.bits_allocated > 0
+
+    @property
+    def frame_samples(self) -> int:
+        return self.rows * self.columns * self.samples
+
+    @property
+    def native_frame_bytes(self) -> int:
+        """Bytes of one frame in native (uncompressed) form; bit-packed frames round up."""
+        return (self.frame_samples * self.bits_allocated + 7) // 8
+
+    @property
+    def is_native_little_endian(self) -> bool:
+        """Pixel Data stored uncompressed, little endian, byte-aligned: frames are plain byte ranges."""
+        ts = self.transfer_syntax
+        return (
+            ts.is_little_endian
+            and not ts.is_compressed
+            and not ts.is_deflated
+            and self.value_offset is not None
+            and self.bits_allocated % 8 == 0
+        )
+
+    def check_frame_budget(self) -> None:
+        """413 when one frame is beyond what we decode (security.md DI-09)."""
+        if not self.has_pixels:
+            raise DicomwebError(404, "this instance has no pixel data")
+        if self.frame_samples > MAX_FRAME_SAMPLES:
+            raise DicomwebError(
+                413,
+                f"a frame of {self.rows} x {self.columns} x {self.samples} samples exceeds the "
+                f"decoding limit of {MAX_FRAME_SAMPLES} samples",
+            )
+
+    def check_instance_budget(self) -> None:
+        """413 when the decoded pixel data of the whole instance is beyond the transcoding limit."""
+        self.check_frame_budget()
+        total = self.native_frame_bytes * self.frames
+        if total > MAX_INSTANCE_BYTES:
+            raise DicomwebError(
+                413,
+                f"decoded pixel data of {total} bytes exceeds the transcoding limit of "
+                f"{MAX_INSTANCE_BYTES} bytes; ask for transfer-syntax=*",
+            )
+
+
+def read_header(fp: io.BufferedReader) -> PixelHeader:
+    """Parse the header of the PS3.10 file ``fp`` up to Pixel Data and locate the pixel value."""
+    try:
+        dataset = pydicom.dcmread(fp, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise DicomwebError(406, f"the stored instance cannot be parsed: {exc}") from exc
+    ts = UID(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+    if ts.is_deflated or fp.tell() > MAX_HEADER_BYTES:
+        return PixelHeader(dataset, ts, None, None)
+    offset, length = _pixel_element(fp, ts)
+    return PixelHeader(dataset, ts, offset, length)
+
+
+def _pixel_element(fp: io.BufferedReader, ts: UID) -> tuple[int | None, int | None]:
+    """Read the Pixel Data element header at the current position: (value offset, length)."""
+    start = fp.tell()
+    order = "<" if ts.is_little_endian else ">"
+    head = fp.read(12)
+    if len(head) < 8:
+        return None, None
+    group, element = unpack(f"{order}HH", head[:4])
+    if (group << 16 | element) not in _PIXEL_TAGS:
+        return None, None
+    if ts.is_implicit_VR:
+        (length,) = unpack(f"{order}L", head[4:8])
+        offset = start + 8
+    else:
+        if len(head) < 12:
+            return None, None
+        (length,) = unpack(f"{order}L", head[8:12])
+        offset = start + 12
+    return offset, None if length == 0xFFFFFFFF else length
+
+
+def native_bytes(frame: np.ndarray, bits_allocated: int) -> bytes:
+    """A decoded frame as native little-endian Pixel Data bytes (PS3.5 §8.1.1; bit-packed for 1)."""
+    if bits_allocated == 1:
+        return pack_bits(frame, pad=False)
+    return np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("<")).tobytes()
+
+
+def decode_frame(fp: io.BufferedReader, header: PixelHeader, index: int) -> np.ndarray:
+    """Decode frame ``index`` (0-based) of the instance in ``fp`` (YBR colour converted to RGB)."""
+    header.check_frame_budget()
+    fp.seek(0)
+    try:
+        frame: np.ndarray = pixel_array(fp, index=index)
+        return frame
+    except Exception as exc:  # codecs raise anything from ValueError to RuntimeError
+        raise DicomwebError(
+            406,
+            f"pixel data in transfer syntax {header.transfer_syntax} cannot be decoded here ({exc}); "
+            "the stored representation is available",
+        ) from exc
+
+
+async def in_worker(func: Callable[..., T], *args: object) -> T:
+    """Run blocking pixel work in a worker thread under the process-wide :data:`DECODERS` limit."""
+    return await anyio.to_thread.run_sync(func, *args, limiter=DECODERS)
