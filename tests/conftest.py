@@ -12,7 +12,9 @@ import pytest
 
 from imagebridge.apps.seed import Seeded, seed_all
 from imagebridge.apps.stack import LocalStack
+from tests.imaging.archive.archive_stack import ArchiveStack, started
 from tests.pg import temporary_database
+from tests.s3 import S3Server, seaweedfs
 from tests.services import require_postgres
 
 #: Images at a quarter of demo size keep the suite fast while staying realistic in structure.
@@ -59,3 +61,16 @@ def running(
 def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """The seeded stack on SQLite only, for tests that do not depend on storage."""
     yield from _running("sqlite", tmp_path_factory.mktemp("stack-sqlite-only"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) on loopback for the whole session; make a bucket per use."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def archive_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchiveStack]:
+    """Our own SQLite + folder stack for STOW-RS and archive tests (clients and data of its own)."""
+    yield from started(tmp_path_factory.mktemp("archive-stack"))

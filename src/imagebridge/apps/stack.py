@@ -185,15 +185,21 @@ class LocalStack:
 
         asyncio.run(register())
 
-    def start(self) -> None:
+    def start(self, imaging_args: tuple[str, ...] = ()) -> None:
+        """Start both services; ``imaging_args`` go to ``imaging serve`` (e.g. ``--workers 2``)."""
         self.ehr = start_service(
             "ehr", self.ehr_env(), f"http://127.0.0.1:{self.ehr_port}", self.data_dir / "ehr.log"
         )
+        self.start_imaging(*imaging_args)
+
+    def start_imaging(self, *args: str) -> None:
+        """(Re)start the imaging system alone, e.g. after killing it."""
         self.imaging = start_service(
             "imaging",
             self.imaging_env(),
             f"http://127.0.0.1:{self.imaging_port}",
             self.data_dir / "imaging.log",
+            *args,
         )
 
     def stop(self) -> None:

@@ -10,11 +10,21 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
+if TYPE_CHECKING:
+    from imagebridge.common.settings import ImagingSettings
+
 CHUNK = 1024 * 1024
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a SHA-256 hex digest (the only names a blob may have), else ValueError."""
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError("blob keys are SHA-256 hex digests")
+    return key
 
 
 class BlobStore(Protocol):
@@ -27,6 +37,9 @@ class BlobStore(Protocol):
         """Stream bytes ``[start, end)`` of the blob."""
 
     async def exists(self, key: str) -> bool: ...
+
+    async def modified(self, key: str) -> float | None:
+        """When the blob was written (epoch seconds), or None if it does not exist."""
 
     async def delete(self, key: str) -> None: ...
 
@@ -43,8 +56,7 @@ class LocalBlobStore:
         self.spool.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
-        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            raise ValueError("blob keys are SHA-256 hex digests")
+        check_key(key)
         return self.root / key[:2] / key[2:4] / key
 
     async def put_file(self, key: str, source: Path) -> None:
@@ -54,6 +66,7 @@ class LocalBlobStore:
         target = self.path(key)
         if target.exists():
             source.unlink(missing_ok=True)
+            _fsync_dir(target.parent)  # an earlier put may have crashed before its directory fsync
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         with source.open("rb") as fh:
@@ -77,6 +90,12 @@ class LocalBlobStore:
     async def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
+    async def modified(self, key: str) -> float | None:
+        try:
+            return self.path(key).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     async def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
@@ -94,8 +113,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def open_blob_store(location: str) -> BlobStore:
-    """The blob store named by a setting: a folder path (``s3://`` comes with the S3 store)."""
+def open_blob_store(settings: ImagingSettings) -> BlobStore:
+    """The blob store the settings name: ``s3://bucket/prefix`` (with the ``s3_*`` settings) or a folder."""
+    location = settings.resolved_blob_store
     if location.startswith("s3://"):
-        raise ValueError("S3 blob storage is not configured in this build")
+        from imagebridge.imaging.archive.s3 import S3BlobStore, S3Credentials, S3Location
+
+        credentials = S3Credentials(
+            settings.s3_endpoint_url,
+            settings.s3_access_key_id,
+            settings.s3_secret_access_key,
+            settings.s3_region,
+        )
+        return S3BlobStore(S3Location.parse(location), credentials)
     return LocalBlobStore(Path(location))

@@ -7,16 +7,18 @@ either nothing or a complete, retrievable instance.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from imagebridge.imaging.archive.ingest import (
-    REFERENCED_SOP_CONFLICT,
+    DUPLICATE_SOP_CONFLICT,
     STUDY_MISMATCH,
     InstanceRejected,
     ParsedInstance,
@@ -60,21 +62,42 @@ def _request_attributes(parsed: ParsedInstance, series_uid: str) -> list[dict[st
 
 
 class Index:
+    #: Re-judgements after a concurrent writer won a race (one per row an instance may create).
+    ATTEMPTS = 5
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite has one writer: serializing this process's writers avoids SQLITE_BUSY on upgrade.
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = asyncio.Lock()
 
     async def add(
-        self, parsed: ParsedInstance, study_json: bytes, series_json: bytes, metadata_json: bytes
+        self,
+        parsed: ParsedInstance,
+        study_json: bytes,
+        series_json: bytes,
+        metadata_json: bytes,
+        *,
+        replace: bool = False,
     ) -> Stored:
-        """Index an instance whose blob (keyed by its SHA-256) is already durable."""
-        for attempt in (0, 1):
+        """Index an instance whose blob (keyed by its SHA-256) is already durable.
+
+        The same SOP Instance UID with other bytes is a :data:`DUPLICATE_SOP_CONFLICT` unless
+        ``replace`` (the ``stow_overwrite = "replace"`` policy) lets the new bytes take its place.
+        """
+        for attempt in range(self.ATTEMPTS):
             try:
-                async with self.engine.begin() as conn:
-                    return await self._add(conn, parsed, study_json, series_json, metadata_json)
+                lock = self._write_lock if self._sqlite else contextlib.nullcontext()
+                async with lock, self.engine.begin() as conn:
+                    return await self._add(conn, parsed, study_json, series_json, metadata_json, replace)
             except IntegrityError:
-                if attempt:
+                if attempt == self.ATTEMPTS - 1:
                     raise
-                # a concurrent writer inserted the same study, series or instance: re-judge once
+                # a concurrent writer inserted the same study, series or instance: judge again
+            except OperationalError as exc:
+                if not (self._sqlite and "locked" in str(exc)) or attempt == self.ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))  # another process holds SQLite's write lock
         raise AssertionError("unreachable")
 
     async def _add(
@@ -84,6 +107,7 @@ class Index:
         study_json: bytes,
         series_json: bytes,
         metadata_json: bytes,
+        replace: bool,
     ) -> Stored:
         ds_study = parsed.attr("StudyInstanceUID")
         ds_series = parsed.attr("SeriesInstanceUID")
@@ -106,12 +130,15 @@ class Index:
         if existing is not None:
             if existing.sha256 == parsed.spooled.sha256:
                 return Stored(row, duplicate=True)
-            raise InstanceRejected(
-                REFERENCED_SOP_CONFLICT,
-                "an instance with this SOP Instance UID and other content exists",
-                sop_class,
-                sop_uid,
-            )
+            if not replace:
+                raise InstanceRejected(
+                    DUPLICATE_SOP_CONFLICT,
+                    "an instance with this SOP Instance UID and other content exists",
+                    sop_class,
+                    sop_uid,
+                )
+            # the old blob loses its last reference; the orphan sweep removes it after the grace period
+            await conn.execute(delete(instances).where(instances.c.sop_uid == sop_uid))
         patient_id = parsed.attr("PatientID")
         study = (
             await conn.execute(select(studies.c.patient_id).where(studies.c.study_uid == ds_study))

@@ -1,16 +1,18 @@
 """Accepting one DICOM instance: spool, hash, parse, validate (PS3.18 §10.5, PS3.10 §7).
 
 The part body is spooled to disk as it arrives (memory does not grow with instance size) while
-its SHA-256 is computed; the header is parsed without loading pixel data; required UIDs are
-validated (PS3.5 §9.1) before anything is indexed. Failures carry the PS3.18 Annex I failure
-reason code the STOW response reports.
+its SHA-256 is computed; its structure is checked (:mod:`.guard`), then the header is parsed
+without loading pixel data; required UIDs are validated (PS3.5 §9.1) before anything is
+indexed. Failures carry the PS3.18 Annex I failure reason code the STOW response reports.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +23,29 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from imagebridge.imaging.archive import guard
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 
-#: PS3.4 Annex GG / PS3.18 Annex I failure reasons used in FailedSOPSequence.
-PROCESSING_FAILURE = 0x0110
-CANNOT_UNDERSTAND = 0xC000
-REFERENCED_SOP_CONFLICT = (
-    0xA770  # imagebridge: same SOP Instance UID, different bytes (PS3.4 C.4.2.1.4 range A7xx)
-)
-STUDY_MISMATCH = 0xA771  # imagebridge: study UID of the URL or of another patient
-OUT_OF_RESOURCES = 0xA700
+# Failure Reason (0008,1197) values of the Store Instances Response Module (PS3.18 Annex I,
+# PS3.4 Annex GG / Table B.2-1 C-STORE statuses), and the imagebridge-specific ones (Cxxx, the
+# "cannot understand" error range; documented in docs/stow-rs.md).
+PROCESSING_FAILURE = 0x0110  # server-side failure while storing (PS3.7 Annex C)
+DUPLICATE_SOP_CONFLICT = 0x0111  # Duplicate SOP Instance: this SOP Instance UID is stored with other bytes
+OUT_OF_RESOURCES = 0xA700  # Refused: out of resources (disk or object store full, instance too large)
+DATASET_SOP_CLASS_MISMATCH = 0xA900  # Error: data set does not match SOP Class (file meta vs data set)
+CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (not PS3.10, malformed, invalid UID, missing attribute)
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122  # Referenced Transfer Syntax not supported
+STUDY_MISMATCH = 0xC409  # imagebridge: Study UID differs from the URL, belongs to another patient,
+# or the Series UID belongs to another study
+#: Reasons that make an all-failed request a 409 Conflict rather than a 400 (PS3.18 Table 10.5.3-1).
+CONFLICTS = frozenset({DUPLICATE_SOP_CONFLICT, STUDY_MISMATCH})
 
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: File meta attributes that must agree with the data set (PS3.10 §7.1).
+META_MATCHES = (
+    ("MediaStorageSOPClassUID", "SOPClassUID"),
+    ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+)
 
 
 class InstanceRejected(Exception):
@@ -70,8 +83,17 @@ class ParsedInstance:
             return None
 
 
+PREAMBLE = 128  # PS3.10 §7.1: the File Preamble, then "DICM"
+
+
 async def spool(body: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
-    """Write a part body to a temporary file in ``directory``, hashing it as it goes."""
+    """Write a part body to a temporary file in ``directory``, hashing it as it goes.
+
+    The 128-byte File Preamble is written as zeros (PS3.10 §7.5 allows any content there, and
+    security.md DI-10 shows why it must not be kept): the stored file, and its SHA-256, are the
+    original bytes with a zeroed preamble. The file is removed if anything goes wrong, including
+    the client disconnecting (security.md FT-11); a full disk fails with :data:`OUT_OF_RESOURCES`.
+    """
     digest = hashlib.sha256()
     size = 0
     fd, name = tempfile.mkstemp(dir=directory, prefix="stow-", suffix=".part")
@@ -80,33 +102,48 @@ async def spool(body: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
     try:
         async with await anyio.open_file(path, "wb") as fh:
             async for chunk in body:
+                if size < PREAMBLE:
+                    zeroed = min(PREAMBLE - size, len(chunk))
+                    chunk = bytes(zeroed) + chunk[zeroed:]
                 digest.update(chunk)
                 size += len(chunk)
                 await fh.write(chunk)
+    except OSError as exc:
+        await anyio.Path(path).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise InstanceRejected(OUT_OF_RESOURCES, "no space left to receive the instance") from exc
+        raise
     except BaseException:
         await anyio.Path(path).unlink(missing_ok=True)
         raise
     return SpooledInstance(path=path, size=size, sha256=digest.hexdigest())
 
 
-def parse(spooled: SpooledInstance) -> ParsedInstance:
-    """Parse and validate a spooled PS3.10 file (run in a worker thread)."""
+def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
+    """Parse and validate a spooled PS3.10 file (run in a worker thread).
+
+    The structure is checked first (:mod:`.guard`: declared lengths, sequence depth, transfer
+    syntax, deflate cap), so pydicom never allocates what a hostile header declares; then the
+    header is read without pixel data and the required attributes are validated (DI-04, DI-05).
+    """
     try:
-        ds = pydicom.dcmread(spooled.path, stop_before_pixels=True, force=False)
+        ts = guard.scan(spooled.path, max_inflated_bytes=max_inflated_bytes)
+    except guard.Malformed as exc:
+        reason = TRANSFER_SYNTAX_NOT_SUPPORTED if exc.unsupported_syntax else CANNOT_UNDERSTAND
+        raise InstanceRejected(reason, str(exc)) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about tolerated oddities; we judge below
+            ds = pydicom.dcmread(spooled.path, stop_before_pixels=True, force=False)
     except (InvalidDicomError, EOFError) as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
     except (ValueError, KeyError, TypeError, OverflowError, MemoryError, RecursionError, OSError) as exc:
         raise InstanceRejected(
             CANNOT_UNDERSTAND, f"the DICOM file cannot be parsed: {type(exc).__name__}"
         ) from exc
-    meta = getattr(ds, "file_meta", None)
-    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    meta = ds.file_meta
     sop_class = str(ds.get("SOPClassUID", ""))
     sop_instance = str(ds.get("SOPInstanceUID", ""))
-    if not is_valid_uid(ts):
-        raise InstanceRejected(
-            CANNOT_UNDERSTAND, "the file meta has no valid Transfer Syntax UID", sop_class, sop_instance
-        )
     for keyword in REQUIRED_UIDS:
         value = str(ds.get(keyword, ""))
         if not is_valid_uid(value):
@@ -115,4 +152,13 @@ def parse(spooled: SpooledInstance) -> ParsedInstance:
             )
     if not str(ds.get("PatientID", "")).strip():
         raise InstanceRejected(CANNOT_UNDERSTAND, "PatientID is missing", sop_class, sop_instance)
+    for meta_keyword, keyword in META_MATCHES:
+        declared = str(meta.get(meta_keyword, "") or "")
+        if declared and declared != str(ds.get(keyword)):
+            raise InstanceRejected(
+                DATASET_SOP_CLASS_MISMATCH,
+                f"the file meta {meta_keyword} differs from the data set's {keyword}",
+                sop_class,
+                sop_instance,
+            )
     return ParsedInstance(spooled=spooled, dataset=ds, transfer_syntax_uid=ts)

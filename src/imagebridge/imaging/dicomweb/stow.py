@@ -1,25 +1,37 @@
 """STOW-RS: ``POST {base}/studies[/{study}]`` (PS3.18 §10.5).
 
-The request body is parsed as it streams in; each part is spooled to disk, validated, made
-durable in the blob store and indexed before it is acknowledged (ARCHITECTURE.md invariant 5).
-One bad part fails on its own; the rest of the request is judged part by part. The answer is
-the Store Instances Response Module (PS3.18 Annex I) with 200, 202, 400 or 409
-(Table 10.5.3-1), 413 for oversized bodies and 415 for other media types.
+The request body is parsed as it streams in; each part is spooled to disk, checked and parsed
+in a worker thread, made durable in the blob store and indexed before it is acknowledged
+(ARCHITECTURE.md invariant 5). One bad part fails on its own with a PS3.18 Failure Reason; the
+rest of the request is judged part by part. The answer is the Store Instances Response Module
+(PS3.18 Annex I) with the status of Table 10.5.3-1: 200 all stored, 202 some stored, 409 none
+stored because of conflicts (study mismatch, duplicate SOP Instance, no room), 400 none stored
+otherwise; 413 for bodies or instances over the configured limits (``Content-Length`` is judged
+before reading; a chunked body is cut off when it passes the limit) and 415 for other media types.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.archive.ingest import (
     CANNOT_UNDERSTAND,
+    CONFLICTS,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
     STUDY_MISMATCH,
     InstanceRejected,
     ParsedInstance,
+    SpooledInstance,
     parse,
     spool,
 )
@@ -32,6 +44,30 @@ from imagebridge.imaging.dicomweb.multipart import MultipartError, PartTooLarge,
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 
 DICOM_JSON = "application/dicom+json"
+log = logging.getLogger(__name__)
+#: Status when nothing was stored and every failure is a conflict or a lack of room.
+_CONFLICT_LIKE = CONFLICTS | {OUT_OF_RESOURCES}
+
+
+class RequestTooLarge(Exception):
+    """The request body passed ``max_request_bytes`` while streaming in."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    parsed: ParsedInstance
+    metadata_json: bytes
+    study_json: bytes
+    series_json: bytes
+
+
+async def _capped(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in body:
+        total += len(chunk)
+        if total > limit:
+            raise RequestTooLarge(f"the request body exceeds {limit} bytes")
+        yield chunk
 
 
 def _item(sop_class: str, sop_uid: str, **extra: Any) -> dict[str, Any]:
@@ -44,91 +80,128 @@ def _item(sop_class: str, sop_uid: str, **extra: Any) -> dict[str, Any]:
     return item
 
 
+def _failure(reason: int, sop_class: str = "", sop_uid: str = "") -> dict[str, Any]:
+    return _item(sop_class, sop_uid, **{"00081197": {"vr": "US", "Value": [reason]}})
+
+
 async def store_instances(ctx: ImagingContext, request: Request, url_study: str | None) -> Response:
+    """Store every instance of a STOW-RS request and answer per instance (PS3.18 §10.5.3)."""
+    settings = ctx.settings
     if url_study is not None and not is_valid_uid(url_study):
         raise DicomwebError(400, "the Study Instance UID in the URL is not a valid UID")
     try:
         content_type = parse_stow_content_type(request.headers.get("content-type"))
     except UnsupportedMediaType as exc:
         raise DicomwebError(415, str(exc)) from exc
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > ctx.settings.max_request_bytes:
-        raise DicomwebError(413, f"the request body exceeds {ctx.settings.max_request_bytes} bytes")
-    base = ctx.settings.dicomweb_base
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_request_bytes:
+        raise DicomwebError(413, f"the request body exceeds {settings.max_request_bytes} bytes")
     referenced: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    body_error: str | None = None
-    spool_dir = ctx.settings.data_dir / "spool"
+    spool_dir = settings.data_dir / "spool"
     spool_dir.mkdir(parents=True, exist_ok=True)
     try:
         async for part in iter_parts(
-            request.stream(),
+            _capped(request.stream(), settings.max_request_bytes),
             content_type.boundary.encode("latin-1"),
-            max_part_bytes=ctx.settings.max_request_bytes,
+            max_part_bytes=settings.max_instance_bytes,
         ):
             part_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
             if part_type != "application/dicom":
-                failed.append(_item("", "", **{"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}}))
+                failed.append(_failure(CANNOT_UNDERSTAND))
                 continue
-            spooled = await spool(part.body, spool_dir)
             try:
-                parsed = await anyio.to_thread.run_sync(parse, spooled)
-                if url_study is not None and parsed.attr("StudyInstanceUID") != url_study:
-                    raise InstanceRejected(
-                        STUDY_MISMATCH,
-                        "the instance belongs to another study than the URL names",
-                        parsed.attr("SOPClassUID"),
-                        parsed.attr("SOPInstanceUID"),
-                    )
-                stored = await _store(ctx, parsed)
+                row = await _accept(ctx, await spool(part.body, spool_dir), url_study)
             except InstanceRejected as exc:
-                spooled.path.unlink(missing_ok=True)
-                failed.append(
-                    _item(
-                        exc.sop_class, exc.sop_instance, **{"00081197": {"vr": "US", "Value": [exc.reason]}}
-                    )
-                )
+                failed.append(_failure(exc.reason, exc.sop_class, exc.sop_instance))
                 continue
-            row = stored
-            referenced.append(
-                _item(
-                    row.sop_class_uid,
-                    row.sop_uid,
-                    **{
-                        "00081190": {
-                            "vr": "UR",
-                            "Value": [
-                                f"{base}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
-                            ],
-                        }
-                    },
-                )
-            )
-    except PartTooLarge as exc:
-        if not referenced:
+            referenced.append(_item(row.sop_class_uid, row.sop_uid, **{"00081190": _retrieve_url(ctx, row)}))
+    except (PartTooLarge, RequestTooLarge) as exc:
+        if not referenced and not failed:
             raise DicomwebError(413, str(exc)) from exc
-        body_error = str(exc)
+        failed.append(_failure(OUT_OF_RESOURCES))
     except MultipartError as exc:
-        if not referenced:
+        if not referenced and not failed:
             raise DicomwebError(400, f"malformed multipart body: {exc}") from exc
-        body_error = str(exc)
+        failed.append(_failure(CANNOT_UNDERSTAND))
+    except ClientDisconnect:
+        # nobody is left to answer; what was stored stays stored, the spool is already clean
+        return Response(status_code=400)
     if referenced:
         ctx.publisher.wakeup.set()
-    return _response(ctx, url_study, referenced, failed, body_error)
+    return _response(ctx, url_study, referenced, failed)
 
 
-async def _store(ctx: ImagingContext, parsed: ParsedInstance) -> Any:
-    metadata = dicom_json.json_bytes(
-        [dicom_json.dataset_to_json(parsed.dataset, bulkdata_uri=_bulk_template(parsed))]
+async def _accept(ctx: ImagingContext, spooled: SpooledInstance, url_study: str | None) -> InstanceRow:
+    """Judge, store and index one spooled instance; the spool file is gone afterwards, always."""
+    try:
+        prepared = await anyio.to_thread.run_sync(_prepare, spooled, ctx.settings.max_inflated_bytes)
+        parsed = prepared.parsed
+        if url_study is not None and parsed.attr("StudyInstanceUID") != url_study:
+            raise InstanceRejected(
+                STUDY_MISMATCH,
+                "the instance belongs to another study than the URL names",
+                parsed.attr("SOPClassUID"),
+                parsed.attr("SOPInstanceUID"),
+            )
+        try:
+            await ctx.blobs.put_file(spooled.sha256, spooled.path)
+            stored = await ctx.index.add(
+                parsed,
+                study_json=prepared.study_json,
+                series_json=prepared.series_json,
+                metadata_json=prepared.metadata_json,
+                replace=ctx.settings.stow_overwrite == "replace",
+            )
+        except InstanceRejected:
+            raise
+        except OSError as exc:
+            no_room = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            log.exception("storing instance %s failed", parsed.attr("SOPInstanceUID"))
+            raise InstanceRejected(
+                OUT_OF_RESOURCES if no_room else PROCESSING_FAILURE,
+                "the instance could not be stored",
+                parsed.attr("SOPClassUID"),
+                parsed.attr("SOPInstanceUID"),
+            ) from exc
+        except Exception as exc:
+            log.exception("storing instance %s failed", parsed.attr("SOPInstanceUID"))
+            raise InstanceRejected(
+                PROCESSING_FAILURE,
+                "the instance could not be stored",
+                parsed.attr("SOPClassUID"),
+                parsed.attr("SOPInstanceUID"),
+            ) from exc
+        return stored.row
+    finally:
+        await anyio.Path(spooled.path).unlink(missing_ok=True)
+
+
+def _prepare(spooled: SpooledInstance, max_inflated_bytes: int) -> Prepared:
+    """Parse, validate and precompute the metadata of one instance (in a worker thread)."""
+    parsed = parse(spooled, max_inflated_bytes)
+    try:
+        metadata = dicom_json.json_bytes(
+            [dicom_json.dataset_to_json(parsed.dataset, bulkdata_uri=_bulk_template(parsed))]
+        )
+        return Prepared(
+            parsed, metadata, level_json(parsed.dataset, "study"), level_json(parsed.dataset, "series")
+        )
+    except (ValueError, TypeError, KeyError, OverflowError, UnicodeError, LookupError) as exc:
+        raise InstanceRejected(
+            CANNOT_UNDERSTAND,
+            f"the data set's values cannot be read: {type(exc).__name__}",
+            parsed.attr("SOPClassUID"),
+            parsed.attr("SOPInstanceUID"),
+        ) from exc
+
+
+def _retrieve_url(ctx: ImagingContext, row: InstanceRow) -> dict[str, Any]:
+    url = (
+        f"{ctx.settings.dicomweb_base}/studies/{row.study_uid}/series/{row.series_uid}"
+        f"/instances/{row.sop_uid}"
     )
-    await ctx.blobs.put_file(parsed.spooled.sha256, parsed.spooled.path)
-    stored = await ctx.index.add(
-        parsed,
-        study_json=level_json(parsed.dataset, "study"),
-        series_json=level_json(parsed.dataset, "series"),
-        metadata_json=metadata,
-    )
-    return stored.row
+    return {"vr": "UR", "Value": [url]}
 
 
 def _bulk_template(parsed: ParsedInstance) -> dicom_json.BulkDataURIBuilder:
@@ -144,12 +217,19 @@ def _bulk_template(parsed: ParsedInstance) -> dicom_json.BulkDataURIBuilder:
     return uri
 
 
+def status_for(referenced: list[dict[str, Any]], failed: list[dict[str, Any]]) -> int:
+    """PS3.18 Table 10.5.3-1: 200, 202, 409 (nothing stored, conflicts) or 400."""
+    if referenced:
+        return 202 if failed else 200
+    reasons = {item["00081197"]["Value"][0] for item in failed}
+    return 409 if reasons and reasons <= _CONFLICT_LIKE else 400
+
+
 def _response(
     ctx: ImagingContext,
     url_study: str | None,
     referenced: list[dict[str, Any]],
     failed: list[dict[str, Any]],
-    body_error: str | None,
 ) -> Response:
     body: dict[str, Any] = {}
     if url_study is not None:
@@ -158,14 +238,6 @@ def _response(
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
-    if body_error:
-        body["00081196"] = {"vr": "US", "Value": [0xB000]}  # warning: the body ended badly after some parts
-    if referenced and not failed and not body_error:
-        status = 200
-    elif referenced:
-        status = 202
-    elif any(item.get("00081197", {}).get("Value") in ([STUDY_MISMATCH], [0xA770]) for item in failed):
-        status = 409
-    else:
-        status = 400
-    return Response(dicom_json.json_bytes(body), status_code=status, media_type=DICOM_JSON)
+    return Response(
+        dicom_json.json_bytes(body), status_code=status_for(referenced, failed), media_type=DICOM_JSON
+    )
