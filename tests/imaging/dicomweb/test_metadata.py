@@ -62,11 +62,6 @@ def test_study_series_and_instance_metadata(running: RunningStack, reviewer: htt
     assert one == [in_series[0]]
 
 
-@pytest.mark.xfail(
-    reason="stow.py builds metadata from a header read with stop_before_pixels; "
-    "dicom_json.instance_json_from_file adds the Pixel Data BulkDataURI (STOW engineer's file)",
-    strict=False,
-)
 def test_pixel_data_is_described_by_bulkdata_uri(running: RunningStack, reviewer: httpx.Client) -> None:
     study = running.seeded.study_uids["ACC-1004"]
     for instance in reviewer.get(f"/studies/{study}/metadata").json():

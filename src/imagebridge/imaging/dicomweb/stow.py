@@ -181,8 +181,9 @@ def _prepare(spooled: SpooledInstance, max_inflated_bytes: int) -> Prepared:
     """Parse, validate and precompute the metadata of one instance (in a worker thread)."""
     parsed = parse(spooled, max_inflated_bytes)
     try:
+        # from the file (up to the pixel data): Pixel Data gets its BulkDataURI (PS3.18 §F.2.7)
         metadata = dicom_json.json_bytes(
-            [dicom_json.dataset_to_json(parsed.dataset, bulkdata_uri=_bulk_template(parsed))]
+            [dicom_json.instance_json_from_file(spooled.path, _bulk_template(parsed))]
         )
         return Prepared(
             parsed, metadata, level_json(parsed.dataset, "study"), level_json(parsed.dataset, "series")
