@@ -195,7 +195,28 @@ def parser() -> argparse.ArgumentParser:
         )
         if name == "ehr":
             _clients_parser(service)
+        else:
+            _archive_parsers(service)
     return top
+
+
+def cmd_imaging_archive(args: argparse.Namespace) -> int:
+    from imagebridge.imaging.app import migrate
+    from imagebridge.imaging.archive.sweep import run
+
+    settings = _imaging_settings(args)
+    migrate(settings)
+    return run(settings, args.action, getattr(args, "grace", None), getattr(args, "dry_run", False))
+
+
+def _archive_parsers(service: Any) -> None:
+    service.add_parser(
+        "fsck", help="report orphan blobs and index rows without their blob (exit 1 if any row)"
+    ).set_defaults(func=cmd_imaging_archive)
+    sweep = service.add_parser("sweep", help="delete orphan blobs and spool files past the grace period")
+    sweep.add_argument("--grace", type=float, help="seconds (default: the orphan_grace_seconds setting)")
+    sweep.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    sweep.set_defaults(func=cmd_imaging_archive)
 
 
 def _clients_parser(service: Any) -> None:

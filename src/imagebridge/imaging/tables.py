@@ -89,6 +89,7 @@ instances = Table(
     Column("metadata_json", LargeBinary, nullable=False),  # instance DICOM JSON with BulkDataURI templates
     Column("created_at", Float, nullable=False),
 )
+Index("ix_instances_blob_key", instances.c.blob_key)  # orphan sweep (archive/sweep.py)
 
 publish_queue = Table(
     "publish_queue",

@@ -66,6 +66,7 @@ class LocalBlobStore:
         target = self.path(key)
         if target.exists():
             source.unlink(missing_ok=True)
+            os.utime(target)  # fresh again: the orphan sweep's grace period starts over
             _fsync_dir(target.parent)  # an earlier put may have crashed before its directory fsync
             return
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -84,9 +84,12 @@ class S3BlobStore:
         )
 
     async def put_file(self, key: str, source: Path) -> None:
-        """Upload ``source`` unless the object exists (same key, same bytes); then remove ``source``."""
-        if not await self.exists(key):
-            await anyio.to_thread.run_sync(self._upload, key, source)
+        """Upload ``source``, then remove it.
+
+        An existing object (same key, so same bytes) is written again: that refreshes its
+        modification time, so the orphan sweep's grace period starts over for it.
+        """
+        await anyio.to_thread.run_sync(self._upload, key, source)
         await anyio.Path(source).unlink(missing_ok=True)
 
     def _upload(self, key: str, source: Path) -> None:
