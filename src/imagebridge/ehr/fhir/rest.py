@@ -8,6 +8,9 @@ authorization is 403 (Argonaut SMART Imaging Access, "Required token checks").
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,19 +20,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imagebridge.common.responses import bearer_challenge
-from imagebridge.common.smart_scopes import Interaction
+from imagebridge.common.smart_scopes import Interaction, Scope
 from imagebridge.ehr.bearer import Authenticated, Unauthenticated, authenticate
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.capability import capability_statement
 from imagebridge.ehr.fhir.outcome import FhirError, fhir_response
 from imagebridge.ehr.fhir.search import parse_search
 from imagebridge.ehr.fhir.search_params import PARAMS
-from imagebridge.ehr.fhir.store import ResourceConflict, has_token
+from imagebridge.ehr.fhir.store import ResourceConflict
 from imagebridge.ehr.fhir.subjects import resolve_subject
-from imagebridge.ehr.tables import resources
+from imagebridge.ehr.policy import constraints
+from imagebridge.ehr.policy.engine import PolicyView
 
 MAX_BODY = 8 * 1024 * 1024
 SUPPORTED_TYPES = frozenset(PARAMS)
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+log = logging.getLogger(__name__)
 
 
 async def metadata(request: Request) -> Response:
@@ -43,14 +49,17 @@ async def _caller(request: Request) -> tuple[EhrContext, Authenticated]:
     return ctx, await authenticate(ctx, request)
 
 
-def _require_scope(auth: Authenticated, resource_type: str, interaction: Interaction) -> None:
-    if not auth.principal.scopes.allows(auth.principal.levels, resource_type, interaction):
+def _require_scope(auth: Authenticated, resource_type: str, interaction: Interaction) -> list[Scope]:
+    """The granted scopes covering ``interaction`` (each applied on its own), or 403."""
+    scopes = auth.principal.scopes.allows(auth.principal.levels, resource_type, interaction)
+    if not scopes:
         raise FhirError(
             403,
             "forbidden",
             f"the granted scopes do not allow '{interaction}' on {resource_type}",
             {"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
         )
+    return scopes
 
 
 def _resource_type(request: Request) -> str:
@@ -60,33 +69,43 @@ def _resource_type(request: Request) -> str:
     return resource_type
 
 
+def _not_found(resource_type: str, resource_id: str) -> FhirError:
+    return FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known")
+
+
 async def read(request: Request) -> Response:
     ctx, auth = await _caller(request)
     resource_type = _resource_type(request)
-    _require_scope(auth, resource_type, "r")
-    resource = await ctx.store.read(resource_type, str(request.path_params["id"]))
-    if resource is None or not (await ctx.policy.may_see(auth.principal, resource)).allowed:
-        raise FhirError(404, "not-found", f"{resource_type}/{request.path_params['id']} is not known")
+    scopes = _require_scope(auth, resource_type, "r")
+    resource_id = str(request.path_params["id"])
+    resource = await ctx.store.read(resource_type, resource_id) if _ID.fullmatch(resource_id) else None
+    if resource is None:
+        raise _not_found(resource_type, resource_id)
+    view = await ctx.policy.view(auth.principal)
+    if not view.decide(resource, scopes).allowed:
+        raise _not_found(resource_type, resource_id)
     return fhir_response(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"'})
 
 
 async def search(request: Request) -> Response:
+    """Search (FHIR R4 §3.1.1); policy and scope constraints are SQL, so totals and pages are exact.
+
+    A ``patient`` outside every patient the scopes reach is 403 (Argonaut IG). A patient-context
+    token searching without ``patient`` is restricted to its patient: the policy filter admits
+    nothing else.
+    """
     ctx, auth = await _caller(request)
     resource_type = _resource_type(request)
-    _require_scope(auth, resource_type, "s")
+    scopes = _require_scope(auth, resource_type, "s")
     strict = "handling=strict" in request.headers.get("prefer", "")
     parsed = parse_search(resource_type, request.query_params.multi_items(), strict=strict)
-    principal = auth.principal
-    reachable = await ctx.policy.reachable_patients(principal)
-    if reachable is not None and parsed.patient is not None and parsed.patient not in reachable:
+    view = await ctx.policy.view(auth.principal)
+    if parsed.patient is not None and parsed.patient not in view.patients(scopes):
         raise FhirError(403, "forbidden", "the patient is outside this authorization")
-    restrict = None
-    if reachable is not None and "patient" in {p.name for p in PARAMS.get(resource_type, ())}:
-        restrict = has_token("patient", [(None, f"Patient/{p}") for p in sorted(reachable)] or [(None, "-")])
-    elif reachable is not None and resource_type == "Patient":
-        restrict = resources.c.id.in_(sorted(reachable))
-    results, total = await ctx.store.search(parsed.query, restrict=restrict)
-    visible = [r for r in results if (await ctx.policy.may_see(principal, r)).allowed]
+    results, total = await ctx.store.search(parsed.query, restrict=view.sql(resource_type, scopes))
+    visible = [r for r in results if view.decide(r, scopes).allowed]
+    if len(visible) != len(results):  # the SQL twin must never admit more than decide()
+        log.error("policy SQL admitted %d resources decide() refused", len(results) - len(visible))
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"{ctx.settings.fhir_base}/{r['resourceType']}/{r['id']}",
@@ -167,16 +186,70 @@ async def _body(request: Request, resource_type: str) -> dict[str, Any]:
     return resource
 
 
+def _may_write(view: PolicyView, resource: dict[str, Any], scopes: list[Scope]) -> None:
+    """System-level writers (the imaging system publishing) write within their scope's query;
+    patient- and user-level writers only where the policy lets them see the result."""
+    system = [s for s in scopes if s.level == "system"]
+    for scope in system:
+        try:
+            if constraints.matches(resource, constraints.criteria(scope, resource["resourceType"])):
+                return
+        except constraints.UnusableConstraint:
+            continue
+    others = [s for s in scopes if s.level != "system"]
+    if not others or not view.decide(resource, others).allowed:
+        raise FhirError(403, "forbidden", "this authorization may not write that resource")
+
+
 async def create(request: Request) -> Response:
     ctx, auth = await _caller(request)
     resource_type = _resource_type(request)
-    _require_scope(auth, resource_type, "c")
+    scopes = _require_scope(auth, resource_type, "c")
     resource = await resolve_subject(ctx, await _body(request, resource_type))
     resource.pop("id", None)
+    _may_write(await ctx.policy.view(auth.principal), resource, scopes)
     stored = await ctx.store.create(resource)
     return fhir_response(
         stored, 201, {"Location": f"{ctx.settings.fhir_base}/{resource_type}/{stored['id']}/_history/1"}
     )
+
+
+def _keep_ehr_facts(existing: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
+    """What a conditional update may not take away: the EHR's security labels (the publisher never
+    sets them, so labels are only ever added here) and a subject an administrator reconciled."""
+    merged = dict(incoming)
+    labels = [*((existing.get("meta") or {}).get("security") or [])]
+    labels += [c for c in (incoming.get("meta") or {}).get("security") or [] if c not in labels]
+    if labels:
+        merged["meta"] = {**(incoming.get("meta") or {}), "security": labels}
+    old_subject = existing.get("subject") or {}
+    new_subject = incoming.get("subject") or {}
+    if old_subject.get("reference") and not new_subject.get("reference"):
+        merged["subject"] = {**new_subject, "reference": old_subject["reference"]}
+    return merged
+
+
+async def _write(
+    ctx: EhrContext,
+    auth: Authenticated,
+    resource: dict[str, Any],
+    existing: dict[str, Any] | None,
+) -> Response:
+    resource_type = resource["resourceType"]
+    scopes = _require_scope(auth, resource_type, "u" if existing else "c")
+    view = await ctx.policy.view(auth.principal)
+    if existing is not None:
+        resource = _keep_ehr_facts(existing, resource)
+        _may_write(view, existing, scopes)
+    _may_write(view, resource, scopes)
+    try:
+        stored, created = await ctx.store.put(resource)
+    except ResourceConflict as exc:
+        raise FhirError(409, "conflict", str(exc)) from exc
+    location = (
+        f"{ctx.settings.fhir_base}/{resource_type}/{stored['id']}/_history/{stored['meta']['versionId']}"
+    )
+    return fhir_response(stored, 201 if created else 200, {"Location": location})
 
 
 async def conditional_update(request: Request) -> Response:
@@ -184,7 +257,6 @@ async def conditional_update(request: Request) -> Response:
     ctx, auth = await _caller(request)
     resource_type = _resource_type(request)
     _require_scope(auth, resource_type, "u")
-    _require_scope(auth, resource_type, "c")
     resource = await resolve_subject(ctx, await _body(request, resource_type))
     parsed = parse_search(resource_type, request.query_params.multi_items(), strict=True)
     if not parsed.query.criteria:
@@ -193,18 +265,30 @@ async def conditional_update(request: Request) -> Response:
     matches, _ = await ctx.store.search(parsed.query)
     if len(matches) > 1:
         raise FhirError(412, "multiple-matches", "the criteria match more than one resource")
-    resource["id"] = matches[0]["id"] if matches else resource.get("id") or None
-    try:
-        if matches:
-            stored, created = await ctx.store.put(resource)
-        else:
-            stored, created = await ctx.store.create(resource), True
-    except ResourceConflict as exc:
-        raise FhirError(409, "conflict", str(exc)) from exc
-    location = (
-        f"{ctx.settings.fhir_base}/{resource_type}/{stored['id']}/_history/{stored['meta']['versionId']}"
-    )
-    return fhir_response(stored, 201 if created else 200, {"Location": location})
+    existing = matches[0] if matches else None
+    if existing is not None:
+        if resource.get("id") not in (None, existing["id"]):
+            raise FhirError(400, "invalid", "the body's id differs from the matched resource")
+        resource["id"] = existing["id"]
+    else:
+        resource["id"] = uuid.uuid4().hex
+    return await _write(ctx, auth, resource, existing)
+
+
+async def update(request: Request) -> Response:
+    """``PUT [type]/[id]`` (FHIR R4 §3.1.0.4): update, or create with the client's id."""
+    ctx, auth = await _caller(request)
+    resource_type = _resource_type(request)
+    resource_id = str(request.path_params["id"])
+    if not _ID.fullmatch(resource_id):
+        raise FhirError(400, "invalid", "not a FHIR id ([A-Za-z0-9.-]{1,64})")
+    resource = await resolve_subject(ctx, await _body(request, resource_type))
+    if resource.get("id") != resource_id:
+        raise FhirError(400, "invalid", "the body's id must equal the id in the URL")
+    existing = await ctx.store.read(resource_type, resource_id)
+    if existing is not None and not (await ctx.policy.may_see(auth.principal, existing)).allowed:
+        raise _not_found(resource_type, resource_id)
+    return await _write(ctx, auth, resource, existing)
 
 
 def handle_errors(endpoint: Any) -> Any:
@@ -216,6 +300,9 @@ def handle_errors(endpoint: Any) -> Any:
             return bearer_challenge(exc.error, exc.description)
         except FhirError as exc:
             return exc.response()
+        except Exception:  # an error of ours: still an OperationOutcome, never a stack trace
+            log.exception("unhandled error in %s %s", request.method, request.url.path)
+            return FhirError(500, "exception", "internal error").response()
 
     return wrapped
 
@@ -226,4 +313,5 @@ routes = [
     Route("/fhir/{type}", handle_errors(create), methods=["POST"]),
     Route("/fhir/{type}", handle_errors(conditional_update), methods=["PUT"]),
     Route("/fhir/{type}/{id}", handle_errors(read), methods=["GET"]),
+    Route("/fhir/{type}/{id}", handle_errors(update), methods=["PUT"]),
 ]

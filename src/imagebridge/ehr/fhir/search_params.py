@@ -76,24 +76,53 @@ def _security(resource: Resource) -> Iterator[tuple[str, str]]:
 
 _COMMON = (SearchParam("_security", "token", _security),)
 
+
+def _status(resource: Resource) -> Iterator[tuple[str, str]]:
+    if isinstance(resource.get("status"), str):
+        yield "", resource["status"]
+
+
+_PATIENT_SUBJECT = SearchParam("patient", "reference", _references("subject"))
+_IDENTIFIER = SearchParam("identifier", "token", _identifiers("identifier"))
+
 PARAMS: dict[str, tuple[SearchParam, ...]] = {
-    "Patient": (SearchParam("identifier", "token", _identifiers("identifier")),),
+    "Patient": (_IDENTIFIER, SearchParam("organization", "reference", _references("managingOrganization"))),
+    "Practitioner": (_IDENTIFIER,),
+    "PractitionerRole": (
+        _IDENTIFIER,
+        SearchParam("practitioner", "reference", _references("practitioner")),
+        SearchParam("organization", "reference", _references("organization")),
+    ),
+    "Organization": (_IDENTIFIER,),
+    "RelatedPerson": (_IDENTIFIER, SearchParam("patient", "reference", _references("patient"))),
+    "Group": (_IDENTIFIER, SearchParam("member", "reference", _references("member.entity"))),
+    "CareTeam": (
+        _PATIENT_SUBJECT,
+        SearchParam("participant", "reference", _references("participant.member")),
+        SearchParam("status", "token", _status),
+    ),
+    "Consent": (
+        SearchParam("patient", "reference", _references("patient")),
+        SearchParam("status", "token", _status),
+    ),
     "ImagingStudy": (
-        SearchParam("identifier", "token", _identifiers("identifier")),
-        SearchParam("patient", "reference", _references("subject")),
+        _IDENTIFIER,
+        _PATIENT_SUBJECT,
         SearchParam("endpoint", "reference", _references("endpoint")),
         SearchParam("modality", "token", _codings("modality")),
         SearchParam("started", "date", _dates("started")),
     ),
-    "Endpoint": (SearchParam("identifier", "token", _identifiers("identifier")),),
-    "Group": (SearchParam("member", "reference", _references("member.entity")),),
-    "RelatedPerson": (
-        SearchParam("identifier", "token", _identifiers("identifier")),
-        SearchParam("patient", "reference", _references("patient")),
-    ),
+    "Endpoint": (_IDENTIFIER,),
     "DiagnosticReport": (
-        SearchParam("identifier", "token", _identifiers("identifier")),
-        SearchParam("patient", "reference", _references("subject")),
+        _IDENTIFIER,
+        _PATIENT_SUBJECT,
+        SearchParam("imaging-study", "reference", _references("imagingStudy")),
+        SearchParam("issued", "date", _dates("issued")),
+    ),
+    "AuditEvent": (
+        SearchParam("patient", "reference", _references("entity.what")),
+        SearchParam("agent", "reference", _references("agent.who")),
+        SearchParam("date", "date", _dates("recorded")),
     ),
 }
 

@@ -164,7 +164,7 @@ class Store:
         self, query: Query, *, restrict: ColumnElement[bool] | None = None
     ) -> tuple[list[Resource], int]:
         """Resources matching every criterion, a page of them, and the total count."""
-        where = [resources.c.resource_type == query.resource_type, *map(self._clause, query.criteria)]
+        where = [resources.c.resource_type == query.resource_type, *map(clause, query.criteria)]
         if restrict is not None:
             where.append(restrict)
         order = [
@@ -190,24 +190,26 @@ class Store:
             )
             return [_load(r.content) for r in rows], int(total)
 
-    def _clause(self, criterion: Criterion) -> ColumnElement[bool]:
-        if isinstance(criterion, TokenCriterion):
-            return has_token(criterion.param, criterion.alternatives)
-        if criterion.param == "_lastUpdated":
-            low, high = resources.c.last_updated, resources.c.last_updated
-        else:
-            low, high = search_dates.c.low, search_dates.c.high
-        lo, hi = date_range(criterion.value)
-        cond = _date_condition(criterion.prefix, low, high, lo, hi)
-        if criterion.param == "_lastUpdated":
-            return cond
-        return resources.c.id.in_(
-            select(search_dates.c.id).where(
-                search_dates.c.resource_type == resources.c.resource_type,
-                search_dates.c.param == criterion.param,
-                cond,
-            )
+
+def clause(criterion: Criterion) -> ColumnElement[bool]:
+    """SQL for one search criterion over the ``resources`` table."""
+    if isinstance(criterion, TokenCriterion):
+        return has_token(criterion.param, criterion.alternatives)
+    if criterion.param == "_lastUpdated":
+        low, high = resources.c.last_updated, resources.c.last_updated
+    else:
+        low, high = search_dates.c.low, search_dates.c.high
+    lo, hi = date_range(criterion.value)
+    cond = _date_condition(criterion.prefix, low, high, lo, hi)
+    if criterion.param == "_lastUpdated":
+        return cond
+    return resources.c.id.in_(
+        select(search_dates.c.id).where(
+            search_dates.c.resource_type == resources.c.resource_type,
+            search_dates.c.param == criterion.param,
+            cond,
         )
+    )
 
 
 def has_token(param: str, alternatives: Sequence[tuple[str | None, str]]) -> ColumnElement[bool]:

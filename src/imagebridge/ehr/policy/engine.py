@@ -1,20 +1,51 @@
 """The one place that decides what an authorization may see (ARCHITECTURE.md "Policy").
 
-Every path asks here: FHIR search and read, Bulk export, and what the imaging system is told
+Every path asks here: FHIR read and search, Bulk export, and what the imaging system is told
 through introspection or through its FHIR queries made with the caller's own token.
-Decisions carry a ``why`` for debug logs and audit.
+
+A :class:`PolicyView` is built once per request from the data (relationships, Group, Consent,
+labels; see ``relationships.py``, ``consent.py``, ``labels.py``). It answers per resource
+(:meth:`PolicyView.decide`, with a ``why``) and as SQL (:meth:`PolicyView.sql`) so that searches
+page correctly; both encode the same rules. Each granted scope is applied on its own with its
+own level and query constraints, never combined with another (SMART App Launch 2.2; Argonaut IG
+"each grant retains its own context and restrictions").
+
+Levels: ``patient/`` scopes reach the token's patient context (through the user's relationship
+to it); ``user/`` scopes reach the patients the ``fhirUser`` may see; ``system/`` scopes reach the
+backend client's registered Group. Unreconciled resources (no patient) are visible to no one.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
 
-from imagebridge.common.smart_scopes import ScopeSet
-from imagebridge.ehr.fhir.store import Store
+from sqlalchemy import and_, false, not_, or_, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from imagebridge.common.smart_scopes import Interaction, Level, Scope, ScopeSet
+from imagebridge.ehr.fhir.dates import now_instant
+from imagebridge.ehr.fhir.store import Store, has_token
+from imagebridge.ehr.policy import constraints
+from imagebridge.ehr.policy.consent import withheld_from
+from imagebridge.ehr.policy.labels import labels_of
+from imagebridge.ehr.policy.relationships import PatientAccess, Reach, Relationships, with_consent
+from imagebridge.ehr.tables import resources
 
 log = logging.getLogger(__name__)
+
+#: Resources outside any patient compartment (directory data), visible with a covering scope.
+DIRECTORY: Final = frozenset({"Organization", "Practitioner", "PractitionerRole", "Endpoint"})
+#: Where a compartment resource names its patient.
+_SUBJECT: Final = {
+    "ImagingStudy": "subject",
+    "DiagnosticReport": "subject",
+    "CareTeam": "subject",
+    "Consent": "patient",
+    "RelatedPerson": "patient",
+}
 
 
 @dataclass(frozen=True)
@@ -38,58 +69,180 @@ class Decision:
     why: str
 
 
-class PolicyEngine:
-    """Decide, per resource, whether a principal may see it."""
+def subject_patient(resource: dict[str, Any]) -> str | None:
+    """The logical id of the patient whose compartment holds ``resource`` (None: unreconciled)."""
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        return str(resource.get("id"))
+    if rtype == "AuditEvent":
+        refs = [str((e.get("what") or {}).get("reference", "")) for e in resource.get("entity") or []]
+    else:
+        refs = [str((resource.get(_SUBJECT.get(str(rtype), "subject")) or {}).get("reference", ""))]
+    return next((r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")), None)
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
 
-    async def reachable_patients(self, principal: Principal) -> frozenset[str] | None:
-        """Patients whose compartment the principal may enter at all; ``None`` means no patient bound."""
-        if principal.patient:
-            return frozenset({principal.patient})
-        if principal.group_ref:
-            group_type, _, group_id = principal.group_ref.partition("/")
-            group = await self.store.read(group_type, group_id)
-            members = group.get("member", []) if group else []
-            return frozenset(
-                m["entity"]["reference"].removeprefix("Patient/")
-                for m in members
-                if not m.get("inactive") and m.get("entity", {}).get("reference", "").startswith("Patient/")
+@dataclass
+class PolicyView:
+    """One principal's access, ready to decide per resource or to filter in SQL."""
+
+    principal: Principal
+    reach: dict[str, Reach]  # scope level → patients
+    nobody: dict[str, str] = field(default_factory=dict)  # scope level → why it reaches no one
+
+    def scopes_for(self, resource_type: str, interactions: Sequence[Interaction]) -> list[Scope]:
+        found: dict[Scope, None] = {}
+        for interaction in interactions:
+            for scope in self.principal.scopes.allows(self.principal.levels, resource_type, interaction):
+                found[scope] = None
+        return list(found)
+
+    def patients(self, scopes: Sequence[Scope]) -> frozenset[str]:
+        """Every patient some scope reaches (a ``patient`` search outside these is 403)."""
+        return frozenset(p for s in scopes for p in self.reach.get(s.level, {}))
+
+    def decide(self, resource: dict[str, Any], scopes: Sequence[Scope]) -> Decision:
+        """May the principal see ``resource`` under any one of ``scopes``?"""
+        rtype = str(resource.get("resourceType"))
+        reasons: list[str] = []
+        for scope in scopes:
+            try:
+                found = constraints.criteria(scope, rtype)
+            except constraints.UnusableConstraint as exc:
+                reasons.append(f"{scope.to_string()}: unusable constraint ({exc})")
+                continue
+            if not constraints.matches(resource, found):
+                reasons.append(f"{scope.to_string()}: outside the scope's query")
+                continue
+            decision = self._by_level(scope.level, resource)
+            if decision.allowed:
+                return self._log(resource, Decision(True, f"{scope.to_string()}: {decision.why}"))
+            reasons.append(f"{scope.to_string()}: {decision.why}")
+        why = "; ".join(reasons) or f"no granted scope covers {rtype}"
+        return self._log(resource, Decision(False, why))
+
+    def _by_level(self, level: str, resource: dict[str, Any]) -> Decision:
+        rtype = str(resource.get("resourceType"))
+        if rtype in DIRECTORY:
+            return Decision(True, f"{rtype} is directory data")
+        if rtype == "Group":
+            mine = self.principal.group_ref == f"Group/{resource.get('id')}" and level == "system"
+            return Decision(mine, "the client's own Group" if mine else "not the client's Group")
+        patient = subject_patient(resource)
+        if patient is None:
+            return Decision(False, "unreconciled: the resource has no patient")
+        access = self.reach.get(level, {}).get(patient)
+        if access is None:
+            return Decision(
+                False, self.nobody.get(level) or f"Patient/{patient} is outside the authorization"
             )
-        return None
+        hidden = access.hides(resource, labels_of(resource))
+        return Decision(False, hidden) if hidden else Decision(True, access.why)
 
-    async def may_see(self, principal: Principal, resource: dict[str, Any]) -> Decision:
-        """Whether ``principal`` may see ``resource`` (a patient-compartment resource)."""
-        subject = _subject_patient(resource)
-        if subject is None:
-            return self._log(principal, resource, Decision(False, "resource has no reconciled patient"))
-        reachable = await self.reachable_patients(principal)
-        if reachable is None:
-            return self._log(principal, resource, Decision(False, "authorization is bound to no patient"))
-        if subject not in reachable:
-            return self._log(
-                principal, resource, Decision(False, f"patient {subject} is outside the authorization")
+    def sql(self, resource_type: str, scopes: Sequence[Scope]) -> ColumnElement[bool]:
+        """The rows of ``resource_type`` some scope lets the principal see (twin of :meth:`decide`)."""
+        options: list[ColumnElement[bool]] = []
+        for scope in scopes:
+            try:
+                found = constraints.criteria(scope, resource_type)
+            except constraints.UnusableConstraint:
+                continue
+            options.append(and_(constraints.sql(found), self._level_sql(scope.level, resource_type)))
+        return or_(false(), *options)
+
+    def _level_sql(self, level: str, resource_type: str) -> ColumnElement[bool]:
+        if resource_type in DIRECTORY:
+            return true()
+        if resource_type == "Group":
+            group = (self.principal.group_ref or "").partition("/")[2]
+            return resources.c.id == group if level == "system" and group else false()
+        if resource_type != "Patient" and resource_type not in _SUBJECT and resource_type != "AuditEvent":
+            return false()
+        by_rule: dict[tuple[frozenset[Any], frozenset[str]], list[str]] = {}
+        for patient, access in self.reach.get(level, {}).items():
+            if resource_type in access.withheld_types:
+                continue
+            withheld = frozenset(
+                r.partition("/")[2] for r in access.withheld if r.startswith(f"{resource_type}/")
             )
-        return self._log(
-            principal, resource, Decision(True, f"patient {subject} is within the authorization")
-        )
+            by_rule.setdefault((access.hidden_labels, withheld), []).append(patient)
+        options = []
+        for (labels, withheld), patients in by_rule.items():
+            parts = [
+                resources.c.id.in_(sorted(patients))
+                if resource_type == "Patient"
+                else has_token("patient", [(None, f"Patient/{p}") for p in sorted(patients)])
+            ]
+            if labels:
+                parts.append(not_(has_token("_security", sorted(labels))))
+            if withheld:
+                parts.append(resources.c.id.not_in(sorted(withheld)))
+            options.append(and_(*parts))
+        return or_(false(), *options)
 
-    @staticmethod
-    def _log(principal: Principal, resource: dict[str, Any], decision: Decision) -> Decision:
+    def _log(self, resource: dict[str, Any], decision: Decision) -> Decision:
         log.debug(
             "policy %s %s/%s for client %s: %s",
             "allow" if decision.allowed else "deny",
             resource.get("resourceType"),
             resource.get("id"),
-            principal.client_id,
+            self.principal.client_id,
             decision.why,
         )
         return decision
 
 
-def _subject_patient(resource: dict[str, Any]) -> str | None:
-    if resource.get("resourceType") == "Patient":
-        return str(resource["id"])
-    ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
-    return ref.removeprefix("Patient/") if isinstance(ref, str) and ref.startswith("Patient/") else None
+class PolicyEngine:
+    """Builds :class:`PolicyView` s from the EHR's data."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.relationships = Relationships(store)
+
+    async def view(self, principal: Principal) -> PolicyView:
+        now = now_instant()
+        reach: dict[str, Reach] = {}
+        nobody: dict[str, str] = {}
+        for level in principal.levels:
+            reach[level], nobody[level] = await self._reach(principal, level, now)
+        patients = sorted({p for r in reach.values() for p in r})
+        consents = await self.relationships.consents(patients)
+        for level_reach in reach.values():
+            for patient, access in list(level_reach.items()):
+                withheld = withheld_from(consents.get(patient, []), principal.client_id, now)
+                level_reach[patient] = with_consent(access, withheld.references, withheld.types, withheld.why)
+        return PolicyView(principal, reach, {k: v for k, v in nobody.items() if v})
+
+    async def _reach(self, principal: Principal, level: Level | str, now: str) -> tuple[Reach, str]:
+        if level == "system":
+            if not principal.group_ref:
+                return {}, "system scopes reach no patient without a registered Group"
+            return await self.relationships.of_group(principal.group_ref)
+        if level == "user":
+            if not principal.fhir_user:
+                return {}, "user scopes need a fhirUser"
+            return await self.relationships.of_user(principal.fhir_user, now)
+        if not principal.patient:
+            return {}, "patient scopes need a patient context"
+        context = principal.patient
+        if principal.fhir_user in (None, f"Patient/{context}"):
+            return {context: PatientAccess(f"Patient/{context} is the patient in context (self)")}, ""
+        user_reach, why = await self.relationships.of_user(str(principal.fhir_user), now)
+        if context not in user_reach:
+            return {}, why or f"{principal.fhir_user} may not see the patient in context"
+        return {context: user_reach[context]}, ""
+
+    async def may_see(
+        self, principal: Principal, resource: dict[str, Any], interactions: Sequence[Interaction] = ("r", "s")
+    ) -> Decision:
+        """Whether ``principal`` may see ``resource`` (one-off; build a view for many)."""
+        view = await self.view(principal)
+        return view.decide(resource, view.scopes_for(str(resource.get("resourceType")), interactions))
+
+    async def visible(self, principal: Principal, found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The resources of ``found`` the principal may read."""
+        view = await self.view(principal)
+        return [
+            r
+            for r in found
+            if view.decide(r, view.scopes_for(str(r.get("resourceType")), ("r", "s"))).allowed
+        ]

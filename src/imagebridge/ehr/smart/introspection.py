@@ -89,11 +89,10 @@ async def imaging_grant(ctx: EhrContext, principal: Principal) -> dict[str, Any]
     )
     studies, _ = await ctx.store.search(query)
     uids: list[str] = []
-    for study in studies:
-        if (await ctx.policy.may_see(principal, study)).allowed:
-            uids.extend(
-                ident["value"].removeprefix("urn:oid:")
-                for ident in study.get("identifier", [])
-                if ident.get("system") == DICOM_UID_SYSTEM and isinstance(ident.get("value"), str)
-            )
+    for study in await ctx.policy.visible(principal, studies):
+        uids.extend(
+            ident["value"].removeprefix("urn:oid:")
+            for ident in study.get("identifier", [])
+            if ident.get("system") == DICOM_UID_SYSTEM and isinstance(ident.get("value"), str)
+        )
     return {"mode": "studies", "patient": principal.patient, "studies": sorted(uids)}

@@ -1,0 +1,114 @@
+"""Direct EHR administration for tests: grants issued straight into the EHR database (the running
+EHR process reads the same database), and FHIR resources put by the administrator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from imagebridge.common import jose
+from imagebridge.ehr.admin import Admin
+from imagebridge.ehr.fhir.store import Query, TokenCriterion
+from imagebridge.ehr.smart.grants import Grant, GrantStore
+from tests.conftest import RunningStack
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+
+
+def issue(
+    running: RunningStack,
+    client_id: str,
+    scope: str,
+    *,
+    patient: str | None = None,
+    fhir_user: str | None = None,
+) -> str:
+    """An access token for ``client_id`` with exactly ``scope`` and context."""
+
+    async def run() -> str:
+        admin = Admin(running.stack.ehr_settings)
+        try:
+            now = time.time()
+            grant = Grant(client_id, scope, now + 600, now, patient=patient, fhir_user=fhir_user)
+            return await GrantStore(admin.engine).issue(grant)
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def put(running: RunningStack, *resources: dict[str, Any]) -> None:
+    """Create or replace resources as the EHR administrator."""
+
+    async def run() -> None:
+        admin = Admin(running.stack.ehr_settings)
+        try:
+            for resource in resources:
+                await admin.put_resource(resource)
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def backend_client(running: RunningStack, scope: str, group: str | None) -> str:
+    """Register a fresh backend client (its own identity, so consents naming it stay private)."""
+    client_id = f"test-backend-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> None:
+        admin = Admin(running.stack.ehr_settings)
+        try:
+            await admin.add_client(
+                client_id,
+                "backend",
+                scope=scope,
+                jwks=jose.public_jwks(jose.generate_private_jwk()),
+                group=group,
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+    return client_id
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def get(running: RunningStack, path: str, token: str | None, **params: str) -> httpx.Response:
+    headers = {"Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.get(f"{running.fhir_base}/{path}", params=params, headers=headers, timeout=30)
+
+
+def accessions(bundle: dict[str, Any]) -> set[str]:
+    """Accession numbers of the ImagingStudy matches in a searchset."""
+    return {
+        i["value"]
+        for e in bundle.get("entry", [])
+        if e["resource"]["resourceType"] == "ImagingStudy"
+        for i in e["resource"].get("identifier", [])
+        if i.get("type", {}).get("coding", [{}])[0].get("code") == "ACSN"
+    }
+
+
+def study_id(running: RunningStack, accession: str) -> str:
+    """The FHIR id of a seeded study, looked up by its Study Instance UID (administrator view)."""
+    uid = running.seeded.study_uids[accession]
+
+    async def run() -> str:
+        admin = Admin(running.stack.ehr_settings)
+        try:
+            crit = TokenCriterion("identifier", (("urn:dicom:uid", f"urn:oid:{uid}"),))
+            found, _ = await admin.store.search(Query("ImagingStudy", [crit]))
+            return str(found[0]["id"])
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
