@@ -9,12 +9,12 @@ import uuid
 from typing import Any
 
 import httpx
+from tests.conftest import RunningStack
 
 from imagebridge.common import jose
 from imagebridge.ehr.admin import Admin
 from imagebridge.ehr.fhir.store import Query, TokenCriterion
 from imagebridge.ehr.smart.grants import Grant, GrantStore
-from tests.conftest import RunningStack
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
