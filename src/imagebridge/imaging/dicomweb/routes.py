@@ -48,7 +48,7 @@ async def retrieve(ctx: ImagingContext, access: Access, request: Request) -> Res
     rows = await ctx.index.instances_of(study, series, instance)
     if not rows or not await ctx.gate.may_see_study(access, study):
         return not_found()
-    return wado.retrieve(ctx.blobs, rows, request.headers.get("accept"))
+    return await wado.retrieve(ctx.blobs, rows, request.headers.get("accept"))
 
 
 async def store(ctx: ImagingContext, access: Access, request: Request) -> Response:
