@@ -55,20 +55,15 @@ def put(running: RunningStack, *resources: dict[str, Any]) -> None:
     asyncio.run(run())
 
 
-def backend_client(running: RunningStack, scope: str, group: str | None) -> str:
-    """Register a fresh backend client (its own identity, so consents naming it stay private)."""
-    client_id = f"test-backend-{uuid.uuid4().hex[:8]}"
+def add_client(running: RunningStack, kind: str, scope: str, group: str | None = None) -> str:
+    """Register a fresh client (its own identity, so consents naming it stay private to a test)."""
+    client_id = f"test-{kind}-{uuid.uuid4().hex[:8]}"
+    jwks = jose.public_jwks(jose.generate_private_jwk()) if kind == "backend" else None
 
     async def run() -> None:
         admin = Admin(running.stack.ehr_settings)
         try:
-            await admin.add_client(
-                client_id,
-                "backend",
-                scope=scope,
-                jwks=jose.public_jwks(jose.generate_private_jwk()),
-                group=group,
-            )
+            await admin.add_client(client_id, kind, scope=scope, jwks=jwks, group=group)  # type: ignore[arg-type]
         finally:
             await admin.close()
 
