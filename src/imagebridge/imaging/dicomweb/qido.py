@@ -119,7 +119,7 @@ async def _scope_exists(ctx: ImagingContext, scope: Scope) -> bool:
 
 def _statement(query: Query, scope: Scope) -> Select[Any]:
     """The SQL of ``query``: matching conditions, the URL's scope, and a stable order."""
-    order_study = (studies.c.study_date.desc(), studies.c.study_time.desc(), studies.c.study_uid)
+    order_study = (studies.c.study_date.desc(), studies.c.study_time.desc(), studies.c.study_uid.desc())
     if query.level == "study":
         stmt = select(studies.c.study_uid, studies.c.study_json).order_by(*order_study)
     elif query.level == "series":
@@ -178,13 +178,15 @@ async def _page(
             return rows[: query.limit], len(rows) > query.limit
         visible: list[Any] = []
         position = 0
+        size = min(wanted + 1, _CANDIDATE_CHUNK)  # one chunk when the token sees most candidates
         while len(visible) <= wanted:
-            chunk = (await conn.execute(stmt.offset(position).limit(_CANDIDATE_CHUNK))).all()
+            chunk = (await conn.execute(stmt.offset(position).limit(size))).all()
             position += len(chunk)
             allowed = await ctx.gate.visible_studies(access, [r.study_uid for r in chunk])
             visible.extend(r for r in chunk if r.study_uid in allowed)
-            if len(chunk) < _CANDIDATE_CHUNK:
+            if len(chunk) < size:
                 break
+            size = _CANDIDATE_CHUNK
     return visible[query.offset : wanted], len(visible) > wanted
 
 
@@ -202,26 +204,31 @@ async def _results(ctx: ImagingContext, query: Query, scope: Scope, rows: Sequen
 
 
 async def _study_counts(ctx: ImagingContext, uids: list[str]) -> dict[str, tuple[list[str], int, int]]:
-    """ModalitiesInStudy, NumberOfStudyRelatedSeries and -Instances of the page's studies."""
+    """ModalitiesInStudy, NumberOfStudyRelatedSeries and -Instances of the page's studies (one query)."""
     modalities: dict[str, list[str]] = {u: [] for u in uids}
     series_count: dict[str, int] = dict.fromkeys(uids, 0)
-    async with ctx.engine.connect() as conn:
-        grouped = await conn.execute(
-            select(series.c.study_uid, series.c.modality, func.count())
-            .where(series.c.study_uid.in_(uids))
-            .group_by(series.c.study_uid, series.c.modality)
+    instance_count: dict[str, int] = dict.fromkeys(uids, 0)
+    per_series = (
+        select(instances.c.series_uid, func.count().label("n"))
+        .where(instances.c.study_uid.in_(uids))
+        .group_by(instances.c.series_uid)
+        .subquery()
+    )
+    grouped = (
+        select(
+            series.c.study_uid, series.c.modality, func.count(), func.coalesce(func.sum(per_series.c.n), 0)
         )
-        for study_uid, modality, count in grouped:
+        .outerjoin(per_series, per_series.c.series_uid == series.c.series_uid)
+        .where(series.c.study_uid.in_(uids))
+        .group_by(series.c.study_uid, series.c.modality)
+    )
+    async with ctx.engine.connect() as conn:
+        for study_uid, modality, number_of_series, number_of_instances in await conn.execute(grouped):
             if modality:
                 modalities[study_uid].append(modality)
-            series_count[study_uid] += count
-        counted = await conn.execute(
-            select(instances.c.study_uid, func.count())
-            .where(instances.c.study_uid.in_(uids))
-            .group_by(instances.c.study_uid)
-        )
-        instance_count: dict[str, int] = {study_uid: count for study_uid, count in counted}
-    return {u: (sorted(modalities[u]), series_count[u], instance_count.get(u, 0)) for u in uids}
+            series_count[study_uid] += number_of_series
+            instance_count[study_uid] += int(number_of_instances)
+    return {u: (sorted(modalities[u]), series_count[u], instance_count[u]) for u in uids}
 
 
 async def _series_counts(ctx: ImagingContext, uids: list[str]) -> dict[str, int]:
@@ -235,7 +242,11 @@ async def _series_counts(ctx: ImagingContext, uids: list[str]) -> dict[str, int]
 
 
 def _wanted(query: Query, level: Level) -> set[str]:
-    return set(REQUIRED[level]) | CONDITIONAL[level] | query.matched_tags | query.include_tags
+    wanted = query.returned.get(level)
+    if wanted is None:
+        wanted = set(REQUIRED[level]) | CONDITIONAL[level] | query.matched_tags | query.include_tags
+        query.returned[level] = wanted
+    return wanted
 
 
 def _pick(target: dict[str, Any], source: dict[str, Any], tags: set[str], *, everything: bool) -> None:

@@ -128,6 +128,7 @@ class Query:
     limit: int = DEFAULT_LIMIT
     offset: int = 0
     limit_reduced: bool = False
+    returned: dict[str, set[str]] = field(default_factory=dict)  # tags returned per level (memo)
 
     @property
     def matched_tags(self) -> set[str]:
