@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql
 
 from imagebridge.imaging.dicomweb.qido_match import QueryError, fold_person_name, wildcard
 from imagebridge.imaging.dicomweb.qido_query import parse
-from imagebridge.imaging.tables import metadata, series, studies
+from imagebridge.imaging.tables import metadata, series, series_requests, studies
 
 ROWS = [
     ("1.2.1", "MRN-1", "Anders^Alice", "20240312", "101500", "ACC-1001", "CT"),
@@ -160,3 +160,39 @@ def test_wildcard_is_case_sensitive_like_on_postgresql() -> None:
     assert " LIKE " in str(compiled)
     assert str(compiled).endswith("ESCAPE '\\'")
     assert "a\\%\\_\\\\%_" in compiled.params.values()
+
+
+def test_request_attributes_sequence_matching(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(series_requests),
+            [
+                {
+                    "series_uid": "1.2.1.1",
+                    "scheduled_procedure_step_id": "SPS-1",
+                    "requested_procedure_id": "RP-1",
+                },
+                {
+                    "series_uid": "1.2.1.1",
+                    "scheduled_procedure_step_id": "SPS-2",
+                    "requested_procedure_id": "RP-2",
+                },
+                {
+                    "series_uid": "1.2.3.1",
+                    "scheduled_procedure_step_id": "SPS-3",
+                    "requested_procedure_id": "RP-3",
+                },
+            ],
+        )
+
+    def series_found(query: str) -> list[str]:
+        conditions = parse(query, "series", allowed_levels=("study", "series")).conditions()
+        with engine.connect() as conn:
+            rows = conn.execute(select(series.c.series_uid).where(*conditions).order_by(series.c.series_uid))
+            return [r[0] for r in rows]
+
+    assert series_found("RequestAttributesSequence.RequestedProcedureID=RP-2") == ["1.2.1.1"]
+    assert series_found("00400275.00400009=SPS-*") == ["1.2.1.1", "1.2.3.1"]
+    assert series_found("RequestAttributesSequence.ScheduledProcedureStepID=SPS-9") == []
+    assert len(series_found("RequestAttributesSequence.RequestedProcedureID=")) == 7  # universal
+    assert series_found("Modality=MR&00400275.00401001=RP-1") == []
