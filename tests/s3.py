@@ -167,7 +167,7 @@ def seaweedfs(directory: Path, timeout: float = 60.0) -> Iterator[S3Server]:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(15)
+                process.wait(5)  # a throw-away server: no need to wait for a graceful stop
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
