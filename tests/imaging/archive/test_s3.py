@@ -62,7 +62,8 @@ def test_put_get_range_list_delete(s3_server: S3Server, tmp_path: Path) -> None:
         assert await _read(store, key, 128, 132) == b"DICM"
         assert await _read(store, key, 132) == data[132:]
         assert (await store.modified(key) or 0) > 0
-        assert [k async for k in store.keys()] == [key]
+        listing = store.keys()
+        assert [k async for k in listing] == [key]
         await store.delete(key)
         assert not await store.exists(key)
         assert await store.modified(key) is None
