@@ -14,6 +14,8 @@ from starlette.routing import Route
 from imagebridge.common import db, http
 from imagebridge.common import settings as settings_mod
 from imagebridge.common.settings import EhrSettings
+from imagebridge.ehr.bulk import routes as bulk_routes
+from imagebridge.ehr.bulk.jobs import BulkExports
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir import rest
 from imagebridge.ehr.fhir.store import Store
@@ -59,11 +61,14 @@ async def health(_: Request) -> Response:
 def create_app(settings: EhrSettings) -> Starlette:
     """The EHR as an ASGI application (the database must already be migrated)."""
     ctx = build_context(settings)
+    bulk = BulkExports(ctx.engine, ctx.store, ctx.policy)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await ctx.keys.active()
+        await bulk.resume()
         yield
+        await bulk.stop()
         await ctx.http.aclose()
         await ctx.engine.dispose()
 
@@ -74,10 +79,12 @@ def create_app(settings: EhrSettings) -> Starlette:
         Route("/.well-known/jwks.json", discovery.jwks),
         Route("/auth/token", token_endpoint, methods=["POST"]),
         Route("/auth/introspect", introspection_endpoint, methods=["POST"]),
+        *bulk_routes.routes,  # before rest.routes: "/fhir/$export" would match "/fhir/{type}"
         *rest.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.ctx = ctx
+    app.state.bulk = bulk
     return app
 
 

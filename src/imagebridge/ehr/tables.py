@@ -104,3 +104,29 @@ search_dates = Table(
 )
 Index("ix_search_dates_lookup", search_dates.c.resource_type, search_dates.c.param, search_dates.c.low)
 Index("ix_search_dates_owner", search_dates.c.resource_type, search_dates.c.id)
+
+# Bulk Data export jobs (FHIR Bulk Data STU2 "Export"): durable, so a restart resumes them.
+bulk_jobs = Table(
+    "bulk_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("client_id", String(200), nullable=False, index=True),
+    Column("principal", Text, nullable=False),  # JSON: the authorization the export runs under
+    Column("request", Text, nullable=False),  # the kick-off URL
+    Column("params", Text, nullable=False),  # JSON: types, since, group
+    Column("status", String(20), nullable=False),  # accepted | running | done | failed | cancelled
+    Column("progress", String(100), nullable=False, default=""),
+    Column("transaction_time", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("error", Text),
+)
+
+bulk_files = Table(
+    "bulk_files",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("resource_type", String(64), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("content", Text, nullable=False),  # NDJSON
+)
