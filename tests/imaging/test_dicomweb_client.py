@@ -163,7 +163,7 @@ def stored(running: RunningStack) -> tuple[list[Dataset], list[bytes]]:
     _add_patient(running)
     spec = StudySpec(
         CLIENT_PATIENT,
-        "OT",
+        "DX",
         "Stored by dicomweb-client",
         "HAND",
         "20250102",

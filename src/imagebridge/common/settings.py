@@ -80,6 +80,10 @@ class ImagingSettings:
     negative_cache_ttl: int = 5
     #: Seconds to wait for the EHR before answering 503.
     ehr_timeout: float = 2.0
+    #: Out-of-band introspection endpoint, for EHRs that do not advertise one (empty: discover it).
+    introspection_endpoint: str = ""
+    #: Where introspection and study decisions are cached: empty (per process) or ``redis://…``.
+    cache_url: str = ""
     #: Identifier system of the DICOM PatientID when publishing studies to the EHR.
     mrn_system: str = "urn:imagebridge:mrn"
     #: Largest accepted STOW-RS request body, in bytes.

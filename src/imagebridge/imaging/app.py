@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from imagebridge.common import db, http, jose
+from imagebridge.common import db, http, jose, log_redaction
 from imagebridge.common import settings as settings_mod
 from imagebridge.common.settings import ImagingSettings
 from imagebridge.imaging.archive.blobs import open_blob_store
@@ -21,6 +21,8 @@ from imagebridge.imaging.archive.index import Index
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import routes as dicomweb_routes
 from imagebridge.imaging.dicomweb.cors import DicomwebCors
+from imagebridge.imaging.gate import redis_cache
+from imagebridge.imaging.gate.audit import AuditLog
 from imagebridge.imaging.gate.ehr_client import EhrClient
 from imagebridge.imaging.gate.gate import Gate
 from imagebridge.imaging.publish import Publisher
@@ -43,21 +45,29 @@ def build_context(settings: ImagingSettings) -> ImagingContext:
         settings.client_id,
         jose.load_or_create_private_jwk(settings.private_key_file),
         OWN_SCOPE,
+        introspection_endpoint=settings.introspection_endpoint,
+        deadline=settings.ehr_timeout,
     )
     index = Index(engine)
+    token_backend, study_backend = (
+        redis_cache.gate_backends(settings.cache_url)[:2] if settings.cache_url else (None, None)
+    )
     return ImagingContext(
         settings=settings,
         engine=engine,
         index=index,
-        blobs=open_blob_store(settings.resolved_blob_store),
+        blobs=open_blob_store(settings),
         gate=Gate(
             ehr,
             settings.dicomweb_base,
             revocation_window=settings.revocation_window,
             negative_ttl=settings.negative_cache_ttl,
+            token_backend=token_backend,
+            study_backend=study_backend,
         ),
         publisher=Publisher(engine, index, ehr, settings.dicomweb_base, settings.mrn_system),
         http=client,
+        audit=AuditLog(engine, settings.mrn_system),
     )
 
 
@@ -67,6 +77,7 @@ async def health(_: Request) -> Response:
 
 def create_app(settings: ImagingSettings) -> Starlette:
     """The imaging system as an ASGI application (the database must already be migrated)."""
+    log_redaction.install()
     ctx = build_context(settings)
 
     @contextlib.asynccontextmanager

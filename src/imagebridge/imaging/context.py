@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from imagebridge.common.settings import ImagingSettings
 from imagebridge.imaging.archive.blobs import BlobStore
 from imagebridge.imaging.archive.index import Index
+from imagebridge.imaging.gate.audit import AuditLog
 from imagebridge.imaging.gate.gate import Gate
 from imagebridge.imaging.publish import Publisher
 
@@ -23,3 +24,4 @@ class ImagingContext:
     gate: Gate
     publisher: Publisher
     http: httpx.AsyncClient
+    audit: AuditLog

@@ -116,5 +116,8 @@ audit = Table(
     Column("outcome", String(20), nullable=False),
     Column("status", Integer, nullable=False),
     Column("detail", Text),
+    Column("bytes_sent", BigInteger, nullable=False, default=0),
+    Column("request_path", String(400)),
 )
 Index("ix_audit_at", audit.c.at)
+Index("ix_audit_patient", audit.c.patient)

@@ -15,22 +15,34 @@ from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import bulkdata, frames, metadata, qido, rendered, stow, wado
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
-from imagebridge.imaging.gate.gate import Access, GateRefusal
+from imagebridge.imaging.gate.ehr_client import EhrUnavailable
+from imagebridge.imaging.gate.gate import Access, GateRefusal, unavailable
 
 BASE = "/dicom-web"
 Handler = Callable[[ImagingContext, Access, Request], Awaitable[Response]]
 
 
 def gated(handler: Handler, operation: str = "read") -> Callable[[Request], Awaitable[Response]]:
+    """Admit the request at the gate, run ``handler``, and audit the decision before any byte goes.
+
+    Refusals answer as the gate says (401/403/503); an EHR or cache fault anywhere in the
+    handler's decisions is 503, never data (ARCHITECTURE.md invariant 4).
+    """
+
     async def endpoint(request: Request) -> Response:
         ctx: ImagingContext = request.app.state.ctx
+        access: Access | None = None
+        detail: str | None = None
         try:
             access = await ctx.gate.admit(request, "write" if operation == "write" else "read")
-            return await handler(ctx, access, request)
+            response = await handler(ctx, access, request)
         except GateRefusal as refusal:
-            return refusal.response
+            response, detail = refusal.response, refusal.reason
+        except EhrUnavailable as exc:
+            response, detail = unavailable(str(exc)).response, str(exc)
         except DicomwebError as exc:
-            return exc.response()
+            response, detail = exc.response(), exc.message
+        return await ctx.audit.record(request, access, response, detail)
 
     return endpoint
 

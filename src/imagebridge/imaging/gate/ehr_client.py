@@ -4,6 +4,10 @@ It discovers the EHR's endpoints from ``{fhir}/.well-known/smart-configuration``
 Launch 2.2 §"Conformance"), obtains its own access token with ``client_credentials`` and a
 signed assertion (RFC 7523 §2.2), reuses it until shortly before expiry, and makes the
 introspection (RFC 7662 §2.1) and FHIR calls the gate and the publisher need.
+
+The gate's questions (introspection, and FHIR queries with the caller's token) are bounded as a
+whole by ``deadline`` seconds, discovery and token renewal included: an EHR that is down, slow
+or drip-feeding bytes costs at most that long before the gate answers 503 (security.md FT-02).
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ class EhrClient:
         scope: str,
         *,
         introspection_endpoint: str | None = None,
+        deadline: float = 2.0,
     ) -> None:
         self.http = http
         self.fhir_base = fhir_base.rstrip("/")
         self.client_id = client_id
         self.private_jwk = private_jwk
         self.scope = scope
-        self._override = introspection_endpoint
+        self._override = introspection_endpoint or None
+        self.deadline = deadline
         self._endpoints: EhrEndpoints | None = None
         self._token: tuple[str, float] | None = None
         self._lock = asyncio.Lock()
@@ -87,6 +93,13 @@ class EhrClient:
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 §2.1: POST the token, authenticated with this system's own bearer token."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._introspect(token)
+        except TimeoutError as exc:
+            raise EhrUnavailable(f"the EHR did not answer within {self.deadline} s") from exc
+
+    async def _introspect(self, token: str) -> dict[str, Any]:
         endpoints = await self.endpoints()
         for attempt in (0, 1):
             own = await self.own_token()
@@ -104,12 +117,16 @@ class EhrClient:
 
     async def fhir_get(self, path: str, params: dict[str, str], token: str) -> tuple[int, dict[str, Any]]:
         """A FHIR GET with the caller's token (criterion f, channel 1); returns status and body."""
-        response = await self._send(
-            "GET",
-            f"{self.fhir_base}/{path}",
-            params=params,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
-        )
+        try:
+            async with asyncio.timeout(self.deadline):
+                response = await self._send(
+                    "GET",
+                    f"{self.fhir_base}/{path}",
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
+                )
+        except TimeoutError as exc:
+            raise EhrUnavailable(f"the EHR did not answer within {self.deadline} s") from exc
         if response.status_code >= 500:
             raise EhrUnavailable(f"the EHR answered {response.status_code}")
         try:

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from imagebridge.common.responses import JSONResponse, bearer_challenge
 from imagebridge.common.smart_scopes import Interaction, Level, covers_imaging_read
 from imagebridge.common.tokens import digest, token_id
-from imagebridge.imaging.gate.cache import SingleFlightCache
+from imagebridge.imaging.gate.cache import Backend, SingleFlightCache
 from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable
 from imagebridge.imaging.gate.token_info import (
     INACTIVE,
@@ -68,13 +68,28 @@ def unavailable(reason: str) -> GateRefusal:
 
 
 class Gate:
-    def __init__(self, ehr: EhrClient, own_base: str, *, revocation_window: int, negative_ttl: int) -> None:
+    """Admission (who, with which scopes) and per-study decisions, cached within declared bounds.
+
+    ``token_backend`` and ``study_backend`` say where cached answers live (this process by
+    default; Redis when several workers share them, see :mod:`.redis_cache`).
+    """
+
+    def __init__(
+        self,
+        ehr: EhrClient,
+        own_base: str,
+        *,
+        revocation_window: int,
+        negative_ttl: int,
+        token_backend: Backend[TokenInfo] | None = None,
+        study_backend: Backend[bool] | None = None,
+    ) -> None:
         self.ehr = ehr
         self.own_base = own_base.rstrip("/")
         self.revocation_window = revocation_window
         self.negative_ttl = negative_ttl
-        self.tokens: SingleFlightCache[TokenInfo] = SingleFlightCache()
-        self.studies: SingleFlightCache[bool] = SingleFlightCache()
+        self.tokens: SingleFlightCache[TokenInfo] = SingleFlightCache(token_backend)
+        self.studies: SingleFlightCache[bool] = SingleFlightCache(study_backend)
 
     async def admit(self, request: Request, operation: Operation = "read") -> Access:
         """Authenticate the request and check its scopes; raise :class:`GateRefusal` otherwise."""
@@ -89,18 +104,25 @@ class Gate:
                 bearer_challenge("invalid_token", "the token is not valid at this server"), "audience"
             )
         interaction: Interaction | None = "c" if operation == "write" else None
-        levels: set[Level] = set()
-        for level in ("patient", "user", "system"):
-            if level == "patient" and not info.patient:
-                continue  # missing patient context is never system-level access
-            covered = (
+        all_levels: tuple[Level, ...] = ("patient", "user", "system")
+        covered: set[Level] = {
+            level
+            for level in all_levels
+            if (
                 info.scopes.allows((level,), "ImagingStudy", interaction)
                 if interaction
                 else covers_imaging_read(info.scopes, level)
             )
-            if covered:
-                levels.add(level)
+        }
+        levels: set[Level] = covered if info.patient else covered - {"patient"}
         if not levels:
+            if "patient" in covered:
+                # SMART: patient-level scopes come with a patient context; without one the EHR's
+                # answer is inconsistent, and missing context is never system-level access.
+                raise GateRefusal(
+                    bearer_challenge("invalid_token", "a patient-level token without patient context"),
+                    "patient scope without patient",
+                )
             raise GateRefusal(
                 bearer_challenge("insufficient_scope", "no granted scope covers this request", status=403),
                 "insufficient scope",
@@ -129,15 +151,21 @@ class Gate:
         if restriction is not None:
             return frozenset(u for u in study_uids if u in restriction)
         prefix = digest(access.token)
-        visible = {u for u in study_uids if self.studies.peek(f"{prefix}:{u}")}
-        undecided = [u for u in dict.fromkeys(study_uids) if self.studies.peek(f"{prefix}:{u}") is None]
+        visible: set[str] = set()
+        undecided: list[str] = []
+        for uid in dict.fromkeys(study_uids):
+            known = await self.studies.peek(f"{prefix}:{uid}")
+            if known is None:
+                undecided.append(uid)
+            elif known:
+                visible.add(uid)
         for start in range(0, len(undecided), STUDY_BATCH):
             batch = undecided[start : start + STUDY_BATCH]
             found, expires_at = await self._ask_studies(access, batch)
             for uid in batch:
                 allowed = uid in found
                 expiry = expires_at if allowed else time.time() + self.negative_ttl
-                self.studies.put(f"{prefix}:{uid}", allowed, expiry)
+                await self.studies.put(f"{prefix}:{uid}", allowed, expiry)
                 if allowed:
                     visible.add(uid)
         return frozenset(visible)
@@ -167,31 +195,17 @@ class Gate:
 
     async def may_see_study(self, access: Access, study_uid: str) -> bool:
         """Whether the EHR's current decision for this token covers ``study_uid``."""
-        info = access.info
         restriction = self.study_restriction(access)
         if restriction is not None:
             return study_uid in restriction
-        key = f"{digest(access.token)}:{study_uid}"
 
         async def ask() -> tuple[bool, float]:
-            status, body = await self.ehr.fhir_get(
-                "ImagingStudy", {"identifier": f"{UID_SYSTEM}|urn:oid:{study_uid}"}, access.token
-            )
-            if status in (401, 403, 404):
-                return False, time.time() + self.negative_ttl
-            if status != 200 or body.get("resourceType") != "Bundle":
-                raise EhrUnavailable(f"the EHR answered the study query with {status}")
-            allowed = any(
-                e.get("search", {}).get("mode", "match") == "match"
-                and e.get("resource", {}).get("resourceType") == "ImagingStudy"
-                for e in body.get("entry", [])
-            )
-            return allowed, min(info.exp, time.time() + self.revocation_window)
+            found, expires_at = await self._ask_studies(access, [study_uid])
+            if study_uid in found:
+                return True, expires_at
+            return False, time.time() + self.negative_ttl
 
-        try:
-            return await self.studies.get(key, ask)
-        except EhrUnavailable as exc:
-            raise unavailable(str(exc)) from exc
+        return await self.studies.get(f"{digest(access.token)}:{study_uid}", ask)
 
     async def _introspect(self, token: str) -> TokenInfo:
         async def ask() -> tuple[TokenInfo, float]:
@@ -210,6 +224,12 @@ class Gate:
 
 
 def _bearer(request: Request) -> str:
+    """The token of the one ``Authorization: Bearer`` header (RFC 6750 §2.1 only, never §2.3)."""
+    if "access_token" in request.query_params:
+        raise GateRefusal(
+            bearer_challenge("invalid_request", "send the token in the Authorization header, not the URL"),
+            "token in query",
+        )
     values = request.headers.getlist("authorization")
     if not values:
         raise GateRefusal(bearer_challenge(None, "a bearer token is required"), "no token")

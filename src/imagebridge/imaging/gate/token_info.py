@@ -6,7 +6,7 @@ Anything malformed is treated as an EHR fault (fail closed), never as permission
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imagebridge.common.smart_scopes import InvalidScope, ScopeSet, parse_scopes
@@ -29,6 +29,34 @@ class TokenInfo:
     audiences: tuple[str, ...] | None = None
     #: From our EHR: the studies this token may reach, or None meaning "ask per study".
     allowed_studies: frozenset[str] | None = None
+    #: The granted scopes as the EHR wrote them (``scopes`` parsed).
+    scope_text: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form for a shared cache (it never contains the token itself)."""
+        data = asdict(self)
+        del data["scopes"]
+        data["audiences"] = list(self.audiences) if self.audiences is not None else None
+        data["allowed_studies"] = sorted(self.allowed_studies) if self.allowed_studies is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TokenInfo:
+        if not data["active"]:
+            return INACTIVE
+        return cls(
+            active=True,
+            scopes=parse_scopes(data["scope_text"]),
+            client_id=data["client_id"],
+            exp=data["exp"],
+            patient=data["patient"],
+            user=data["user"],
+            audiences=tuple(data["audiences"]) if data["audiences"] is not None else None,
+            allowed_studies=(
+                frozenset(data["allowed_studies"]) if data["allowed_studies"] is not None else None
+            ),
+            scope_text=data["scope_text"],
+        )
 
 
 INACTIVE = TokenInfo(active=False)
@@ -43,8 +71,11 @@ def parse_introspection(body: dict[str, Any]) -> TokenInfo:
     exp = body.get("exp")
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise MalformedIntrospection("an active token has no integer 'exp'")
+    scope_text = body.get("scope", "")
+    if not isinstance(scope_text, str):
+        raise MalformedIntrospection("'scope' is not a string")
     try:
-        scopes = parse_scopes(str(body.get("scope", "")))
+        scopes = parse_scopes(scope_text)
     except InvalidScope as exc:
         raise MalformedIntrospection(f"invalid scope: {exc}") from exc
     aud = body.get("aud")
@@ -73,4 +104,5 @@ def parse_introspection(body: dict[str, Any]) -> TokenInfo:
         user=str(user) if isinstance(user, str) else None,
         audiences=audiences,
         allowed_studies=allowed,
+        scope_text=scope_text,
     )

@@ -1,0 +1,156 @@
+"""One audit record per gate decision, committed before any imaging byte leaves (security.md §6).
+
+Every DICOMweb request, allowed or refused, writes one row of the ``audit`` table: time, client,
+user (``fhirUser``/``sub``), patient, study/series/instance, operation, outcome, status and a
+token id (:func:`~imagebridge.common.tokens.token_id`), never the token (Argonaut SMART Imaging
+Access, "Authorization patterns": "Correlate the presented token … without exposing
+credentials in logs"; DICOM PS3.15 A.5; AU-01, AU-03). The row is committed before the response
+starts; the bytes actually sent are added when a streamed body has finished (AU-06).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from imagebridge.common.tokens import token_id
+from imagebridge.imaging.gate.gate import Access
+from imagebridge.imaging.tables import audit, studies
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    at: float
+    client_id: str | None
+    user: str | None
+    patient: str | None
+    token_id: str | None
+    operation: str
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    outcome: str
+    status: int
+    bytes_sent: int
+    request_path: str | None
+    detail: str | None
+
+
+def outcome_of(status: int) -> str:
+    """``allow`` (2xx/3xx), ``deny`` (401/403/404), ``unavailable`` (503) or ``error``."""
+    if status < 400:
+        return "allow"
+    if status in (401, 403, 404):
+        return "deny"
+    return "unavailable" if status == 503 else "error"
+
+
+def operation_of(request: Request) -> str:
+    """What the request does, from its route template: store, search, retrieve, metadata, frames…"""
+    route = request.scope.get("route")
+    template = str(getattr(route, "path", request.url.path))
+    if request.method == "POST":
+        return "store"
+    literal = [seg for seg in template.split("/") if seg and not seg.startswith("{")]
+    last = template.rstrip("/").rsplit("/", 1)[-1]
+    if last.startswith("{"):
+        return "retrieve" if last in ("{study}", "{series}", "{instance}") else literal[-1]
+    return "search" if last in ("studies", "series", "instances") else last
+
+
+def presented_token_id(request: Request) -> str | None:
+    """The id of the bearer token the request presented, well-formed or not (never the token)."""
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token_id(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+
+
+class AuditLog:
+    """Writes and reads the imaging system's audit trail."""
+
+    def __init__(self, engine: AsyncEngine, mrn_system: str) -> None:
+        self.engine = engine
+        self.mrn_system = mrn_system
+
+    async def record(
+        self, request: Request, access: Access | None, response: Response, detail: str | None = None
+    ) -> Response:
+        """Commit the record of this decision, then return ``response`` counting what it sends."""
+        params = request.path_params
+        study = params.get("study")
+        patient = access.info.patient if access else None
+        async with self.engine.begin() as conn:
+            if patient is None and study:
+                found = (
+                    await conn.execute(select(studies.c.patient_id).where(studies.c.study_uid == study))
+                ).scalar()
+                patient = f"{self.mrn_system}|{found}" if found else None
+            row_id = (
+                await conn.execute(
+                    insert(audit).values(
+                        at=time.time(),
+                        client_id=access.info.client_id if access else None,
+                        user=access.info.user if access else None,
+                        patient=patient,
+                        token_id=access.token_id if access else presented_token_id(request),
+                        operation=operation_of(request),
+                        study_uid=study,
+                        series_uid=params.get("series"),
+                        sop_uid=params.get("instance"),
+                        outcome=outcome_of(response.status_code),
+                        status=response.status_code,
+                        bytes_sent=0 if isinstance(response, StreamingResponse) else len(response.body),
+                        request_path=request.url.path[:400],
+                        detail=detail[:2000] if detail else None,
+                    )
+                )
+            ).inserted_primary_key
+        if isinstance(response, StreamingResponse):
+            self._count_stream(response, int(row_id[0]) if row_id else 0)
+        return response
+
+    def _count_stream(self, response: StreamingResponse, row_id: int) -> None:
+        sent = 0
+        body = response.body_iterator
+
+        async def counted() -> AsyncIterator[Any]:
+            nonlocal sent
+            async for chunk in body:
+                sent += len(chunk)
+                yield chunk
+
+        async def store_count() -> None:
+            async with self.engine.begin() as conn:
+                await conn.execute(update(audit).where(audit.c.id == row_id).values(bytes_sent=sent))
+
+        previous = response.background
+
+        async def after() -> None:
+            await store_count()
+            if previous is not None:
+                await previous()
+
+        response.body_iterator = counted()
+        response.background = BackgroundTask(after)
+
+    async def query(
+        self, *, since: float | None = None, patient: str | None = None, limit: int = 1000
+    ) -> Sequence[AuditRecord]:
+        """Records, oldest first, optionally since a time and for one patient."""
+        stmt = select(audit).order_by(audit.c.id).limit(limit)
+        if since is not None:
+            stmt = stmt.where(audit.c.at >= since)
+        if patient is not None:
+            stmt = stmt.where(audit.c.patient == patient)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [AuditRecord(**{k: row[k] for k in AuditRecord.__dataclass_fields__}) for row in rows]

@@ -1,0 +1,131 @@
+"""A stack of its own for gate tests: introspection through a fault proxy, a short revocation window.
+
+The imaging system's out-of-band ``introspection_endpoint`` names the proxy
+(tests/imaging/gate/fault_proxy.py), which counts and can break introspection; the revocation
+window is 2 s so the revocation promise can be observed; the EHR timeout is 1 s. Seeded with the
+demo hospital at a tiny image scale. Tokens are issued in the EHR's grant store (as its
+authorization flows would) and recorded, so the secrets test can grep for every one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from tests.imaging.gate.fault_proxy import FaultProxy
+
+from imagebridge.apps.seed import Seeded, seed_all
+from imagebridge.apps.smart_client import backend_token
+from imagebridge.apps.stack import LocalStack
+from imagebridge.common import db
+from imagebridge.ehr.smart.grants import Grant, GrantStore
+
+GATE_SCALE = 0.05
+REVOCATION_WINDOW = 2
+EHR_TIMEOUT = 1.0
+READ_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+@dataclass
+class GateStack:
+    stack: LocalStack
+    seeded: Seeded
+    proxy: FaultProxy
+    #: Every secret issued during the session (for the AU-03 grep).
+    secrets: list[str] = field(default_factory=list)
+
+    @property
+    def fhir_base(self) -> str:
+        return self.stack.ehr_settings.fhir_base
+
+    @property
+    def dicomweb_base(self) -> str:
+        return self.stack.imaging_settings.dicomweb_base
+
+    def _grants(self, grant: Grant) -> str:
+        async def issue() -> str:
+            engine = db.create_engine(self.stack.ehr_settings.resolved_database_url, pool_size=1)
+            try:
+                return await GrantStore(engine).issue(grant)
+            finally:
+                await engine.dispose()
+
+        secret = asyncio.run(issue())
+        self.secrets.append(secret)
+        return secret
+
+    def patient_token(
+        self,
+        patient: str,
+        scope: str = "launch/patient patient/ImagingStudy.rs",
+        *,
+        fhir_user: str | None = None,
+        kind: str = "access",
+        client_id: str = "demo-app",
+    ) -> str:
+        """A patient-context token, as the EHR issues after a standalone launch."""
+        now = time.time()
+        return self._grants(
+            Grant(
+                client_id=client_id,
+                scope=scope,
+                expires_at=now + 300,
+                issued_at=now,
+                kind=kind,
+                patient=patient,
+                fhir_user=fhir_user or f"Patient/{patient}",
+            )
+        )
+
+    def backend_token(self, scope: str = "system/ImagingStudy.rs") -> str:
+        client = self.seeded.clients["quality-review"]
+        with httpx.Client(timeout=30) as http:
+            token = str(backend_token(self.fhir_base, client.backend, scope, http)["access_token"])
+        self.secrets.append(token)
+        return token
+
+    def revoke(self, token: str) -> None:
+        async def run() -> None:
+            engine = db.create_engine(self.stack.ehr_settings.resolved_database_url, pool_size=1)
+            try:
+                await GrantStore(engine).revoke(token)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(run())
+
+    def imaging_log(self) -> str:
+        assert self.stack.imaging is not None
+        return self.stack.imaging.log()
+
+
+def start_gate_stack(tmp: pytest.TempPathFactory, name: str, **imaging_env: str) -> Iterator[GateStack]:
+    data_dir = tmp.mktemp(name)
+    stack = LocalStack(data_dir)
+    proxy = FaultProxy(f"http://127.0.0.1:{stack.ehr_port}/auth/introspect")
+    stack.extra_imaging_env = {
+        "IMAGEBRIDGE_IMAGING_INTROSPECTION_ENDPOINT": proxy.url,
+        "IMAGEBRIDGE_IMAGING_REVOCATION_WINDOW": str(REVOCATION_WINDOW),
+        "IMAGEBRIDGE_IMAGING_EHR_TIMEOUT": str(EHR_TIMEOUT),
+        **imaging_env,
+    }
+    proxy.start()
+    try:
+        stack.provision()
+        try:
+            stack.start()
+            yield GateStack(stack, seed_all(stack, scale=GATE_SCALE), proxy)
+        finally:
+            stack.stop()
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def gate_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateStack]:
+    """Both services, introspection through a fault proxy, a 2 s revocation window."""
+    yield from start_gate_stack(tmp_path_factory, "gate-stack")

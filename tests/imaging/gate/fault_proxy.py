@@ -1,0 +1,98 @@
+"""A tiny HTTP proxy in front of the EHR's introspection endpoint, for gate tests.
+
+The imaging system is pointed at it through the out-of-band ``introspection_endpoint`` setting.
+It forwards every call to the real EHR and counts calls per token digest; a test can switch it
+to misbehave (security.md FT-02, FT-03, RS-03, RS-08) or stop it (FT-01: connection refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imagebridge.apps.stack import free_port
+from imagebridge.common.tokens import digest
+
+#: Modes: how the proxy answers. Anything not listed forwards unchanged.
+GARBAGE: dict[str, tuple[int, bytes]] = {
+    "status_500": (500, b'{"active": true}'),
+    "not_json": (200, b"<html>gateway</html>"),
+    "no_active": (200, b'{"scope": "patient/ImagingStudy.rs", "exp": 9999999999}'),
+    "string_active": (200, b'{"active": "true", "scope": "patient/ImagingStudy.rs", "exp": 9999999999}'),
+    "json_list": (200, b"[true]"),
+}
+
+
+class FaultProxy:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/introspect"
+        self.mode = "forward"
+        self.calls: Counter[str] = Counter()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    async def _introspect(self, request: Request) -> Response:
+        body = await request.body()
+        form = dict(httpx.QueryParams(body.decode()))
+        self.calls[digest(form.get("token", ""))] += 1
+        mode = self.mode
+        if mode == "slow":
+            await asyncio.sleep(30)
+        if mode in GARBAGE:
+            status, content = GARBAGE[mode]
+            return Response(content, status, media_type="application/json")
+        async with httpx.AsyncClient(timeout=10) as http:
+            upstream = await http.post(
+                self.target,
+                content=body,
+                headers={
+                    "Authorization": request.headers.get("authorization", ""),
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+            )
+        answer: Any = upstream.json()
+        if isinstance(answer, dict) and answer.get("active"):
+            answer = self._rewrite(mode, answer)
+        return Response(orjson.dumps(answer), upstream.status_code, media_type="application/json")
+
+    @staticmethod
+    def _rewrite(mode: str, answer: dict[str, Any]) -> dict[str, Any]:
+        if mode == "other_audience":
+            return {**answer, "aud": ["https://other-resource-server.example/dicom-web"]}
+        if mode == "expired":
+            return {**answer, "exp": int(time.time()) - 30}
+        if mode == "no_patient":
+            return {k: v for k, v in answer.items() if k != "patient"}
+        return answer
+
+    def start(self) -> None:
+        app = Starlette(routes=[Route("/introspect", self._introspect, methods=["POST"])])
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fault proxy did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
+            self._thread.join(10)
+            self._server = None
