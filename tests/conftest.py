@@ -12,8 +12,8 @@ import pytest
 
 from imagebridge.apps.seed import Seeded, seed_all
 from imagebridge.apps.stack import LocalStack
-from tests.imaging.archive.archive_stack import ArchiveStack, started
 from tests.gate_stack import gate_stack  # noqa: F401 (a session fixture for tests/imaging/gate and tests/security)
+from tests.imaging.archive.archive_stack import ArchiveStack, started
 from tests.pg import temporary_database
 from tests.s3 import S3Server, seaweedfs
 from tests.services import require_postgres

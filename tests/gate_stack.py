@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from tests.imaging.gate.fault_proxy import FaultProxy
 
 from imagebridge.apps.seed import Seeded, seed_all
 from imagebridge.apps.smart_client import backend_token
 from imagebridge.apps.stack import LocalStack
 from imagebridge.common import db
 from imagebridge.ehr.smart.grants import Grant, GrantStore
+from tests.imaging.gate.fault_proxy import FaultProxy
 
 GATE_SCALE = 0.05
 REVOCATION_WINDOW = 2
