@@ -195,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
         )
         if name == "ehr":
             _clients_parser(service)
+            _studies_parser(service)
         else:
             _archive_parsers(service)
     return top
@@ -242,6 +243,48 @@ def _clients_parser(service: Any) -> None:
             sub.add_argument("client_id")
     for sub_name in ("add", "list", "show", "disable"):
         clients.choices[sub_name].set_defaults(func=cmd_ehr_clients, action=sub_name)
+
+
+def cmd_ehr_studies(args: argparse.Namespace) -> int:
+    from imagebridge.ehr.admin import Admin
+    from imagebridge.ehr.app import migrate
+    from imagebridge.ehr.fhir import reconcile
+    from imagebridge.ehr.fhir.store import ResourceConflict
+
+    settings = _ehr_settings(args)
+    migrate(settings)
+
+    async def run() -> int:
+        admin = Admin(settings)
+        try:
+            if args.study_action == "unreconciled":
+                for study in await reconcile.unreconciled(admin.store):
+                    print(reconcile.describe(study))
+                return 0
+            try:
+                stored = await reconcile.link(admin.store, args.study_uid, args.patient)
+            except (reconcile.NotFound, ResourceConflict) as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            print(f"linked ImagingStudy/{stored['id']} to {args.patient}")
+            return 0
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def _studies_parser(service: Any) -> None:
+    studies = service.add_parser(
+        "studies", help="studies the EHR could not match to a patient"
+    ).add_subparsers(dest="study_action", required=True)
+    studies.add_parser("unreconciled", help="list studies visible to no one").set_defaults(
+        func=cmd_ehr_studies
+    )
+    link = studies.add_parser("link", help="link an unreconciled study to its patient")
+    link.add_argument("study_uid", help="Study Instance UID")
+    link.add_argument("patient", help="Patient/<id>")
+    link.set_defaults(func=cmd_ehr_studies)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,96 @@
+"""Publishing by conditional update (FHIR R4 §3.1.0.4.3; ARCHITECTURE.md "Publishing"):
+patient matching by MRN, unreconciled studies and the administrator's CLI, labels the EHR
+applied survive the publisher's updates, and a study never moves to another patient."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import RunningStack
+from tests.ehr.fhir.ehr_access import DCM, add_client, get, issue, put
+
+from imagebridge.apps.demo_data import MRN_SYSTEM, RESTRICTED
+
+SCOPE = "system/ImagingStudy.cru system/Endpoint.cru"
+
+
+@pytest.fixture(scope="module")
+def publisher(running: RunningStack) -> str:
+    return issue(running, add_client(running, "backend", SCOPE), SCOPE)
+
+
+def _study(uid: str, mrn: str) -> dict[str, Any]:
+    return {
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
+        "subject": {"identifier": {"system": MRN_SYSTEM, "value": mrn}},
+        "modality": [{"system": DCM, "code": "CT"}],
+        "started": "2025-02-03",
+    }
+
+
+def _publish(running: RunningStack, token: str, study: dict[str, Any]) -> httpx.Response:
+    uid = study["identifier"][0]["value"]
+    return httpx.put(
+        f"{running.fhir_base}/ImagingStudy",
+        params={"identifier": f"urn:dicom:uid|{uid}"},
+        json=study,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+    )
+
+
+def _cli(running: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imagebridge", "ehr", "studies", *args],
+        env={**os.environ, **running.stack.ehr_env()},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _uid() -> str:
+    return f"2.25.{uuid.uuid4().int}"
+
+
+def test_labels_survive_republishing_and_subject_never_moves(running: RunningStack, publisher: str) -> None:
+    uid = _uid()
+    created = _publish(running, publisher, _study(uid, "MRN-1002"))
+    assert created.status_code == 201
+    stored = created.json()
+    assert stored["subject"]["reference"] == "Patient/bob"
+    put(running, {**stored, "meta": {"security": [RESTRICTED]}})  # the EHR labels it
+    again = _publish(running, publisher, _study(uid, "MRN-1002"))
+    assert again.status_code == 200
+    assert RESTRICTED in again.json()["meta"]["security"]
+    moved = _publish(running, publisher, _study(uid, "MRN-1001"))
+    assert moved.status_code == 409
+    assert moved.json()["resourceType"] == "OperationOutcome"
+    bob = issue(running, "demo-app", "patient/ImagingStudy.rs", patient="bob")
+    found = get(running, "ImagingStudy", bob, identifier=f"urn:dicom:uid|urn:oid:{uid}").json()
+    assert found["total"] == 1
+
+
+def test_unreconciled_listed_and_linked_by_the_administrator(running: RunningStack, publisher: str) -> None:
+    uid = _uid()
+    assert _publish(running, publisher, _study(uid, "MRN-UNKNOWN")).status_code == 201
+    listed = _cli(running, "unreconciled")
+    assert listed.returncode == 0
+    assert uid in listed.stdout
+    assert "MRN-UNKNOWN" in listed.stdout
+    alice = issue(running, "demo-app", "patient/ImagingStudy.rs", patient="alice")
+    query = {"identifier": f"urn:dicom:uid|urn:oid:{uid}"}
+    assert get(running, "ImagingStudy", alice, **query).json()["total"] == 0
+    assert _cli(running, "link", uid, "Patient/alice").returncode == 0
+    assert get(running, "ImagingStudy", alice, **query).json()["total"] == 1
+    # Republishing with the still-unknown MRN keeps the administrator's link.
+    assert _publish(running, publisher, _study(uid, "MRN-UNKNOWN")).status_code == 200
+    assert get(running, "ImagingStudy", alice, **query).json()["total"] == 1
+    assert _cli(running, "link", uid, "Patient/bob").returncode == 1  # never moved
