@@ -249,3 +249,18 @@ def test_no_token_is_401(running: RunningStack) -> None:
     response = httpx.get(f"{running.dicomweb_base}/studies", headers=DICOM_JSON)
     assert response.status_code == 401
     assert "Bearer" in response.headers["www-authenticate"]
+
+
+def test_instance_includefield_reads_the_instance_header(
+    running: RunningStack, alice_reviewer: httpx.Client
+) -> None:
+    study = running.seeded.study_uids["ACC-1004"]
+    named = alice_reviewer.get(
+        f"/studies/{study}/instances", params={"includefield": "PhotometricInterpretation"}
+    )
+    assert all(value(i, "00280004") == "MONOCHROME2" for i in named.json())
+    everything = alice_reviewer.get(
+        f"/studies/{study}/instances", params={"includefield": "all", "limit": "1"}
+    )
+    pixel_data = everything.json()[0]["7FE00010"]["BulkDataURI"]
+    assert pixel_data.startswith(f"{running.dicomweb_base}/studies/{study}/series/")

@@ -48,7 +48,7 @@ def absolute_bulkdata_uris(value: Any, base: str) -> Any:
     return value
 
 
-def _object(stored: bytes) -> bytes:
+def instance_object(stored: bytes) -> bytes:
     """The stored JSON object of one instance (stored as a one-element array or as an object)."""
     stored = stored.strip()
     return stored[1:-1] if stored[:1] == b"[" else stored
@@ -84,6 +84,6 @@ async def retrieve_metadata(ctx: ImagingContext, access: Access, request: Reques
     etag = f'"{digest.hexdigest()[:40]}"'
     if not_modified(request, etag):
         return not_modified_response(etag)
-    body = b"[" + b",".join(_object(row.metadata_json) for row in rows) + b"]"
+    body = b"[" + b",".join(instance_object(row.metadata_json) for row in rows) + b"]"
     body = body.replace(_RELATIVE_URI, b'"BulkDataURI":"' + base + b"/studies/")
     return json_response(request, body, media_type, etag=etag, headers={"Cache-Control": "private, no-cache"})

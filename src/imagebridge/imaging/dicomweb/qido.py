@@ -27,7 +27,7 @@ from starlette.responses import Response
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
 from imagebridge.imaging.dicomweb.json_body import json_response, negotiate_json
-from imagebridge.imaging.dicomweb.metadata import absolute_bulkdata_uris
+from imagebridge.imaging.dicomweb.metadata import absolute_bulkdata_uris, instance_object
 from imagebridge.imaging.dicomweb.qido_query import LEVELS, Level, Query, parse
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 from imagebridge.imaging.gate.gate import Access
@@ -299,7 +299,7 @@ def _instance_result(query: Query, scope: Scope, row: Any, base: str) -> bytes:
         # all instances of a study, or all instances: include the Series Level Attributes too
         _pick(result, orjson.loads(row.series_json), _wanted(query, "series"), everything=True)
     if query.include_all or query.include_tags:
-        instance = absolute_bulkdata_uris(orjson.loads(row.metadata_json)[0], base)
+        instance = absolute_bulkdata_uris(orjson.loads(instance_object(row.metadata_json)), base)
         _pick(result, instance, _wanted(query, "instance"), everything=query.include_all)
     result.update(
         {
