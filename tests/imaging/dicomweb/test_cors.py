@@ -12,15 +12,19 @@ Client = tuple[httpx.Client, dict[str, str]]
 VIEWER = "https://viewer.example.org"
 
 
-def test_preflight_needs_no_token(pixel_stack: PixelStack) -> None:
-    response = httpx.options(
+def _preflight(pixel_stack: PixelStack, requested_headers: str) -> httpx.Response:
+    return httpx.options(
         pixel_stack.url("CT_small.dcm", "/frames/1"),
         headers={
             "Origin": VIEWER,
             "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "authorization, accept",
+            "Access-Control-Request-Headers": requested_headers,
         },
     )
+
+
+def test_preflight_needs_no_token(pixel_stack: PixelStack) -> None:
+    response = _preflight(pixel_stack, "authorization, accept")
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == "*"
     allowed = {h.strip() for h in response.headers["access-control-allow-headers"].split(",")}
@@ -30,14 +34,7 @@ def test_preflight_needs_no_token(pixel_stack: PixelStack) -> None:
 
 
 def test_preflight_refuses_unknown_headers(pixel_stack: PixelStack) -> None:
-    response = httpx.options(
-        pixel_stack.url("CT_small.dcm", "/frames/1"),
-        headers={
-            "Origin": VIEWER,
-            "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "x-secret-header",
-        },
-    )
+    response = _preflight(pixel_stack, "x-secret-header")
     assert response.status_code == 403
     assert "access-control-allow-origin" not in response.headers
 

@@ -35,7 +35,7 @@ from imagebridge.imaging.dicomweb.errors import DicomwebError
 #: Largest number of samples (rows x columns x samples per pixel) of one frame we decode.
 MAX_FRAME_SAMPLES = 2**25
 #: Largest decoded pixel data of a whole instance we produce when transcoding (bytes).
-MAX_INSTANCE_BYTES = 1024**3
+MAX_INSTANCE_BYTES = 256 * 1024**2
 #: Largest header (everything before Pixel Data) we parse.
 MAX_HEADER_BYTES = 64 * 1024**2
 #: At most this many pydicom decodes run at once in one process.
