@@ -108,12 +108,23 @@ def mismatched_meta() -> bytes:
     return meta("1.2.840.10008.1.2.1", generate_uid()) + header(generate_uid())
 
 
-def lying_content_length(url: str, headers: dict[str, str], declared: int) -> int:
-    """POST with a ``Content-Length`` of ``declared`` and no body; the status code (DI-14)."""
+def _raw_post(url: str, headers: dict[str, str], declared: int) -> socket.socket:
     parts = urlsplit(url)
     lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {declared}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    return sock
+
+
+def lying_content_length(url: str, headers: dict[str, str], declared: int) -> int:
+    """POST with a ``Content-Length`` of ``declared`` and no body; the status code (DI-14)."""
+    with _raw_post(url, headers, declared) as sock:
         status_line = sock.makefile("rb").readline()
     return int(status_line.split()[1])
+
+
+def drop_mid_body(url: str, headers: dict[str, str], body: bytes) -> None:
+    """Send the first half of ``body`` (declaring all of it), then disconnect (FT-11)."""
+    with _raw_post(url, headers, len(body)) as sock:
+        sock.sendall(body[: len(body) // 2])

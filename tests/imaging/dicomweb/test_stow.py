@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -145,6 +146,18 @@ def test_request_level_errors(archive_stack: ArchiveStack) -> None:
     )
     assert too_large == 413
     assert _spool_is_empty(archive_stack)
+
+
+def test_client_dropping_mid_upload_leaves_no_spool_file(archive_stack: ArchiveStack) -> None:
+    """FT-11: the partial upload is discarded and the spool cleaned; the next request is served."""
+    headers = archive_stack.headers(**{"Content-Type": STOW_TYPE})
+    body = multipart([part10(instance(rows=512, columns=512))])
+    hostile.drop_mid_body(f"{archive_stack.base}/studies", headers, body)
+    deadline = time.monotonic() + 30
+    while not _spool_is_empty(archive_stack):
+        assert time.monotonic() < deadline, "the spool file of a dropped upload was never removed"
+        time.sleep(0.1)
+    assert archive_stack.stow([part10(instance())]).status_code == 200
 
 
 @pytest.fixture(scope="module")
