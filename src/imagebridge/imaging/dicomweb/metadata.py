@@ -6,12 +6,15 @@ per request. Large values carry a ``BulkDataURI`` stored relative to the DICOMwe
 (``studies/…/bulkdata/<tag path>``) and made absolute here by a byte substitution, which is
 exact because orjson writes ``"BulkDataURI":"`` with no spaces and a ``"`` inside any JSON
 string is escaped. The ETag names the instances and their content hashes, so
-``If-None-Match`` revalidation (304) costs one index query.
+``If-None-Match`` revalidation (304) costs one light index query, and assembled bodies are
+kept per ETag (:class:`BodyCache`) for viewers that reopen a study.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -54,6 +57,44 @@ def instance_object(stored: bytes) -> bytes:
     return stored[1:-1] if stored[:1] == b"[" else stored
 
 
+class BodyCache:
+    """Assembled metadata bodies by ETag, up to ``max_bytes`` in all (least recently used out).
+
+    A body is a function of its ETag (instances are immutable once stored, and the ETag names
+    each instance's content hash), so a viewer reopening a study costs one light index query.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, etag: str) -> bytes | None:
+        body = self._bodies.get(etag)
+        if body is not None:
+            self._bodies.move_to_end(etag)
+        return body
+
+    def put(self, etag: str, body: bytes) -> None:
+        if len(body) > self.max_bytes // 4 or etag in self._bodies:
+            return
+        self._bodies[etag] = body
+        self._size += len(body)
+        while self._size > self.max_bytes:
+            _, dropped = self._bodies.popitem(last=False)
+            self._size -= len(dropped)
+
+
+_BODIES = BodyCache()
+
+
+def _etag(base: bytes, rows: Sequence[Any]) -> str:
+    digest = hashlib.sha256(_FORMAT + base)
+    for row in rows:
+        digest.update(f"{row.sop_uid}:{row.sha256};".encode())
+    return f'"{digest.hexdigest()[:40]}"'
+
+
 async def retrieve_metadata(ctx: ImagingContext, access: Access, request: Request) -> Response:
     """``GET …/metadata`` at study, series or instance level."""
     params = request.path_params
@@ -62,7 +103,7 @@ async def retrieve_metadata(ctx: ImagingContext, access: Access, request: Reques
         raise DicomwebError(400, "a UID in the URL is not a valid DICOM UID")
     media_type = negotiate_json(request)
     stmt = (
-        select(instances.c.sop_uid, instances.c.sha256, instances.c.metadata_json)
+        select(instances.c.sop_uid, instances.c.sha256)
         .join(series, series.c.series_uid == instances.c.series_uid)
         .where(instances.c.study_uid == study)
         .order_by(
@@ -78,12 +119,20 @@ async def retrieve_metadata(ctx: ImagingContext, access: Access, request: Reques
     if not rows or not await ctx.gate.may_see_study(access, study):
         return not_found()
     base = ctx.settings.dicomweb_base.encode()
-    digest = hashlib.sha256(_FORMAT + base)
-    for row in rows:
-        digest.update(f"{row.sop_uid}:{row.sha256};".encode())
-    etag = f'"{digest.hexdigest()[:40]}"'
+    etag = _etag(base, rows)
     if not_modified(request, etag):
         return not_modified_response(etag)
-    body = b"[" + b",".join(instance_object(row.metadata_json) for row in rows) + b"]"
-    body = body.replace(_RELATIVE_URI, b'"BulkDataURI":"' + base + b"/studies/")
+    body = _BODIES.get(etag)
+    if body is None:
+        async with ctx.engine.connect() as conn:
+            rows = (await conn.execute(stmt.add_columns(instances.c.metadata_json))).all()
+        etag = _etag(base, rows)  # an instance may have arrived in between
+        body = b"[" + b",".join(memoryview(r.metadata_json)[_span(r.metadata_json)] for r in rows) + b"]"
+        body = body.replace(_RELATIVE_URI, b'"BulkDataURI":"' + base + b"/studies/")
+        _BODIES.put(etag, body)
     return json_response(request, body, media_type, etag=etag, headers={"Cache-Control": "private, no-cache"})
+
+
+def _span(stored: bytes) -> slice:
+    """Where the object of one instance lies in its stored JSON (a one-element array or an object)."""
+    return slice(1, -1) if stored[:1] == b"[" else slice(None)
