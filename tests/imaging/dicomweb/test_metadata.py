@@ -12,6 +12,7 @@ from tests.conftest import TEST_SCALE, RunningStack
 from tests.imaging.tokens import maya_proxy_token, quality_review_token
 
 from imagebridge.apps import demo_data
+from imagebridge.imaging.dicomweb.metadata import BodyCache, absolute_bulkdata_uris, instance_object
 
 SPECS = {spec.accession_number: spec for spec, _ in demo_data.studies(TEST_SCALE)}
 
@@ -121,3 +122,25 @@ def test_foreign_metadata_is_exactly_unknown(running: RunningStack, reviewer: ht
     )
     assert proxied.status_code == 404
     assert proxied.content == unknown.content
+
+
+def test_body_cache_is_bounded_and_least_recently_used() -> None:
+    cache = BodyCache(max_bytes=40)
+    cache.put('"a"', b"x" * 10)
+    cache.put('"b"', b"y" * 10)
+    cache.put('"huge"', b"z" * 11)  # more than a quarter of the budget: not kept
+    assert cache.get('"huge"') is None
+    assert cache.get('"a"') == b"x" * 10
+    cache.put('"c"', b"c" * 10)
+    cache.put('"d"', b"d" * 10)
+    cache.put('"e"', b"e" * 10)  # over budget: "b", the least recently used, goes
+    assert cache.get('"b"') is None
+    assert cache.get('"a"') == b"x" * 10
+
+
+def test_relative_bulkdata_uris_become_absolute() -> None:
+    stored = {"00091010": {"vr": "SQ", "Value": [{"00091011": {"vr": "OB", "BulkDataURI": "studies/1/x"}}]}}
+    absolute = absolute_bulkdata_uris(stored, "http://h/dicom-web")
+    assert absolute["00091010"]["Value"][0]["00091011"]["BulkDataURI"] == "http://h/dicom-web/studies/1/x"
+    assert instance_object(b'[{"a":1}]') == b'{"a":1}'
+    assert instance_object(b'{"a":1}') == b'{"a":1}'
