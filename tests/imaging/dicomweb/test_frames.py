@@ -5,13 +5,25 @@ Expected frames come from pydicom reading the very bytes that were stored.
 
 from __future__ import annotations
 
+import hashlib
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
 import httpx
+import numpy as np
+import pydicom
 import pytest
-from pydicom.encaps import get_frame
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, get_frame
 from tests.imaging.dicomweb.pixel_stack import PixelStack, split_multipart
 
+from imagebridge.imaging.archive.blobs import LocalBlobStore
+from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.dicomweb.errors import DicomwebError
-from imagebridge.imaging.dicomweb.frames import parse_frame_list
+from imagebridge.imaging.dicomweb.frames import FrameSource, parse_frame_list
 from imagebridge.imaging.dicomweb.pixels import native_bytes
 
 Client = tuple[httpx.Client, dict[str, str]]
@@ -142,3 +154,68 @@ def test_parse_frame_list() -> None:
     assert parse_frame_list("3, 1,2") == [3, 1, 2]
     with pytest.raises(DicomwebError):
         parse_frame_list(",".join(["1"] * 10001))
+
+
+class CountingStore(LocalBlobStore):
+    """A real local blob store that counts the bytes it hands out."""
+
+    read = 0
+
+    async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        async for chunk in super().open(key, start, end):
+            self.read += len(chunk)
+            yield chunk
+
+
+def _store(tmp_path: Path, ds: Dataset) -> tuple[CountingStore, InstanceRow]:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    store = CountingStore(tmp_path / "blobs")
+    key = hashlib.sha256(data).hexdigest()
+    spooled = store.spool / key
+    spooled.write_bytes(data)
+    anyio.run(store.put_file, key, spooled)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    return store, InstanceRow("1.2", "1.2.3", "1.2.3.4", ds.SOPClassUID, ts, key, len(data))
+
+
+def _many_frames(ts: str) -> Dataset:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.NumberOfFrames = 400
+    ds.file_meta.TransferSyntaxUID = ts
+    return ds
+
+
+def test_one_frame_reads_only_its_range(tmp_path: Path) -> None:
+    """A frame of a 13 MB instance costs its own bytes plus a header read, not the instance."""
+    ds = _many_frames("1.2.840.10008.1.2.1")
+    frames = np.arange(400 * 128 * 128, dtype=np.uint16).reshape(400, 128, 128)
+    ds.PixelData = frames.tobytes()
+    store, row = _store(tmp_path, ds)
+
+    async def frame() -> bytes:
+        source = FrameSource(store, row)
+        await source.load_header()
+        start, end = source.native_range(300)
+        return b"".join([chunk async for chunk in store.open(row.blob_key, start, end)])
+
+    assert anyio.run(frame) == frames[299].tobytes()
+    assert store.read < 256 * 1024
+
+
+def test_one_compressed_frame_reads_little(tmp_path: Path) -> None:
+    """With a Basic Offset Table, frame 300 of 400 is found without reading the others."""
+    ds = _many_frames("1.2.840.10008.1.2.4.50")
+    fragments = [bytes([n % 256]) * 30000 for n in range(400)]
+    ds.PixelData = encapsulate(fragments, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    store, row = _store(tmp_path, ds)
+
+    async def frame() -> bytes:
+        source = FrameSource(store, row)
+        await source.load_header()
+        return await source.compressed(300)
+
+    assert anyio.run(frame) == fragments[299]
+    assert store.read < 256 * 1024
