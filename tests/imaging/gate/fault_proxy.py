@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from imagebridge.apps.stack import free_port
 from imagebridge.common.tokens import digest
+from imagebridge.imaging.gate.token_info import IMAGING_GRANT
 
 #: Modes: how the proxy answers. Anything not listed forwards unchanged.
 GARBAGE: dict[str, tuple[int, bytes]] = {
@@ -74,8 +75,8 @@ class FaultProxy:
             return {**answer, "aud": ["https://other-resource-server.example/dicom-web"]}
         if mode == "expired":
             return {**answer, "exp": int(time.time()) - 30}
-        if mode == "no_patient":
-            return {k: v for k, v in answer.items() if k != "patient"}
+        if mode == "no_patient":  # as a plain SMART EHR that forgot the launch context would answer
+            return {k: v for k, v in answer.items() if k not in ("patient", IMAGING_GRANT)}
         return answer
 
     def start(self) -> None:
