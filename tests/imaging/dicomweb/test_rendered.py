@@ -7,8 +7,10 @@ import io
 import httpx
 import numpy as np
 import pytest
+from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from tests.imaging.dicomweb.pixel_stack import STUDY_UID, PixelStack
 
 from imagebridge.imaging.dicomweb.errors import DicomwebError
@@ -155,3 +157,16 @@ def test_parameter_units() -> None:
         parse_viewport("1,2,3")
     with pytest.raises(DicomwebError):
         parse_window("nan,3")
+
+
+def test_dicomweb_client_reads_frames_and_rendered(pixel_stack: PixelStack, pixel_http: Client) -> None:
+    """dicomweb-client, an independent implementation, negotiates frames and rendered images."""
+    _, auth = pixel_http
+    client = DICOMwebClient(pixel_stack.base, headers=auth)
+    sample = pixel_stack.samples["693_J2KR.dcm"]
+    uids = (STUDY_UID, sample.series_uid, sample.sop_uid)
+    [frame] = client.retrieve_instance_frames(*uids, [1])
+    assert frame == get_frame(sample.dataset.PixelData, 0)
+    assert client.retrieve_instance_rendered(*uids).startswith(MAGIC["image/jpeg"])
+    rendered = client.retrieve_instance_frames_rendered(*uids, [1], media_types=("image/png",))
+    assert rendered.startswith(MAGIC["image/png"])
