@@ -232,3 +232,23 @@ def fhir_resources() -> Iterator[dict[str, Any]]:
 
 BACKEND_SCOPE = "system/ImagingStudy.rs system/Patient.rs system/DiagnosticReport.rs"
 MODALITY_SCOPE = "system/ImagingStudy.c"
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    """A person who signs in to the EHR (demo passwords; never use them outside the demo)."""
+
+    username: str
+    password: str
+    fhir_user: str
+    display_name: str
+    role: str  # patient | proxy | clinician
+
+
+USERS = (
+    DemoUser("alice", "alice-demo-2024", "Patient/alice", "Alice Anders", "patient"),
+    DemoUser("bob", "bob-demo-2024", "Patient/bob", "Bob Baker", "patient"),
+    DemoUser("maya", "maya-demo-2024", "Patient/maya", "Maya Moreno", "patient"),
+    DemoUser("elena", "elena-demo-2024", "RelatedPerson/elena", "Elena Moreno", "proxy"),
+    DemoUser("dr-chen", "chen-demo-2024", "Practitioner/dr-chen", "Dr. Lin Chen", "clinician"),
+)

@@ -25,6 +25,7 @@ from imagebridge.apps.synthetic import dataset_bytes, generate_study, study_uid_
 from imagebridge.common import jose
 from imagebridge.ehr.admin import Admin
 from imagebridge.ehr.fhir.store import Query, TokenCriterion
+from imagebridge.ehr.smart.users import UserStore
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ def seed_ehr(stack: LocalStack) -> dict[str, SeededClient]:
         try:
             for resource in demo_data.fhir_resources():
                 await admin.put_resource(resource)
+            users = UserStore(admin.engine)
+            for user in demo_data.USERS:
+                await users.put(user.username, user.password, user.fhir_user, user.display_name)
             for c in clients.values():
                 if await admin.clients.get(c.client_id) is None:
                     await admin.add_client(
@@ -190,7 +194,16 @@ def manifest(stack: LocalStack, seeded: Seeded) -> dict[str, Any]:
             "issuer": ehr.fhir_base,
         },
         "imaging": {"dicomweb_base": imaging.dicomweb_base},
-        "users": [],
+        "users": [
+            {
+                "username": u.username,
+                "password": u.password,
+                "fhirUser": u.fhir_user,
+                "name": u.display_name,
+                "role": u.role,
+            }
+            for u in demo_data.USERS
+        ],
         "clients": [
             {
                 "client_id": c.client_id,

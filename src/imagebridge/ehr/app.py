@@ -21,13 +21,17 @@ from imagebridge.ehr.fhir import rest
 from imagebridge.ehr.fhir.store import Store
 from imagebridge.ehr.policy.engine import PolicyEngine
 from imagebridge.ehr.smart import discovery
+from imagebridge.ehr.smart.authorize import authorize_endpoint
 from imagebridge.ehr.smart.clients import ClientRegistry
 from imagebridge.ehr.smart.grants import GrantStore
 from imagebridge.ehr.smart.introspection import introspection_endpoint
 from imagebridge.ehr.smart.jwks_fetch import JwksFetcher
 from imagebridge.ehr.smart.keys import SigningKeys
+from imagebridge.ehr.smart.registration import registration_endpoint
 from imagebridge.ehr.smart.replay import DatabaseReplayStore
+from imagebridge.ehr.smart.revocation import revocation_endpoint
 from imagebridge.ehr.smart.token import token_endpoint
+from imagebridge.ehr.ui import pages
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -79,6 +83,10 @@ def create_app(settings: EhrSettings) -> Starlette:
         Route("/.well-known/jwks.json", discovery.jwks),
         Route("/auth/token", token_endpoint, methods=["POST"]),
         Route("/auth/introspect", introspection_endpoint, methods=["POST"]),
+        Route("/auth/authorize", authorize_endpoint, methods=["GET", "POST"]),
+        Route("/auth/revoke", revocation_endpoint, methods=["POST"]),
+        Route("/auth/register", registration_endpoint, methods=["POST"]),
+        *pages.routes,
         *bulk_routes.routes,  # before rest.routes: "/fhir/$export" would match "/fhir/{type}"
         *rest.routes,
     ]

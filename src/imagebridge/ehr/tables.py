@@ -130,3 +130,57 @@ bulk_files = Table(
     Column("count", Integer, nullable=False),
     Column("content", Text, nullable=False),  # NDJSON
 )
+
+# SMART App Launch (issue 3): people who sign in, browser sessions, pending authorizations,
+# authorization codes and EHR-launch handles. Codes, handles and session ids are stored as digests.
+users = Table(
+    "users",
+    metadata,
+    Column("username", String(100), primary_key=True),
+    Column("password_hash", Text, nullable=False),  # argon2id
+    Column("fhir_user", String(300), nullable=False),  # Patient/…, RelatedPerson/…, Practitioner/…
+    Column("display_name", String(200), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+)
+
+browser_sessions = Table(
+    "browser_sessions",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("username", String(100)),  # None until the user signs in
+    Column("csrf", String(64), nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+auth_requests = Table(
+    "auth_requests",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session", String(64), nullable=False, index=True),  # browser_sessions.digest
+    Column("client_id", String(200), nullable=False),
+    Column("params", Text, nullable=False),  # JSON: redirect_uri, state, scope, challenge, nonce, launch
+    Column("patient", String(200)),  # chosen or launched patient
+    Column("expires_at", Float, nullable=False),
+)
+
+auth_codes = Table(
+    "auth_codes",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("client_id", String(200), nullable=False),
+    Column("grant", Text, nullable=False),  # JSON: redirect_uri, challenge, scope, patient, user, nonce
+    Column("family", String(64), nullable=False),  # tokens issued from this code
+    Column("expires_at", Float, nullable=False),
+    Column("used", Boolean, nullable=False, default=False),
+)
+
+launches = Table(
+    "launches",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("session", String(64), nullable=False),
+    Column("client_id", String(200), nullable=False),
+    Column("patient", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used", Boolean, nullable=False, default=False),
+)

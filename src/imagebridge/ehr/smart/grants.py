@@ -100,3 +100,31 @@ class GrantStore:
     async def revoke_family(self, family: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(update(tokens).where(tokens.c.family == family).values(revoked=True))
+
+    async def families_of(self, sub: str) -> list[tuple[str, str, str]]:
+        """(family, client_id, scope) of each live grant a user made ("connected apps")."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(tokens.c.family, tokens.c.client_id, tokens.c.scope)
+                .where(
+                    tokens.c.sub == sub,
+                    tokens.c.family.is_not(None),
+                    tokens.c.revoked.is_(False),
+                    tokens.c.expires_at > time.time(),
+                )
+                .order_by(tokens.c.issued_at.desc())
+            )
+            seen: dict[str, tuple[str, str, str]] = {}
+            for row in rows:
+                seen.setdefault(row.family, (row.family, row.client_id, row.scope))
+        return list(seen.values())
+
+    async def rotate(self, secret: str) -> bool:
+        """Retire a refresh token on use; False if it was already retired (a replay)."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(tokens)
+                .where(tokens.c.digest == digest(secret), tokens.c.revoked.is_(False))
+                .values(revoked=True)
+            )
+        return done.rowcount == 1

@@ -1,39 +1,69 @@
-"""The token endpoint (RFC 6749 §3.2, SMART App Launch 2.2 "Backend Services").
+"""The token endpoint (RFC 6749 §3.2, §4.1.3, §6; SMART App Launch 2.2 "Obtain access token",
+"Refresh access token" and "Backend Services").
 
-This module handles ``client_credentials`` with ``private_key_jwt`` client authentication
-(RFC 7523 §2.2, SMART "client-confidential-asymmetric"): the granted scope is the requested
-scope narrowed to what the client was registered for, access tokens live at most 300 s, and no
-refresh token is issued.
+Grants: ``authorization_code`` (PKCE S256 verifier required; public clients identify by
+``client_id``, confidential ones authenticate with ``private_key_jwt``), ``refresh_token`` (rotated
+on every use; a replayed refresh token revokes its whole family, RFC 9700 §4.14.2; scope may only
+narrow) and ``client_credentials`` (Backend Services: scope narrowed to the registration, at most
+300 s, no refresh token). Rejected requests count against the client's failure budget
+(:mod:`.ratelimit`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import time
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from imagebridge.common.responses import JSONResponse
 from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
+from imagebridge.common.tokens import same
 from imagebridge.ehr.context import EhrContext
+from imagebridge.ehr.smart import ratelimit
 from imagebridge.ehr.smart.client_assertion import InvalidClient, verify_client_assertion
 from imagebridge.ehr.smart.clients import Client
+from imagebridge.ehr.smart.codes import CodeStore
 from imagebridge.ehr.smart.forms import read_form
 from imagebridge.ehr.smart.grants import Grant
-from imagebridge.ehr.smart.oauth_errors import OAuthError, no_store_json
+from imagebridge.ehr.smart.id_token import id_token
+from imagebridge.ehr.smart.oauth_errors import NO_STORE, OAuthError, no_store_json
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: RFC 7636 §4.1: 43–128 unreserved characters.
+VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+OFFLINE_LIFETIME = 90 * 24 * 3600
+ONLINE_LIFETIME = 8 * 3600
 
 
 async def token_endpoint(request: Request) -> Response:
     ctx: EhrContext = request.app.state.ctx
+    limit_key = "-"
     try:
         form = await read_form(request)
+        limit_key = form.get("client_id") or "-"
+        wait = ratelimit.TOKEN.retry_after(limit_key)
+        if wait:
+            return JSONResponse(
+                {"error": "slow_down", "error_description": "too many rejected requests"},
+                status_code=429,
+                headers={**NO_STORE, "Retry-After": str(wait)},
+            )
         grant_type = form.get("grant_type", "")
         if grant_type == "client_credentials":
             return no_store_json(await client_credentials(ctx, form))
+        if grant_type == "authorization_code":
+            return no_store_json(await authorization_code(ctx, form))
+        if grant_type == "refresh_token":
+            return no_store_json(await refresh_token(ctx, form))
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
     except OAuthError as exc:
+        ratelimit.TOKEN.failed(limit_key)
         return exc.response()
 
 
@@ -60,6 +90,119 @@ async def authenticate_client(ctx: EhrContext, form: dict[str, str]) -> Client:
     if client is None or not client.enabled:
         raise OAuthError("invalid_client", "unknown or disabled client", status=401)
     return client
+
+
+async def authenticate_app(ctx: EhrContext, form: dict[str, str]) -> Client:
+    """A public app by its ``client_id`` or a confidential one by its assertion (never a backend)."""
+    if "client_assertion" in form or "client_assertion_type" in form:
+        client = await authenticate_client(ctx, form)
+    else:
+        found = await ctx.clients.get(form.get("client_id", ""))
+        if found is None or not found.enabled:
+            raise OAuthError("invalid_client", "unknown or disabled client", status=401)
+        if found.kind != "public":
+            raise OAuthError("invalid_client", "this client must authenticate (private_key_jwt)", status=401)
+        client = found
+    if client.kind == "backend":
+        raise OAuthError("unauthorized_client", "backend services use client_credentials")
+    return client
+
+
+def pkce_ok(verifier: str, challenge: str) -> bool:
+    """RFC 7636 §4.6 with S256."""
+    if not VERIFIER.match(verifier):
+        return False
+    computed = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+    )
+    return same(computed, challenge)
+
+
+async def authorization_code(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]:
+    client = await authenticate_app(ctx, form)
+    redemption = await CodeStore(ctx.engine).redeem(form.get("code", ""), client.client_id)
+    if redemption is None:
+        raise OAuthError("invalid_grant", "unknown authorization code")
+    if redemption.reused:
+        await ctx.grants.revoke_family(redemption.family)
+        raise OAuthError("invalid_grant", "the authorization code was already used")
+    if redemption.expired:
+        raise OAuthError("invalid_grant", "the authorization code has expired")
+    grant = redemption.grant
+    if form.get("redirect_uri") != grant["redirect_uri"]:
+        raise OAuthError("invalid_grant", "redirect_uri differs from the authorization request")
+    if not pkce_ok(form.get("code_verifier", ""), grant["challenge"]):
+        raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
+    base = Grant(
+        client_id=client.client_id,
+        scope=grant["scope"],
+        issued_at=time.time(),
+        expires_at=0,
+        patient=grant["patient"],
+        fhir_user=grant["fhir_user"],
+        sub=grant["sub"],
+        family=redemption.family,
+        context=grant["context"],
+    )
+    refresh_expiry = None
+    scopes = grant["scope"].split()
+    if "offline_access" in scopes:
+        refresh_expiry = base.issued_at + OFFLINE_LIFETIME
+    elif "online_access" in scopes:
+        refresh_expiry = base.issued_at + ONLINE_LIFETIME
+    body = await issue_user_tokens(ctx, base, refresh_expiry)
+    if "openid" in scopes and ("fhirUser" in scopes or "profile" in scopes):
+        body["id_token"] = await id_token(
+            ctx, client.client_id, grant["sub"], grant["fhir_user"], grant["nonce"]
+        )
+    return body
+
+
+async def issue_user_tokens(ctx: EhrContext, base: Grant, refresh_expiry: float | None) -> dict[str, Any]:
+    """An access token (and a rotated refresh token) for ``base``; the SMART token response."""
+    lifetime = ctx.settings.access_token_lifetime
+    now = time.time()
+    access = await ctx.grants.issue(replace(base, kind="access", issued_at=now, expires_at=now + lifetime))
+    body: dict[str, Any] = {
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "scope": base.scope,
+    }
+    if refresh_expiry is not None:
+        body["refresh_token"] = await ctx.grants.issue(
+            replace(base, kind="refresh", issued_at=now, expires_at=refresh_expiry)
+        )
+    if base.patient:
+        body["patient"] = base.patient
+    body.update(base.context)
+    return body
+
+
+async def refresh_token(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]:
+    client = await authenticate_app(ctx, form)
+    secret = form.get("refresh_token", "")
+    old = await ctx.grants.lookup(secret, kind="refresh") if secret else None
+    if old is None or old.client_id != client.client_id:
+        raise OAuthError("invalid_grant", "unknown refresh token")
+    if old.revoked and old.family:
+        await ctx.grants.revoke_family(old.family)  # RFC 9700 §4.14.2: a replay kills the family
+    if not old.active():
+        raise OAuthError("invalid_grant", "the refresh token is expired or revoked")
+    try:
+        held = parse_scopes(old.scope)
+        wanted = parse_scopes(form["scope"]) if form.get("scope") else held
+    except InvalidScope as exc:
+        raise OAuthError("invalid_scope", str(exc)) from exc
+    narrowed = held.narrowed_to(wanted)
+    if set(narrowed.to_string().split()) != set(wanted.to_string().split()):
+        raise OAuthError("invalid_scope", "a refresh may only keep or narrow the granted scope")
+    if not await ctx.grants.rotate(secret):
+        if old.family:
+            await ctx.grants.revoke_family(old.family)
+        raise OAuthError("invalid_grant", "the refresh token was already used")
+    base = replace(old, scope=narrowed.to_string(), revoked=False)
+    return await issue_user_tokens(ctx, base, old.expires_at)
 
 
 async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]:

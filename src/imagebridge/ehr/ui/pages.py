@@ -1,0 +1,346 @@
+"""The EHR's own web UI: sign-in, patient picker, consent, clinician chart with app launcher and
+the patient's "connected apps" page (SMART App Launch 2.2 "EHR Launch" and "Standalone Launch").
+
+Every form carries the session's CSRF token (RFC 6749 §10.12); a missing or foreign token is 403.
+Every page carries the anti-framing and no-referrer headers of :mod:`.render`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from imagebridge.common.responses import JSONResponse
+from imagebridge.ehr.context import EhrContext
+from imagebridge.ehr.smart import ratelimit
+from imagebridge.ehr.smart.authorize import PendingStore, approve, error_page, needs_patient
+from imagebridge.ehr.smart.codes import LaunchStore
+from imagebridge.ehr.smart.users import User, UserStore, display_name, patients_for
+from imagebridge.ehr.ui import render
+from imagebridge.ehr.ui.scope_words import describe
+from imagebridge.ehr.ui.sessions import Session, SessionStore, set_cookie
+
+#: SMART App Launch 2.2 ``smart_style_url``: styling hints for embedded apps.
+STYLE = {
+    "color_background": "#f7f9fb",
+    "color_error": "#a40000",
+    "color_highlight": "#2f6db5",
+    "color_modal_backdrop": "",
+    "color_success": "#2e7d32",
+    "color_text": "#1d2733",
+    "dim_border_radius": "4px",
+    "dim_font_size": "14px",
+    "dim_spacing_size": "16px",
+    "font_family_body": "system-ui, sans-serif",
+    "font_family_heading": "system-ui, sans-serif",
+}
+
+
+class Forbidden(Exception):
+    """A form that failed its CSRF check or was tampered with."""
+
+
+def _ctx(request: Request) -> EhrContext:
+    ctx: EhrContext = request.app.state.ctx
+    return ctx
+
+
+def _forbidden(message: str = "This form has expired or was not sent by this page.") -> Response:
+    return error_page(message, status=403)
+
+
+async def _signed_in(request: Request) -> tuple[Session, User] | None:
+    ctx = _ctx(request)
+    session = await SessionStore(ctx.engine).current(request)
+    if session is None or session.username is None:
+        return None
+    user = await UserStore(ctx.engine).get(session.username)
+    return None if user is None else (session, user)
+
+
+async def _checked_form(request: Request, session: Session | None) -> FormData:
+    form = await request.form()
+    token = form.get("csrf")
+    if session is None or not session.csrf_ok(token if isinstance(token, str) else None):
+        raise Forbidden
+    return form
+
+
+def _to_login(request: Request) -> Response:
+    return render.secure(
+        RedirectResponse(f"/ui/login?{urlencode({'next': request.url.path})}", status_code=303)
+    )
+
+
+async def login_page(request: Request) -> Response:
+    sessions = SessionStore(_ctx(request).engine)
+    session = await sessions.current(request)
+    cookie = None
+    if session is None:
+        cookie, session = await sessions.start()
+    next_url = request.query_params.get("next", "/ui/")
+    response = render.page("login.html", {"csrf": session.csrf, "next": _safe_next(next_url), "user": None})
+    if cookie:
+        set_cookie(response, cookie, secure=request.url.scheme == "https")
+    return response
+
+
+def _safe_next(url: str) -> str:
+    """Only local UI paths: never an open redirect."""
+    return url if url.startswith("/ui/") and "//" not in url and "\\" not in url else "/ui/"
+
+
+async def login_submit(request: Request) -> Response:
+    ctx = _ctx(request)
+    sessions = SessionStore(ctx.engine)
+    session = await sessions.current(request)
+    try:
+        form = await _checked_form(request, session)
+    except Forbidden:
+        return _forbidden()
+    assert session is not None
+    username = str(form.get("username", ""))[:100]
+    next_url = _safe_next(str(form.get("next", "/ui/")))
+    wait = ratelimit.LOGIN.retry_after(username)
+    if wait:
+        response = render.page(
+            "login.html",
+            {
+                "csrf": session.csrf,
+                "next": next_url,
+                "error": "Too many attempts; try again later.",
+                "user": None,
+            },
+            status=429,
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
+    user = await UserStore(ctx.engine).verify(username, str(form.get("password", "")))
+    if user is None:
+        ratelimit.LOGIN.failed(username)
+        return render.page(
+            "login.html",
+            {"csrf": session.csrf, "next": next_url, "error": "Wrong username or password.", "user": None},
+            status=401,
+        )
+    cookie, _ = await sessions.sign_in(session, user.username)
+    response = render.secure(RedirectResponse(next_url, status_code=303))
+    set_cookie(response, cookie, secure=request.url.scheme == "https")
+    return response
+
+
+async def home(request: Request) -> Response:
+    found = await _signed_in(request)
+    if found is None:
+        return _to_login(request)
+    target = "/ui/patients" if found[1].is_clinician else "/ui/apps"
+    return render.secure(RedirectResponse(target, status_code=303))
+
+
+async def authorization(request: Request) -> Response:
+    """The next step of a pending authorization: sign-in, patient picker, consent or the code."""
+    ctx = _ctx(request)
+    found = await _signed_in(request)
+    if found is None:
+        return _to_login(request)
+    session, user = found
+    pending = await PendingStore(ctx.engine).get(request.path_params["rid"], session.digest)
+    client = None if pending is None else await ctx.clients.get(pending.client_id)
+    if pending is None or client is None:
+        return error_page("This authorization request is unknown or has expired.")
+    if pending.patient is None and needs_patient(pending.scope):
+        candidates = await patients_for(ctx.store, user)
+        if not candidates:
+            return pending.redirect(ctx.settings.fhir_base, error="access_denied")
+        if len(candidates) > 1:
+            return render.page(
+                "picker.html",
+                {
+                    "csrf": session.csrf,
+                    "request_id": pending.id,
+                    "patients": candidates,
+                    "app": client.name,
+                    "user": user,
+                },
+            )
+        await PendingStore(ctx.engine).set_patient(pending.id, candidates[0][0])
+        pending = await PendingStore(ctx.engine).get(pending.id, session.digest)
+        assert pending is not None
+    if pending.launched and client.zero_click:
+        return render.secure(await approve(ctx, pending, user, pending.scope))
+    patient = await ctx.store.read("Patient", pending.patient) if pending.patient else None
+    return render.page(
+        "consent.html",
+        {
+            "csrf": session.csrf,
+            "request_id": pending.id,
+            "app": client.name,
+            "patient_name": display_name(patient) if patient else None,
+            "scopes": [(s, describe(s)) for s in pending.scope.split()],
+            "user": user,
+        },
+    )
+
+
+async def pick_patient(request: Request) -> Response:
+    ctx = _ctx(request)
+    found = await _signed_in(request)
+    if found is None:
+        return _forbidden()
+    session, user = found
+    try:
+        form = await _checked_form(request, session)
+    except Forbidden:
+        return _forbidden()
+    pending = await PendingStore(ctx.engine).get(request.path_params["rid"], session.digest)
+    if pending is None:
+        return error_page("This authorization request is unknown or has expired.")
+    choice = str(form.get("patient", ""))
+    if pending.patient is not None or choice not in {pid for pid, _ in await patients_for(ctx.store, user)}:
+        return _forbidden("You may not act for that patient.")
+    await PendingStore(ctx.engine).set_patient(pending.id, choice)
+    return render.secure(RedirectResponse(f"/ui/authorize/{pending.id}", status_code=303))
+
+
+async def consent(request: Request) -> Response:
+    ctx = _ctx(request)
+    found = await _signed_in(request)
+    if found is None:
+        return _forbidden()
+    session, user = found
+    try:
+        form = await _checked_form(request, session)
+    except Forbidden:
+        return _forbidden()
+    pending = await PendingStore(ctx.engine).get(request.path_params["rid"], session.digest)
+    if pending is None:
+        return error_page("This authorization request is unknown or has expired.")
+    if form.get("decision") != "allow":
+        await PendingStore(ctx.engine).finish(pending.id)
+        return render.secure(pending.redirect(ctx.settings.fhir_base, error="access_denied"))
+    offered = pending.scope.split()
+    chosen = [str(s) for s in form.getlist("scope")]
+    if not set(chosen) <= set(offered) or "patient" in form:
+        return _forbidden("The form asked for more than this application requested.")
+    if not chosen:
+        await PendingStore(ctx.engine).finish(pending.id)
+        return render.secure(pending.redirect(ctx.settings.fhir_base, error="access_denied"))
+    if needs_patient(" ".join(chosen)) and pending.patient is None:
+        return _forbidden("No patient was chosen.")
+    return render.secure(await approve(ctx, pending, user, " ".join(s for s in offered if s in chosen)))
+
+
+async def patient_list(request: Request) -> Response:
+    found = await _signed_in(request)
+    if found is None:
+        return _to_login(request)
+    _, user = found
+    if not user.is_clinician:
+        return _forbidden("Only clinicians can open charts.")
+    return render.page(
+        "patients.html", {"patients": await patients_for(_ctx(request).store, user), "user": user}
+    )
+
+
+async def chart(request: Request) -> Response:
+    ctx = _ctx(request)
+    found = await _signed_in(request)
+    if found is None:
+        return _to_login(request)
+    session, user = found
+    patient_id = request.path_params["pid"]
+    patient = await ctx.store.read("Patient", patient_id) if user.is_clinician else None
+    if patient is None:
+        return error_page("No such chart.", status=404)
+    apps = [c for c in await ctx.clients.all() if c.enabled and c.launch_url and c.kind != "backend"]
+    return render.page(
+        "chart.html",
+        {
+            "csrf": session.csrf,
+            "patient_id": patient_id,
+            "patient_name": display_name(patient),
+            "apps": apps,
+            "user": user,
+        },
+    )
+
+
+async def launch(request: Request) -> Response:
+    """EHR launch: send the app to its launch URL with ``iss`` and a fresh single-use ``launch``."""
+    ctx = _ctx(request)
+    found = await _signed_in(request)
+    if found is None:
+        return _forbidden()
+    session, user = found
+    try:
+        form = await _checked_form(request, session)
+    except Forbidden:
+        return _forbidden()
+    patient_id = request.path_params["pid"]
+    client = await ctx.clients.get(str(form.get("client_id", "")))
+    if (
+        not user.is_clinician
+        or client is None
+        or not client.enabled
+        or not client.launch_url
+        or await ctx.store.read("Patient", patient_id) is None
+    ):
+        return _forbidden("This app cannot be launched for this chart.")
+    handle = await LaunchStore(ctx.engine).issue(session.digest, client.client_id, patient_id)
+    sep = "&" if "?" in client.launch_url else "?"
+    target = f"{client.launch_url}{sep}{urlencode({'iss': ctx.settings.fhir_base, 'launch': handle})}"
+    return render.secure(RedirectResponse(target, status_code=303))
+
+
+async def connected_apps(request: Request) -> Response:
+    ctx = _ctx(request)
+    found = await _signed_in(request)
+    if found is None:
+        return _to_login(request)
+    session, user = found
+    grants = []
+    for family, client_id, scope in await ctx.grants.families_of(user.username):
+        client = await ctx.clients.get(client_id)
+        grants.append({"family": family, "client": client.name if client else client_id, "scope": scope})
+    return render.page("apps.html", {"csrf": session.csrf, "grants": grants, "user": user})
+
+
+async def revoke_app(request: Request) -> Response:
+    ctx = _ctx(request)
+    found = await _signed_in(request)
+    if found is None:
+        return _forbidden()
+    session, user = found
+    try:
+        form = await _checked_form(request, session)
+    except Forbidden:
+        return _forbidden()
+    family = str(form.get("family", ""))
+    if family not in {f for f, _, _ in await ctx.grants.families_of(user.username)}:
+        return _forbidden("That grant is not yours.")
+    await ctx.grants.revoke_family(family)
+    return render.secure(RedirectResponse("/ui/apps", status_code=303))
+
+
+async def smart_style(_: Request) -> Response:
+    return JSONResponse(STYLE, headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "max-age=3600"})
+
+
+routes = [
+    Route("/ui/", home),
+    Route("/ui/login", login_page, methods=["GET"]),
+    Route("/ui/login", login_submit, methods=["POST"]),
+    Route("/ui/authorize/{rid}", authorization, methods=["GET"]),
+    Route("/ui/authorize/{rid}/patient", pick_patient, methods=["POST"]),
+    Route("/ui/authorize/{rid}/consent", consent, methods=["POST"]),
+    Route("/ui/patients", patient_list),
+    Route("/ui/chart/{pid}", chart, methods=["GET"]),
+    Route("/ui/chart/{pid}/launch", launch, methods=["POST"]),
+    Route("/ui/apps", connected_apps, methods=["GET"]),
+    Route("/ui/apps/revoke", revoke_app, methods=["POST"]),
+    Route("/ui/smart-style.json", smart_style),
+]
