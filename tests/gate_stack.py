@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from imagebridge.apps.seed import Seeded, seed_all
+from imagebridge.apps.seed import Seeded, seed_all, seed_ehr
 from imagebridge.apps.smart_client import backend_token
 from imagebridge.apps.stack import LocalStack
 from imagebridge.common import db
@@ -118,7 +118,10 @@ def warm_up(stack: LocalStack, attempts: int = 20) -> None:
     raise RuntimeError("the imaging system could not reach the EHR")
 
 
-def start_gate_stack(tmp: pytest.TempPathFactory, name: str, **imaging_env: str) -> Iterator[GateStack]:
+def start_gate_stack(
+    tmp: pytest.TempPathFactory, name: str, *, with_studies: bool = True, **imaging_env: str
+) -> Iterator[GateStack]:
+    """Start, seed and finally stop a gate stack (``with_studies=False``: clients and FHIR data only)."""
     data_dir = tmp.mktemp(name)
     stack = LocalStack(data_dir)
     proxy = FaultProxy(f"http://127.0.0.1:{stack.ehr_port}/auth/introspect")
@@ -134,7 +137,12 @@ def start_gate_stack(tmp: pytest.TempPathFactory, name: str, **imaging_env: str)
         try:
             stack.start()
             warm_up(stack)
-            yield GateStack(stack, seed_all(stack, scale=GATE_SCALE), proxy)
+            seeded = (
+                seed_all(stack, scale=GATE_SCALE)
+                if with_studies
+                else Seeded(clients=seed_ehr(stack), study_uids={}, sensitive=frozenset())
+            )
+            yield GateStack(stack, seeded, proxy)
         finally:
             stack.stop()
     finally:
