@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 from joserfc import jwt
 from joserfc.jwk import KeySet
-
 from tests.ehr.smart.flow import App, UserAgent, exchange, register_public, standalone
 
 SCOPE = "launch/patient openid fhirUser offline_access patient/Patient.rs patient/ImagingStudy.rs"
@@ -55,7 +54,9 @@ def test_id_token_is_rs256_with_published_kid(origin: str, fhir_base: str) -> No
     assert token.header["alg"] == "RS256"
     assert token.header["kid"] in {k["kid"] for k in jwks["keys"]}
     claims = token.claims
-    assert claims["iss"] == fhir_base and claims["aud"] == app.client_id and claims["nonce"] == "n-123"
+    assert claims["iss"] == fhir_base
+    assert claims["aud"] == app.client_id
+    assert claims["nonce"] == "n-123"
     assert claims["fhirUser"] == f"{fhir_base}/Patient/bob"
     assert body["patient"] == "bob"
 
@@ -83,14 +84,16 @@ def test_refresh_rotates_and_replay_revokes_the_family(origin: str, fhir_base: s
         )
 
     wider = refresh(first["refresh_token"], scope=SCOPE + " patient/Observation.rs")
-    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+    assert wider.status_code == 400
+    assert wider.json()["error"] == "invalid_scope"
     narrow = refresh(first["refresh_token"], scope="patient/Patient.rs offline_access")
     assert narrow.status_code == 200, narrow.text
     second = narrow.json()
     assert second["scope"].split() == ["patient/Patient.rs", "offline_access"]
     assert second["patient"] == "alice"
     replay = refresh(first["refresh_token"])
-    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    assert replay.status_code == 400
+    assert replay.json()["error"] == "invalid_grant"
     after = refresh(second["refresh_token"])
     assert after.status_code == 400  # the whole family died with the replay
     read = httpx.get(
@@ -104,4 +107,5 @@ def test_app_for_unknown_redirect_is_not_asked(origin: str, fhir_base: str) -> N
     evil = App(app.client_id, "https://evil.example/cb")
     with UserAgent(origin) as ua:
         page = ua.authorize(evil, SCOPE, aud=fhir_base, challenge="x" * 43, response_type="token")
-    assert page.status_code == 400 and "location" not in page.headers
+    assert page.status_code == 400
+    assert "location" not in page.headers
