@@ -10,6 +10,7 @@ Each example writes a fresh little world (new ids, so examples never see each ot
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import date
@@ -19,13 +20,14 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import DCM, add_client, issue, put
+from tests.ehr.fhir.ehr_access import DCM, add_client, issue
 
 from imagebridge.common.smart_scopes import parse_scopes
 from imagebridge.ehr.admin import Admin
 from imagebridge.ehr.policy.consent import CLIENT_SYSTEM
 from imagebridge.ehr.policy.engine import PolicyEngine, Principal
 from imagebridge.ehr.policy.labels import ACT_CODE, CONFIDENTIALITY
+from imagebridge.ehr.smart.grants import Grant, GrantStore
 from imagebridge.ehr.smart.introspection import IMAGING_GRANT
 
 LABELS = {
@@ -80,19 +82,12 @@ plans = st.builds(
 )
 
 
-@dataclass
-class Shared:
-    running: RunningStack
-    app: str
-    introspector: str
-
-
 def _born(age: int) -> str:
     today = date.today()
     return today.replace(year=today.year - age, day=min(today.day, 28)).isoformat()
 
 
-def _world(plan: Plan, app: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+def _world(plan: Plan, app: str, group: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     ns = uuid.uuid4().hex[:10]
     patients = [f"p{i}-{ns}" for i in range(3)]
     docs: list[dict[str, Any]] = [
@@ -158,7 +153,7 @@ def _world(plan: Plan, app: str) -> tuple[list[dict[str, Any]], list[str], list[
     docs.append(
         {
             "resourceType": "Group",
-            "id": f"g-{ns}",
+            "id": group,  # the backend client's Group, reset for each example
             "type": "person",
             "actual": True,
             "member": [{"entity": {"reference": f"Patient/{patients[i]}"}} for i in sorted(plan.group)],
@@ -184,18 +179,42 @@ def _model(plan: Plan, s: StudyPlan) -> bool:
     return True
 
 
-def _engine_sees(running: RunningStack, principal: Principal, docs: list[dict[str, Any]]) -> list[bool]:
-    async def run() -> list[bool]:
-        admin = Admin(running.stack.ehr_settings)
-        try:
-            engine = PolicyEngine(admin.store)
-            studies = [d for d in docs if d["resourceType"] == "ImagingStudy"]
-            stored = [await admin.store.read("ImagingStudy", d["id"]) for d in studies]
-            return [(await engine.may_see(principal, s)).allowed for s in stored if s is not None]
-        finally:
-            await admin.close()
+async def _prepare(
+    running: RunningStack, docs: list[dict[str, Any]], principal: Principal
+) -> tuple[str, list[bool]]:
+    """One administrator session per example: write the world, issue the token, ask the engine."""
+    admin = Admin(running.stack.ehr_settings)
+    try:
+        for doc in docs:
+            await admin.put_resource(doc)
+        now = time.time()
+        grant = Grant(
+            principal.client_id,
+            principal.scopes.to_string(),
+            now + 600,
+            now,
+            patient=principal.patient,
+            fhir_user=principal.fhir_user,
+        )
+        token = await GrantStore(admin.engine).issue(grant)
+        engine = PolicyEngine(admin.store)
+        studies = [d for d in docs if d["resourceType"] == "ImagingStudy"]
+        seen = []
+        for doc in studies:
+            stored = await admin.store.read("ImagingStudy", doc["id"])
+            assert stored is not None
+            seen.append((await engine.may_see(principal, stored)).allowed)
+        return token, seen
+    finally:
+        await admin.close()
 
-    return asyncio.run(run())
+
+@dataclass
+class Shared:
+    app: str  # the patient app some consents name
+    backend: str  # a backend client registered for Group/<group>
+    group: str
+    introspector: str
 
 
 _SHARED: dict[str, Shared] = {}
@@ -203,14 +222,16 @@ _SHARED: dict[str, Shared] = {}
 
 def _shared(running: RunningStack) -> Shared:
     if running.storage not in _SHARED:
+        group = f"hypothesis-{uuid.uuid4().hex[:8]}"
         app = add_client(running, "public", "patient/*.rs")
+        backend = add_client(running, "backend", "system/*.rs", f"Group/{group}")
         caller = add_client(running, "backend", "introspection")
-        _SHARED[running.storage] = Shared(running, app, issue(running, caller, "introspection"))
+        _SHARED[running.storage] = Shared(app, backend, group, issue(running, caller, "introspection"))
     return _SHARED[running.storage]
 
 
 @settings(
-    max_examples=20,
+    max_examples=15,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -218,27 +239,19 @@ def _shared(running: RunningStack) -> Shared:
 @given(plan=plans)
 def test_fhir_query_and_introspection_agree_with_the_policy(running: RunningStack, plan: Plan) -> None:
     shared = _shared(running)
-    docs, patients, uids = _world(plan, shared.app)
-    put(running, *docs)
+    docs, patients, uids = _world(plan, shared.app, shared.group)
     level = "system" if plan.who == "backend" else "patient"
-    scope = f"{level}/ImagingStudy.rs" + (
-        f"?modality={DCM}|{plan.modality_scope}" if plan.modality_scope else ""
-    )
-    context: dict[str, str | None] = {"patient": None, "fhir_user": None}
-    client = shared.app
-    group_ref = None
+    narrowed = f"?modality={DCM}|{plan.modality_scope}" if plan.modality_scope else ""
+    scope = parse_scopes(f"{level}/ImagingStudy.rs{narrowed}")
     if plan.who == "backend":
-        client = add_client(running, "backend", scope, f"Group/{docs[-1]['id']}")
-        group_ref = f"Group/{docs[-1]['id']}"
+        principal = Principal(shared.backend, scope, group_ref=f"Group/{shared.group}")
     else:
-        context["patient"] = patients[plan.patient]
-        if plan.who == "proxy":
-            context["fhir_user"] = f"RelatedPerson/{docs[-2]['id']}"
-    token = issue(running, client, scope, **context)
-    principal = Principal(client, parse_scopes(scope), context["patient"], context["fhir_user"], group_ref)
+        proxy = f"RelatedPerson/{docs[-2]['id']}" if plan.who == "proxy" else None
+        principal = Principal(shared.app, scope, patients[plan.patient], proxy)
+    token, engine_says = asyncio.run(_prepare(running, docs, principal))
 
     expected = [_model(plan, s) for s in plan.studies]
-    assert _engine_sees(running, principal, docs) == expected
+    assert engine_says == expected
     with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
         channel_a = [
             http.get(
