@@ -36,8 +36,6 @@ from imagebridge.imaging.dicomweb.errors import DicomwebError
 MAX_FRAME_SAMPLES = 2**25
 #: Largest decoded pixel data of a whole instance we produce when transcoding (bytes).
 MAX_INSTANCE_BYTES = 256 * 1024**2
-#: Largest header (everything before Pixel Data) we parse.
-MAX_HEADER_BYTES = 64 * 1024**2
 #: At most this many pydicom decodes run at once in one process.
 DECODERS = anyio.CapacityLimiter(2)
 _WINDOW = 64 * 1024
@@ -185,7 +183,7 @@ def read_header(fp: io.BufferedReader) -> PixelHeader:
     except Exception as exc:  # pydicom raises many types on malformed input
         raise DicomwebError(406, f"the stored instance cannot be parsed: {exc}") from exc
     ts = UID(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
-    if ts.is_deflated or fp.tell() > MAX_HEADER_BYTES:
+    if ts.is_deflated:
         return PixelHeader(dataset, ts, None, None)
     offset, length = _pixel_element(fp, ts)
     return PixelHeader(dataset, ts, offset, length)
