@@ -6,15 +6,23 @@ import io
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from tests.imaging.dicomweb.pixel_stack import STUDY_UID, PixelStack
 
 from imagebridge.imaging.dicomweb.errors import DicomwebError
-from imagebridge.imaging.dicomweb.rendered import Window, parse_viewport, parse_window, to_8bit
+from imagebridge.imaging.dicomweb.rendered import (
+    Window,
+    frame_attributes,
+    parse_viewport,
+    parse_window,
+    to_8bit,
+)
 
 Client = tuple[httpx.Client, dict[str, str]]
 MAGIC = {"image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF8"}
@@ -170,3 +178,11 @@ def test_dicomweb_client_reads_frames_and_rendered(pixel_stack: PixelStack, pixe
     assert client.retrieve_instance_rendered(*uids).startswith(MAGIC["image/jpeg"])
     rendered = client.retrieve_instance_frames_rendered(*uids, [1], media_types=("image/png",))
     assert rendered.startswith(MAGIC["image/png"])
+
+
+def test_enhanced_multiframe_uses_functional_groups() -> None:
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"), stop_before_pixels=True)
+    view = frame_attributes(ds, 1)
+    assert float(view.RescaleIntercept) == -1024
+    assert "WindowCenter" in view
+    assert "RescaleIntercept" not in ds  # the stored data set is not changed

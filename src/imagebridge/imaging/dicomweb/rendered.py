@@ -182,6 +182,29 @@ def to_8bit(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray
     return (frame.astype(np.float32) * (255.0 / float(2**bits - 1))).clip(0, 255).astype(np.uint8)
 
 
+_FRAME_MACROS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+
+
+def frame_attributes(ds: Dataset, index: int) -> Dataset:
+    """``ds`` as frame ``index`` sees it: the Pixel Value Transformation and Frame VOI LUT
+    functional groups of an enhanced multi-frame object (PS3.3 C.7.6.16.2.9, C.7.6.16.2.10),
+    shared then per-frame, lifted to the top level where the LUT functions look for them."""
+    groups = [seq[0] for seq in [ds.get("SharedFunctionalGroupsSequence")] if seq]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and index < len(per_frame):
+        groups.append(per_frame[index])
+    if not groups:
+        return ds
+    view = Dataset()  # a shallow copy: Dataset(ds) would share ds's element dictionary
+    view.update(ds)
+    for group in groups:
+        for keyword in _FRAME_MACROS:
+            if group.get(keyword):
+                for element in group[keyword][0]:
+                    view.add(element)
+    return view
+
+
 def _fit(image: Image.Image, viewport: Viewport) -> Image.Image:
     if viewport.source is not None:
         sx, sy, sw, sh = viewport.source
@@ -223,7 +246,7 @@ def render_frame(blobs: BlobStore, row: InstanceRow, number: int | None, options
     frame = pixels.decode_frame(fp, header, number - 1)
     if frame.ndim == 3 and frame.shape[-1] not in (3, 4):
         frame = frame[..., 0]
-    return encode(to_8bit(frame, header.dataset, options.window), options)
+    return encode(to_8bit(frame, frame_attributes(header.dataset, number - 1), options.window), options)
 
 
 async def render(blobs: BlobStore, row: InstanceRow, number: int | None, options: RenderOptions) -> Response:
