@@ -6,12 +6,15 @@ import gzip
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
+from starlette.requests import Request
 from tests.conftest import TEST_SCALE, RunningStack
 from tests.imaging.tokens import maya_proxy_token, quality_review_token
 
 from imagebridge.apps import demo_data
+from imagebridge.imaging.dicomweb.json_body import json_response
 from imagebridge.imaging.dicomweb.metadata import BodyCache, absolute_bulkdata_uris, instance_object
 
 SPECS = {spec.accession_number: spec for spec, _ in demo_data.studies(TEST_SCALE)}
@@ -144,3 +147,12 @@ def test_relative_bulkdata_uris_become_absolute() -> None:
     assert absolute["00091010"]["Value"][0]["00091011"]["BulkDataURI"] == "http://h/dicom-web/studies/1/x"
     assert instance_object(b'[{"a":1}]') == b'{"a":1}'
     assert instance_object(b'{"a":1}') == b'{"a":1}'
+
+
+@pytest.mark.parametrize("size", [2_000, 600_000])
+def test_json_bodies_are_gzipped_small_and_large(size: int) -> None:
+    request = Request({"type": "http", "headers": [(b"accept-encoding", b"br, gzip;q=0.5")]})
+    body = b"[" + b"1," * (size // 2) + b"1]"
+    response = anyio.run(json_response, request, body, "application/dicom+json")
+    assert response.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(response.body) == body

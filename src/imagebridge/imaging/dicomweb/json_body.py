@@ -9,7 +9,9 @@ An ETag validator lets a viewer revalidate metadata with ``If-None-Match`` (304,
 from __future__ import annotations
 
 import gzip
+from functools import partial
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,6 +22,8 @@ DICOM_JSON = "application/dicom+json"
 JSON_OFFERS = (Offer(DICOM_JSON), Offer("application/json"))
 GZIP_MINIMUM = 1024
 """Bodies shorter than this are sent uncompressed (the gzip header would not pay for itself)."""
+GZIP_INLINE = 256 * 1024
+"""Bodies up to this size are compressed on the event loop; larger ones in a worker thread."""
 
 
 def negotiate_json(request: Request) -> str:
@@ -54,7 +58,7 @@ def not_modified(request: Request, etag: str) -> bool:
     return "*" in tags or etag.removeprefix("W/") in tags
 
 
-def json_response(
+async def json_response(
     request: Request,
     body: bytes,
     media_type: str,
@@ -68,7 +72,10 @@ def json_response(
     if etag is not None:
         extra["ETag"] = etag
     if len(body) >= GZIP_MINIMUM and accepts_gzip(request):
-        body = gzip.compress(body, compresslevel=1, mtime=0)
+        if len(body) < GZIP_INLINE:
+            body = gzip.compress(body, compresslevel=1, mtime=0)
+        else:  # large study metadata: compress off the event loop
+            body = await anyio.to_thread.run_sync(partial(gzip.compress, body, compresslevel=1, mtime=0))
         extra["Content-Encoding"] = "gzip"
     return Response(body, media_type=media_type, headers=extra)
 

@@ -130,7 +130,9 @@ async def retrieve_metadata(ctx: ImagingContext, access: Access, request: Reques
         body = b"[" + b",".join(memoryview(r.metadata_json)[_span(r.metadata_json)] for r in rows) + b"]"
         body = body.replace(_RELATIVE_URI, b'"BulkDataURI":"' + base + b"/studies/")
         _BODIES.put(etag, body)
-    return json_response(request, body, media_type, etag=etag, headers={"Cache-Control": "private, no-cache"})
+    return await json_response(
+        request, body, media_type, etag=etag, headers={"Cache-Control": "private, no-cache"}
+    )
 
 
 def _span(stored: bytes) -> slice:

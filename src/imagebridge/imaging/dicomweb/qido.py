@@ -94,7 +94,7 @@ async def search(ctx: ImagingContext, access: Access, request: Request, level: L
     warnings = ([TRUNCATED_WARNING] if truncated else []) + ([LIMIT_WARNING] if query.limit_reduced else [])
     headers = {"Warning": ", ".join(warnings)} if warnings else {}
     body = b"[" + b",".join(results) + b"]"
-    return json_response(request, body, media_type, headers=headers)
+    return await json_response(request, body, media_type, headers=headers)
 
 
 def _scope(request: Request) -> Scope:
