@@ -2,7 +2,8 @@
 
 The imaging system's out-of-band ``introspection_endpoint`` names the proxy
 (tests/imaging/gate/fault_proxy.py), which counts and can break introspection; the revocation
-window is 2 s so the revocation promise can be observed; the EHR timeout is 3 s. Seeded with the
+window is 2 s so the revocation promise can be observed; the EHR timeout is 3 s; capability
+URLs are on. Seeded with the
 demo hospital at a tiny image scale. Tokens are issued in the EHR's grant store (as its
 authorization flows would) and recorded, so the secrets test can grep for every one of them.
 """
@@ -66,6 +67,7 @@ class GateStack:
         fhir_user: str | None = None,
         kind: str = "access",
         client_id: str = "demo-app",
+        lifetime: float = 300,
     ) -> str:
         """A patient-context token, as the EHR issues after a standalone launch."""
         now = time.time()
@@ -73,7 +75,7 @@ class GateStack:
             Grant(
                 client_id=client_id,
                 scope=scope,
-                expires_at=now + 300,
+                expires_at=now + lifetime,
                 issued_at=now,
                 kind=kind,
                 patient=patient,
@@ -129,6 +131,7 @@ def start_gate_stack(
         "IMAGEBRIDGE_IMAGING_INTROSPECTION_ENDPOINT": proxy.url,
         "IMAGEBRIDGE_IMAGING_REVOCATION_WINDOW": str(REVOCATION_WINDOW),
         "IMAGEBRIDGE_IMAGING_EHR_TIMEOUT": str(EHR_TIMEOUT),
+        "IMAGEBRIDGE_IMAGING_CAPABILITY_URLS": "true",
         **imaging_env,
     }
     proxy.start()

@@ -2,7 +2,8 @@
 
 Tokens are refused in query strings, but a client may still send one there; the refused request
 is logged by the HTTP server. This filter rewrites the logged request target of ``uvicorn.access``
-records: the values of credential-like query parameters become ``[redacted]``.
+records: the values of credential-like query parameters, and capabilities in paths, become
+``[redacted]``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ SECRET_PARAMS = (
 _PATTERN = re.compile(r"(?i)([?&](?:" + "|".join(SECRET_PARAMS) + r")=)[^&#\s]*")
 
 
+#: Capability URLs (``…/cap/{capability}/…``) are credentials in the path.
+_CAPABILITY = re.compile(r"/cap/[^/?#\s]+")
+
+
 def redact_target(target: str) -> str:
-    """``target`` with the values of credential-like query parameters replaced."""
-    return _PATTERN.sub(r"\1[redacted]", target)
+    """``target`` with credential-like query values and capability path segments replaced."""
+    return _CAPABILITY.sub("/cap/[redacted]", _PATTERN.sub(r"\1[redacted]", target))
 
 
 class RedactCredentials(logging.Filter):

@@ -84,6 +84,8 @@ class ImagingSettings:
     introspection_endpoint: str = ""
     #: Where introspection and study decisions are cached: empty (per process) or ``redis://…``.
     cache_url: str = ""
+    #: Issue and accept capability URLs (``requires-access-token = false``); off by default.
+    capability_urls: bool = False
     #: Identifier system of the DICOM PatientID when publishing studies to the EHR.
     mrn_system: str = "urn:imagebridge:mrn"
     #: Largest accepted STOW-RS request body, in bytes.

@@ -23,6 +23,7 @@ from imagebridge.imaging.dicomweb import routes as dicomweb_routes
 from imagebridge.imaging.dicomweb.cors import DicomwebCors
 from imagebridge.imaging.gate import redis_cache
 from imagebridge.imaging.gate.audit import AuditLog
+from imagebridge.imaging.gate.capability import Capabilities, load_or_create_key
 from imagebridge.imaging.gate.ehr_client import EhrClient
 from imagebridge.imaging.gate.gate import Gate
 from imagebridge.imaging.publish import Publisher
@@ -64,6 +65,9 @@ def build_context(settings: ImagingSettings) -> ImagingContext:
             negative_ttl=settings.negative_cache_ttl,
             token_backend=token_backend,
             study_backend=study_backend,
+            capabilities=(
+                Capabilities(load_or_create_key(settings.data_dir)) if settings.capability_urls else None
+            ),
         ),
         publisher=Publisher(engine, index, ehr, settings.dicomweb_base, settings.mrn_system),
         http=client,

@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
+from imagebridge.common.responses import JSONResponse
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import bulkdata, frames, metadata, qido, rendered, stow, wado
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
@@ -19,6 +20,8 @@ from imagebridge.imaging.gate.ehr_client import EhrUnavailable
 from imagebridge.imaging.gate.gate import Access, GateRefusal, unavailable
 
 BASE = "/dicom-web"
+#: A capability URL is a credential: no cache may keep it.
+NO_STORE = {"Cache-Control": "no-store"}
 Handler = Callable[[ImagingContext, Access, Request], Awaitable[Response]]
 
 
@@ -34,7 +37,11 @@ def gated(handler: Handler, operation: str = "read") -> Callable[[Request], Awai
         access: Access | None = None
         detail: str | None = None
         try:
-            access = await ctx.gate.admit(request, "write" if operation == "write" else "read")
+            access = (
+                await ctx.gate.admit_capability(request)
+                if "capability" in request.path_params
+                else await ctx.gate.admit(request, "write" if operation == "write" else "read")
+            )
             response = await handler(ctx, access, request)
         except GateRefusal as refusal:
             response, detail = refusal.response, refusal.reason
@@ -71,7 +78,7 @@ _STUDY = f"{BASE}/studies/{{study}}"
 _SERIES = f"{_STUDY}/series/{{series}}"
 _INSTANCE = f"{_SERIES}/instances/{{instance}}"
 
-routes = [
+routes: list[BaseRoute] = [
     # QIDO-RS (PS3.18 §10.6)
     Route(f"{BASE}/studies", gated(qido.handler("study")), methods=["GET"]),
     Route(f"{_STUDY}/series", gated(qido.handler("series")), methods=["GET"]),
@@ -103,4 +110,30 @@ routes += [
         Route(f"{resource}/thumbnail", gated(rendered.thumbnail_endpoint), methods=["GET"])
         for resource in (_STUDY, _SERIES, _INSTANCE, _FRAMES)
     ),
+]
+
+
+async def issue_capability(ctx: ImagingContext, access: Access, request: Request) -> Response:
+    """``POST {base}/studies/{study}/capability``: a capability URL for a study this token may see."""
+    study, _, _ = _uids(request)
+    if not await ctx.index.instances_of(study, None, None) or not await ctx.gate.may_see_study(access, study):
+        return not_found()
+    sealed, expires_at = ctx.gate.issue_capability(access, study)
+    url = f"{ctx.settings.dicomweb_base}/cap/{sealed}/studies/{study}"
+    return JSONResponse({"url": url, "study": study, "expires_at": int(expires_at)}, headers=NO_STORE)
+
+
+def _capability_routes() -> list[BaseRoute]:
+    """Every GET route under one study, again under ``{base}/cap/{capability}`` (spec.md §1.7)."""
+    return [
+        Route(route.path.removeprefix(BASE), route.endpoint, methods=["GET"])
+        for route in routes
+        if isinstance(route, Route) and route.path.startswith(_STUDY) and "GET" in (route.methods or ())
+    ]
+
+
+# Capability URLs (keep these last: the mount repeats the study routes defined above).
+routes += [
+    Route(f"{_STUDY}/capability", gated(issue_capability), methods=["POST"]),
+    Mount(f"{BASE}/cap/{{capability}}", routes=_capability_routes()),
 ]

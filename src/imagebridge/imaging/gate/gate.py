@@ -20,7 +20,9 @@ from starlette.responses import Response
 from imagebridge.common.responses import JSONResponse, bearer_challenge
 from imagebridge.common.smart_scopes import Interaction, Level, covers_imaging_read
 from imagebridge.common.tokens import digest, token_id
+from imagebridge.imaging.dicomweb.errors import not_found as not_found_response
 from imagebridge.imaging.gate.cache import Backend, SingleFlightCache
+from imagebridge.imaging.gate.capability import Capabilities, Capability, InvalidCapability
 from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable
 from imagebridge.imaging.gate.token_info import (
     INACTIVE,
@@ -83,8 +85,11 @@ class Gate:
         negative_ttl: int,
         token_backend: Backend[TokenInfo] | None = None,
         study_backend: Backend[bool] | None = None,
+        capabilities: Capabilities | None = None,
     ) -> None:
         self.ehr = ehr
+        #: Sealing capability URLs; None when they are off (the default).
+        self.capabilities = capabilities
         self.own_base = own_base.rstrip("/")
         self.revocation_window = revocation_window
         self.negative_ttl = negative_ttl
@@ -94,6 +99,40 @@ class Gate:
     async def admit(self, request: Request, operation: Operation = "read") -> Access:
         """Authenticate the request and check its scopes; raise :class:`GateRefusal` otherwise."""
         token = _bearer(request)
+        return await self._admit_token(token, operation)
+
+    async def admit_capability(self, request: Request) -> Access:
+        """Admit a read through ``{base}/cap/{capability}/studies/{study}…`` (spec.md §1.7).
+
+        The capability must open under our key, name the study of the path, be unexpired, and
+        the token it was issued under must still be admitted; otherwise 403 (ARCHITECTURE.md).
+        The per-study decision then runs as for a bearer request.
+        """
+        if self.capabilities is None:
+            raise GateRefusal(not_found_response(), "capability URLs are off")
+        try:
+            capability = self.capabilities.open(request.path_params["capability"])
+        except InvalidCapability as exc:
+            raise _capability_refused("invalid capability") from exc
+        if capability.study_uid != request.path_params.get("study"):
+            raise _capability_refused("capability for another study")
+        if capability.exp <= time.time():
+            raise _capability_refused("capability expired")
+        try:
+            return await self._admit_token(capability.token, "read")
+        except GateRefusal as refusal:
+            if refusal.response.status_code == 503:
+                raise
+            raise _capability_refused(f"capability token refused: {refusal.reason}") from refusal
+
+    def issue_capability(self, access: Access, study_uid: str) -> tuple[str, float]:
+        """A sealed capability for one study under ``access``'s token, and its expiry (the token's)."""
+        if self.capabilities is None:
+            raise GateRefusal(not_found_response(), "capability URLs are off")
+        exp = access.info.exp
+        return self.capabilities.seal(Capability(study_uid, access.token, access.info.client_id, exp)), exp
+
+    async def _admit_token(self, token: str, operation: Operation) -> Access:
         info = await self._introspect(token)
         if not info.active or info.exp <= time.time():
             raise GateRefusal(
@@ -221,6 +260,12 @@ class Gate:
             return await self.tokens.get(digest(token), ask)
         except EhrUnavailable as exc:
             raise unavailable(str(exc)) from exc
+
+
+def _capability_refused(reason: str) -> GateRefusal:
+    return GateRefusal(
+        JSONResponse({"error": "forbidden", "message": "the capability URL is not valid"}, 403), reason
+    )
 
 
 def _bearer(request: Request) -> str:
