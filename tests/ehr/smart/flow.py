@@ -158,3 +158,21 @@ def standalone(
     assert location.startswith(app.redirect_uri + "?"), location
     params = query_of(location)
     return Authorized(params, verifier, params.get("state", ""))
+
+
+def code_for(ua: UserAgent, app: App, fhir_base: str, scope: str, **extra: str) -> tuple[str, str]:
+    """(code, verifier) from an already signed-in user agent that consents to everything."""
+    verifier, challenge = pkce()
+    page = ua.authorize(app, scope, aud=fhir_base, challenge=challenge, **extra)
+    if 'name="decision"' in page.text:
+        page = ua.consent(page)
+    assert page.status_code == 303, page.text
+    return query_of(page.headers["location"])["code"], verifier
+
+
+def signed_in(origin: str, username: str, password: str) -> UserAgent:
+    ua = UserAgent(origin)
+    page = ua.http.get("/ui/login")
+    done = ua.login(page, username, password)
+    assert done.status_code == 200, done.text
+    return ua

@@ -156,7 +156,7 @@ async def authorization(request: Request) -> Response:
         candidates = await patients_for(ctx.store, user)
         if not candidates:
             return pending.redirect(ctx.settings.fhir_base, error="access_denied")
-        if len(candidates) > 1:
+        if len(candidates) > 1 or not user.fhir_user.startswith("Patient/"):  # a proxy always chooses
             return render.page(
                 "picker.html",
                 {
