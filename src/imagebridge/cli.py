@@ -198,7 +198,21 @@ def parser() -> argparse.ArgumentParser:
             _studies_parser(service)
         else:
             _archive_parsers(service)
+            audit = service.add_parser("audit", help="print the audit trail (one record per decision)")
+            audit.add_argument("--since", help="ISO 8601 date or date-time (UTC unless an offset is given)")
+            audit.add_argument("--patient", help="a patient id, or <mrn system>|<DICOM PatientID>")
+            audit.add_argument("--json", action="store_true", help="one JSON object per line")
+            audit.set_defaults(func=cmd_imaging_audit)
     return top
+
+
+def cmd_imaging_audit(args: argparse.Namespace) -> int:
+    from imagebridge.imaging.app import migrate
+    from imagebridge.imaging.gate.audit import report
+
+    settings = _imaging_settings(args)
+    migrate(settings)
+    return report(settings, args.since, args.patient, args.json)
 
 
 def cmd_imaging_archive(args: argparse.Namespace) -> int:

@@ -4,7 +4,11 @@ route gated, and one committed audit record per decision."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 
 import httpx
@@ -132,3 +136,22 @@ def test_refusals_without_a_usable_token_are_audited(gate_stack: GateStack) -> N
     assert [(r["operation"], r["outcome"], r["status"], r["detail"]) for r in rows] == [
         ("search", "deny", 403, "insufficient scope")
     ]
+
+
+def test_audit_command_lists_a_patients_records(gate_stack: GateStack) -> None:
+    token = gate_stack.patient_token("alice")
+    with httpx.Client(timeout=30) as http:
+        http.get(instance_url(gate_stack, "ACC-1002"), headers={"Authorization": f"Bearer {token}"})
+    listed = subprocess.run(
+        [sys.executable, "-m", "imagebridge", "imaging", "audit", "--patient", "alice", "--json"],
+        env={**os.environ, **gate_stack.stack.imaging_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert records
+    assert {r["patient"] for r in records} == {"alice"}
+    assert any(r["token_id"] == token_id(token) for r in records)
+    assert token not in listed.stdout

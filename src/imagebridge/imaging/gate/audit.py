@@ -10,9 +10,12 @@ starts; the bytes actually sent are added when a streamed body has finished (AU-
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -21,6 +24,8 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from imagebridge.common import db
+from imagebridge.common.settings import ImagingSettings
 from imagebridge.common.tokens import token_id
 from imagebridge.imaging.gate.gate import Access
 from imagebridge.imaging.tables import audit, studies
@@ -154,3 +159,34 @@ class AuditLog:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).mappings().all()
         return [AuditRecord(**{k: row[k] for k in AuditRecord.__dataclass_fields__}) for row in rows]
+
+
+def parse_since(value: str) -> float:
+    """An ISO 8601 date or date-time (UTC when no offset is given) as epoch seconds."""
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def report(settings: ImagingSettings, since: str | None, patient: str | None, as_json: bool) -> int:
+    """``imagebridge imaging audit``: print the records, one per line (tab-separated or JSON)."""
+
+    async def run() -> Sequence[AuditRecord]:
+        engine = db.create_engine(settings.resolved_database_url, pool_size=1)
+        try:
+            return await AuditLog(engine, settings.mrn_system).query(
+                since=parse_since(since) if since else None, patient=patient, limit=1_000_000
+            )
+        finally:
+            await engine.dispose()
+
+    for record in asyncio.run(run()):
+        at = datetime.fromtimestamp(record.at, UTC).isoformat(timespec="milliseconds")
+        if as_json:
+            print(json.dumps({**asdict(record), "at": at}))
+        else:
+            fields = (at, record.outcome, record.status, record.operation, record.client_id, record.user)
+            more = (record.patient, record.study_uid, record.series_uid, record.sop_uid, record.bytes_sent)
+            print("\t".join("" if v is None else str(v) for v in (*fields, *more, record.token_id)))
+    return 0
