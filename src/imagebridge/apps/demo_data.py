@@ -230,6 +230,38 @@ def fhir_resources() -> Iterator[dict[str, Any]]:
     }
 
 
+def diagnostic_report(study: dict[str, Any]) -> dict[str, Any] | None:
+    """The radiology report of a published demo study (USCDI Diagnostic Imaging Reference, spec.md §4.1):
+    linked by ``imagingStudy`` and by the accession number, carrying the study's security labels."""
+    accession = next(
+        (i["value"] for i in study.get("identifier", []) if i.get("system") != "urn:dicom:uid"), None
+    )
+    if accession is None or "reference" not in study.get("subject", {}):
+        return None
+    return {
+        "resourceType": "DiagnosticReport",
+        "id": f"report-{accession.lower()}",
+        "meta": {"security": study.get("meta", {}).get("security", [])},
+        "status": "final",
+        "category": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}
+        ],
+        "code": {"text": study.get("description", "Imaging report")},
+        "subject": study["subject"],
+        "issued": f"{study.get('started', '2024-01-01')[:10]}T18:00:00Z",
+        "identifier": [
+            {
+                "type": {
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]
+                },
+                "value": accession,
+            }
+        ],
+        "imagingStudy": [{"reference": f"ImagingStudy/{study['id']}"}],
+        "conclusion": f"{study.get('description', 'Study')}: no acute findings.",
+    }
+
+
 BACKEND_SCOPE = "system/ImagingStudy.rs system/Patient.rs system/DiagnosticReport.rs"
 MODALITY_SCOPE = "system/ImagingStudy.c"
 

@@ -137,7 +137,7 @@ def stow_studies(stack: LocalStack, modality: SeededClient, scale: float) -> dic
 
 
 def label_and_wait(stack: LocalStack, uids: dict[str, str], timeout: float = 120.0) -> frozenset[str]:
-    """Wait until every study is published, then label the sensitive ones restricted."""
+    """Wait until every study is published, label the sensitive ones restricted, add their reports."""
     sensitive = {uids[spec.accession_number] for spec, is_sensitive in demo_data.studies() if is_sensitive}
 
     async def run() -> None:
@@ -170,6 +170,9 @@ def label_and_wait(stack: LocalStack, uids: dict[str, str], timeout: float = 120
                             "security": [*security, demo_data.RESTRICTED],
                         }
                         await admin.put_resource(study)
+                report = demo_data.diagnostic_report(study)
+                if report is not None:
+                    await admin.put_resource(report)
         finally:
             await admin.close()
 

@@ -12,7 +12,14 @@ from typing import Any
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.search_params import PARAMS, params_for
 
+_BULK = "http://hl7.org/fhir/uv/bulkdata"
+_BULK_BY_TYPE = {"Patient": "patient-export", "Group": "group-export"}
 _SEARCH_TYPES = {"token": "token", "reference": "reference", "date": "date", "string": "string"}
+
+
+def _bulk_operation(name: str) -> dict[str, str]:
+    """Bulk Data STU2 kick-off operations (spec.md §5 "Must implement (Bulk)")."""
+    return {"name": "export", "definition": f"{_BULK}/OperationDefinition/{name}"}
 
 
 def capability_statement(ctx: EhrContext) -> dict[str, Any]:
@@ -28,6 +35,7 @@ def capability_statement(ctx: EhrContext) -> dict[str, Any]:
                 {"code": "update"},
             ],
             "conditionalUpdate": True,
+            "updateCreate": True,
             "searchParam": [
                 {"name": p.name, "type": _SEARCH_TYPES[p.kind]} for p in params_for(resource_type).values()
             ]
@@ -35,6 +43,8 @@ def capability_statement(ctx: EhrContext) -> dict[str, Any]:
         }
         if resource_type == "ImagingStudy":
             entry["searchInclude"] = ["ImagingStudy:endpoint"]
+        if resource_type in _BULK_BY_TYPE:
+            entry["operation"] = [_bulk_operation(_BULK_BY_TYPE[resource_type])]
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",
@@ -42,6 +52,7 @@ def capability_statement(ctx: EhrContext) -> dict[str, Any]:
         "date": "2026-11-28",
         "kind": "instance",
         "fhirVersion": "4.0.1",
+        "instantiates": [f"{_BULK}/CapabilityStatement/bulk-data"],
         "format": ["application/fhir+json"],
         "software": {"name": "imagebridge EHR"},
         "implementation": {"description": "imagebridge EHR", "url": ctx.settings.fhir_base},
@@ -73,6 +84,7 @@ def capability_statement(ctx: EhrContext) -> dict[str, Any]:
                     ],
                 },
                 "resource": resources,
+                "operation": [_bulk_operation("export")],
             }
         ],
     }
