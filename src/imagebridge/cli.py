@@ -37,6 +37,8 @@ def _imaging_settings(args: argparse.Namespace) -> ImagingSettings:
         config_file=args.config,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        upstream_url=getattr(args, "upstream", None),
+        upstream_auth=getattr(args, "upstream_auth", None),
     )
 
 
@@ -44,9 +46,14 @@ def _export(section: str, args: argparse.Namespace) -> None:
     """Hand command-line settings to worker processes, which read the environment."""
     if args.config is not None:
         os.environ["IMAGEBRIDGE_CONFIG"] = str(args.config)
-    for name in ("host", "port"):
+    for name, setting in (
+        ("host", "host"),
+        ("port", "port"),
+        ("upstream", "upstream_url"),
+        ("upstream_auth", "upstream_auth"),
+    ):
         if getattr(args, name, None) is not None:
-            os.environ[f"IMAGEBRIDGE_{section.upper()}_{name.upper()}"] = str(getattr(args, name))
+            os.environ[f"IMAGEBRIDGE_{section.upper()}_{setting.upper()}"] = str(getattr(args, name))
 
 
 def cmd_ehr_serve(args: argparse.Namespace) -> int:
@@ -81,6 +88,34 @@ def cmd_imaging_serve(args: argparse.Namespace) -> int:
         factory="imagebridge.imaging.app:app_from_env",
     )
     return 0
+
+
+def cmd_imaging_sync(args: argparse.Namespace) -> int:
+    """Proxy mode: scan the upstream PACS and publish what it holds to the EHR, once."""
+    from imagebridge.imaging.app import build_context, migrate, scanner
+    from imagebridge.imaging.upstream.sync import sync_once
+
+    settings = _imaging_settings(args)
+    if not settings.upstream_url:
+        print("imaging sync needs an upstream (--upstream or the upstream_url setting)", file=sys.stderr)
+        return 2
+    migrate(settings)
+
+    async def run() -> int:
+        ctx = build_context(settings)
+        try:
+            scan = scanner(ctx)
+            assert scan is not None
+            found, remaining = await sync_once(scan, ctx.publisher, everything=args.all)
+            print(f"{found} studies found upstream, {remaining} still waiting to be published")
+            return 0
+        finally:
+            if ctx.upstream is not None:
+                await ctx.upstream.aclose()
+            await ctx.http.aclose()
+            await ctx.engine.dispose()
+
+    return asyncio.run(run())
 
 
 def cmd_ehr_migrate(args: argparse.Namespace) -> int:
@@ -197,12 +232,21 @@ def parser() -> argparse.ArgumentParser:
             _clients_parser(service)
             _studies_parser(service)
         else:
+            run.add_argument("--upstream", help="proxy mode: the DICOMweb base URL of an existing PACS")
+            run.add_argument("--upstream-auth", help="basic:user:password or bearer:TOKEN for the upstream")
             _archive_parsers(service)
             audit = service.add_parser("audit", help="print the audit trail (one record per decision)")
             audit.add_argument("--since", help="ISO 8601 date or date-time (UTC unless an offset is given)")
             audit.add_argument("--patient", help="a patient id, or <mrn system>|<DICOM PatientID>")
             audit.add_argument("--json", action="store_true", help="one JSON object per line")
             audit.set_defaults(func=cmd_imaging_audit)
+            sync = service.add_parser(
+                "sync", help="proxy mode: publish the upstream's studies to the EHR now"
+            )
+            sync.add_argument("--upstream", help="the DICOMweb base URL of the upstream PACS")
+            sync.add_argument("--upstream-auth", help="basic:user:password or bearer:TOKEN")
+            sync.add_argument("--all", action="store_true", help="scan every study, not only recent ones")
+            sync.set_defaults(func=cmd_imaging_sync)
     return top
 
 

@@ -103,6 +103,8 @@ class LocalStack:
     ehr_database_url: str = ""
     imaging_database_url: str = ""
     imaging_blob_store: str = ""
+    #: Proxy mode: the imaging system fronts this DICOMweb base (docs/proxy.md).
+    upstream_url: str = ""
     extra_ehr_env: dict[str, str] = field(default_factory=dict)
     extra_imaging_env: dict[str, str] = field(default_factory=dict)
     ehr: ServiceProcess | None = None
@@ -130,6 +132,7 @@ class LocalStack:
             blob_store=self.imaging_blob_store,
             ehr_fhir_base=f"http://127.0.0.1:{self.ehr_port}/fhir",
             private_key_file=self.data_dir / "imaging" / "client-key.json",
+            upstream_url=self.upstream_url,
         )
 
     def ehr_env(self) -> dict[str, str]:
@@ -156,6 +159,7 @@ class LocalStack:
                 "blob_store": s.blob_store,
                 "ehr_fhir_base": s.ehr_fhir_base,
                 "private_key_file": s.private_key_file,
+                "upstream_url": s.upstream_url,
             },
         )
         return {**env, **self.extra_imaging_env}

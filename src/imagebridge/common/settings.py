@@ -90,7 +90,25 @@ class ImagingSettings:
     mrn_system: str = "urn:imagebridge:mrn"
     #: Largest accepted STOW-RS request body, in bytes.
     max_request_bytes: int = 4 * 1024**3
+    #: Proxy mode (docs/proxy.md): the DICOMweb base of an existing PACS that keeps the archive.
+    upstream_url: str = ""
+    #: How this system authenticates to the upstream: "", ``basic:user:pass`` or ``bearer:TOKEN``.
+    upstream_auth: str = ""
+    #: Work around a known upstream's deviations: "" (none), "orthanc", or "auto" (ask /system).
+    upstream_quirks: str = "auto"
+    #: Seconds between scans of the upstream for studies to publish to the EHR.
+    upstream_sync_interval: float = 60.0
+    #: Seconds to wait for the upstream to start answering (connect and first byte).
+    upstream_timeout: float = 30.0
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.upstream_quirks not in ("", "orthanc", "auto"):
+            raise SettingsError(
+                f"upstream_quirks must be '', 'orthanc' or 'auto', not {self.upstream_quirks!r}"
+            )
+        if self.upstream_auth and self.upstream_auth.split(":", 1)[0] not in ("basic", "bearer"):
+            raise SettingsError("upstream_auth must be 'basic:user:password' or 'bearer:TOKEN'")
 
     @property
     def origin(self) -> str:

@@ -27,6 +27,9 @@ from imagebridge.imaging.gate.capability import Capabilities, load_or_create_key
 from imagebridge.imaging.gate.ehr_client import EhrClient
 from imagebridge.imaging.gate.gate import Gate
 from imagebridge.imaging.publish import Publisher
+from imagebridge.imaging.upstream import proxy
+from imagebridge.imaging.upstream.client import UpstreamClient
+from imagebridge.imaging.upstream.sync import Scanner, UpstreamSummaries
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: What this system asks the EHR for with its own registration: introspection and publishing.
@@ -50,6 +53,7 @@ def build_context(settings: ImagingSettings) -> ImagingContext:
         deadline=settings.ehr_timeout,
     )
     index = Index(engine)
+    upstream = UpstreamClient(settings) if settings.upstream_url else None
     token_backend, study_backend = (
         redis_cache.gate_backends(settings.cache_url)[:2] if settings.cache_url else (None, None)
     )
@@ -69,10 +73,24 @@ def build_context(settings: ImagingSettings) -> ImagingContext:
                 Capabilities(load_or_create_key(settings.data_dir)) if settings.capability_urls else None
             ),
         ),
-        publisher=Publisher(engine, index, ehr, settings.dicomweb_base, settings.mrn_system),
+        publisher=Publisher(
+            engine,
+            UpstreamSummaries(upstream) if upstream else index,
+            ehr,
+            settings.dicomweb_base,
+            settings.mrn_system,
+        ),
         http=client,
         audit=AuditLog(engine, settings.mrn_system),
+        upstream=upstream,
     )
+
+
+def scanner(ctx: ImagingContext) -> Scanner | None:
+    """Proxy mode's scanner of the upstream for studies to publish (None for the archive)."""
+    if ctx.upstream is None:
+        return None
+    return Scanner(ctx.upstream, ctx.engine, ctx.settings.data_dir / "upstream-sync.json")
 
 
 async def health(_: Request) -> Response:
@@ -86,16 +104,22 @@ def create_app(settings: ImagingSettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        publisher = asyncio.create_task(ctx.publisher.run())
+        tasks = [asyncio.create_task(ctx.publisher.run())]
+        scan = scanner(ctx)
+        if scan is not None:
+            tasks.append(asyncio.create_task(scan.run(settings.upstream_sync_interval, ctx.publisher.wakeup)))
         yield
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if ctx.upstream is not None:
+            await ctx.upstream.aclose()
         await ctx.http.aclose()
         await ctx.engine.dispose()
 
     app = Starlette(
-        routes=[Route("/healthz", health), *dicomweb_routes.routes],
+        routes=[Route("/healthz", health), *(proxy.routes if ctx.upstream else dicomweb_routes.routes)],
         middleware=[Middleware(DicomwebCors, allowed_origins=settings.cors_allowed_origins)],
         lifespan=lifespan,
     )

@@ -13,6 +13,7 @@ from imagebridge.imaging.archive.index import Index
 from imagebridge.imaging.gate.audit import AuditLog
 from imagebridge.imaging.gate.gate import Gate
 from imagebridge.imaging.publish import Publisher
+from imagebridge.imaging.upstream.client import UpstreamClient
 
 
 @dataclass
@@ -25,3 +26,5 @@ class ImagingContext:
     publisher: Publisher
     http: httpx.AsyncClient
     audit: AuditLog
+    #: Proxy mode: the PACS that keeps the archive (None: this system is the archive).
+    upstream: UpstreamClient | None = None

@@ -14,12 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagebridge.imaging.archive.index import Index
 from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable, PublishRefused
 from imagebridge.imaging.tables import publish_queue
 
@@ -130,11 +129,17 @@ def imaging_study_resource(summary: dict[str, Any], endpoint_ref: str, mrn_syste
     return resource
 
 
+class SummarySource(Protocol):
+    """Where study summaries come from: the archive's index, or the upstream PACS in proxy mode."""
+
+    async def study_summary(self, study_uid: str) -> dict[str, Any] | None: ...
+
+
 class Publisher:
     """Drains the publish queue into the EHR, retrying with backoff while it is unavailable."""
 
     def __init__(
-        self, engine: AsyncEngine, index: Index, ehr: EhrClient, wado_base: str, mrn_system: str
+        self, engine: AsyncEngine, index: SummarySource, ehr: EhrClient, wado_base: str, mrn_system: str
     ) -> None:
         self.engine = engine
         self.index = index

@@ -1,0 +1,274 @@
+"""Proxy mode: the DICOMweb Studies Service (PS3.18 §10) of an upstream PACS, behind the gate.
+
+The URL space is the archive's (:mod:`imagebridge.imaging.dicomweb.routes`) and every route goes
+through the same ``gated()``; only the handlers differ. A study is reachable only when the EHR
+says the caller may see it (:meth:`Gate.may_see_study`): otherwise the one 404 body, whether the
+upstream holds the study or not. Bodies stream both ways in bounded chunks; JSON bodies (QIDO-RS
+results, metadata, STOW-RS responses) have the upstream's base URL rewritten to this system's in
+``RetrieveURL``, ``BulkDataURI`` and ``Location``/``Content-Location``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from imagebridge.imaging.context import ImagingContext
+from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
+from imagebridge.imaging.dicomweb.routes import BASE, gated
+from imagebridge.imaging.dicomweb.uids import is_valid_uid
+from imagebridge.imaging.gate.gate import Access
+from imagebridge.imaging.upstream.client import (
+    DROPPED_RESPONSE_HEADERS,
+    UpstreamClient,
+    UpstreamError,
+    first_value,
+)
+from imagebridge.imaging.upstream.sync import enqueue
+
+CHUNK = 1 << 16
+#: Upstream results fetched per QIDO-RS page while filtering through the gate.
+SEARCH_PAGE = 200
+#: Largest STOW-RS response read back (to rewrite it and find the stored studies).
+MAX_STOW_RESPONSE = 16 * 1024**2
+STUDY_UID_TAG = "0020000D"
+_STUDY_IN_URL = re.compile(r"/studies/([0-9.]+)")
+
+
+def _upstream(ctx: ImagingContext) -> UpstreamClient:
+    if ctx.upstream is None:
+        raise DicomwebError(500, "proxy mode without an upstream")
+    return ctx.upstream
+
+
+def _path_uids(request: Request) -> str:
+    params = request.path_params
+    for name in ("study", "series", "instance"):
+        value = params.get(name)
+        if value is not None and not is_valid_uid(value):
+            raise DicomwebError(400, "a UID in the URL is not a valid DICOM UID")
+    study: str = params["study"]
+    return study
+
+
+async def rewritten(chunks: AsyncIterator[bytes], old: bytes, new: bytes) -> AsyncIterator[bytes]:
+    """``chunks`` with every ``old`` replaced by ``new``, holding back at most ``len(old) - 1`` bytes."""
+    carry = b""
+    async for chunk in chunks:
+        buffer = carry + chunk
+        out = bytearray()
+        position = 0
+        while (found := buffer.find(old, position)) != -1:
+            out += buffer[position:found] + new
+            position = found + len(old)
+        keep = max(position, len(buffer) - len(old) + 1)
+        out += buffer[position:keep]
+        carry = buffer[keep:]
+        if out:
+            yield bytes(out)
+    if carry:
+        yield carry
+
+
+def _response_headers(upstream: UpstreamClient, response: httpx.Response, *, rewrite: bool) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in response.headers.multi_items():
+        lower = name.lower()
+        if lower in DROPPED_RESPONSE_HEADERS or (rewrite and lower == "content-length"):
+            continue
+        if lower in ("location", "content-location") and value.startswith(upstream.base):
+            value = upstream.own_base + value[len(upstream.base) :]
+        headers[lower] = value
+    return headers
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return "json" in response.headers.get("content-type", "")
+
+
+async def forward(
+    ctx: ImagingContext, request: Request, *, query: str | None = None, rewrite: bool = False
+) -> Response:
+    """Stream the upstream's answer to the same DICOMweb path (JSON rewritten when ``rewrite``)."""
+    upstream = _upstream(ctx)
+    path = request.url.path.removeprefix(BASE)
+    headers = await upstream.request_headers(request.headers, identity=rewrite)
+    if query is None:
+        query = await upstream.query_string(request.query_params.multi_items())
+    response = await upstream.open("GET", path, query, headers)
+    if response.status_code == 404:
+        await response.aclose()
+        return not_found()
+    if response.status_code >= 500:
+        await response.aclose()
+        raise DicomwebError(502, f"the upstream PACS answered {response.status_code}")
+    body: AsyncIterator[bytes] = response.aiter_raw(CHUNK)
+    do_rewrite = rewrite and _is_json(response)
+    if do_rewrite:
+        body = rewritten(body, upstream.base.encode(), upstream.own_base.encode())
+    return StreamingResponse(
+        _guarded(body),
+        status_code=response.status_code,
+        headers=_response_headers(upstream, response, rewrite=do_rewrite),
+        background=BackgroundTask(response.aclose),
+    )
+
+
+async def _guarded(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body; an upstream that breaks off mid-stream ends the response early (no traceback)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except httpx.HTTPError:
+        return
+
+
+async def retrieve(ctx: ImagingContext, access: Access, request: Request) -> Response:
+    """WADO-RS (PS3.18 §10.4): studies, series, instances, metadata, bulk data, frames, rendered."""
+    study = _path_uids(request)
+    if not await ctx.gate.may_see_study(access, study):
+        return not_found()
+    return await forward(ctx, request, rewrite=request.url.path.endswith("/metadata"))
+
+
+async def search_in_study(ctx: ImagingContext, access: Access, request: Request) -> Response:
+    """QIDO-RS within one study (PS3.18 §10.6): the study's decision covers every result."""
+    study = _path_uids(request)
+    if not await ctx.gate.may_see_study(access, study):
+        return not_found()
+    return await forward(ctx, request, rewrite=True)
+
+
+def _paging(request: Request) -> tuple[list[tuple[str, str]], int | None, int]:
+    params = request.query_params
+    try:
+        limit = int(params["limit"]) if "limit" in params else None
+        offset = int(params.get("offset", "0"))
+    except ValueError as exc:
+        raise DicomwebError(400, "limit and offset must be integers") from exc
+    if (limit is not None and limit < 0) or offset < 0:
+        raise DicomwebError(400, "limit and offset must not be negative")
+    rest = [(k, v) for k, v in params.multi_items() if k not in ("limit", "offset")]
+    return rest, limit, offset
+
+
+async def search_everywhere(ctx: ImagingContext, access: Access, request: Request) -> Response:
+    """QIDO-RS over all studies, series or instances, filtered through the gate.
+
+    The upstream is paged through until ``offset + limit`` visible results are known, so
+    ``limit``/``offset`` count only what the caller may see and no result of a study the EHR
+    withholds is ever returned (PS3.18 §8.3.4.4; ARCHITECTURE.md invariant 3).
+    """
+    upstream = _upstream(ctx)
+    params, limit, offset = _paging(request)
+    if not request.url.path.endswith("/studies"):
+        params.append(("includefield", STUDY_UID_TAG))
+    wanted = None if limit is None else offset + limit
+    visible: list[dict[str, Any]] = []
+    position = 0
+    while wanted is None or len(visible) < wanted:
+        page = await upstream.search(
+            request.url.path.removeprefix(BASE),
+            [*params, ("limit", str(SEARCH_PAGE)), ("offset", str(position))],
+        )
+        position += len(page)
+        uids = [u for u in (first_value(item, STUDY_UID_TAG) for item in page) if isinstance(u, str)]
+        allowed = await ctx.gate.visible_studies(access, uids)
+        visible += [item for item in page if first_value(item, STUDY_UID_TAG) in allowed]
+        if len(page) < SEARCH_PAGE:
+            break
+    results = visible[offset:wanted]
+    body = json.dumps(results, separators=(",", ":")).encode()
+    body = body.replace(upstream.base.encode(), upstream.own_base.encode())
+    return Response(body, 200, media_type="application/dicom+json")
+
+
+async def store(ctx: ImagingContext, access: Access, request: Request) -> Response:
+    """STOW-RS (PS3.18 §10.5) forwarded as a stream; stored studies are queued for publishing."""
+    upstream = _upstream(ctx)
+    if "study" in request.path_params:
+        _path_uids(request)
+    headers = await upstream.request_headers(request.headers, identity=True)
+    response = await upstream.open(
+        "POST", request.url.path.removeprefix(BASE), "", headers, content=request.stream()
+    )
+    try:
+        chunks = []
+        size = 0
+        async for chunk in response.aiter_raw(CHUNK):
+            size += len(chunk)
+            if size > MAX_STOW_RESPONSE:
+                raise DicomwebError(502, "the upstream PACS answered STOW-RS with an oversized body")
+            chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"the upstream PACS broke off: {type(exc).__name__}") from exc
+    finally:
+        await response.aclose()
+    body = b"".join(chunks)
+    if response.status_code >= 500:
+        raise DicomwebError(502, f"the upstream PACS answered STOW-RS with {response.status_code}")
+    studies = sorted(set(_STUDY_IN_URL.findall(body.decode("utf-8", "replace"))))
+    if studies:
+        await enqueue(ctx.engine, studies)
+        ctx.publisher.wakeup.set()
+    body = body.replace(upstream.base.encode(), upstream.own_base.encode())
+    return Response(body, response.status_code, _response_headers(upstream, response, rewrite=True))
+
+
+def _upstream_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """An unreachable upstream is a 502 (ARCHITECTURE.md: the EHR's faults are 503, not this)."""
+
+    async def wrapped(ctx: ImagingContext, access: Access, request: Request) -> Response:
+        try:
+            response: Response = await handler(ctx, access, request)
+        except UpstreamError as exc:
+            raise DicomwebError(502, str(exc)) from exc
+        return response
+
+    return wrapped
+
+
+_STUDY = f"{BASE}/studies/{{study}}"
+_SERIES = f"{_STUDY}/series/{{series}}"
+_INSTANCE = f"{_SERIES}/instances/{{instance}}"
+_FRAMES = f"{_INSTANCE}/frames/{{frames}}"
+_read = gated(_upstream_errors(retrieve))
+
+routes = [
+    Route(f"{BASE}/studies", gated(_upstream_errors(search_everywhere)), methods=["GET"]),
+    Route(f"{BASE}/series", gated(_upstream_errors(search_everywhere)), methods=["GET"]),
+    Route(f"{BASE}/instances", gated(_upstream_errors(search_everywhere)), methods=["GET"]),
+    Route(f"{_STUDY}/series", gated(_upstream_errors(search_in_study)), methods=["GET"]),
+    Route(f"{_STUDY}/instances", gated(_upstream_errors(search_in_study)), methods=["GET"]),
+    Route(f"{_SERIES}/instances", gated(_upstream_errors(search_in_study)), methods=["GET"]),
+    Route(f"{BASE}/studies", gated(_upstream_errors(store), "write"), methods=["POST"]),
+    Route(_STUDY, gated(_upstream_errors(store), "write"), methods=["POST"]),
+    *(
+        Route(path, _read, methods=["GET"])
+        for path in (
+            _STUDY,
+            _SERIES,
+            _INSTANCE,
+            f"{_STUDY}/metadata",
+            f"{_SERIES}/metadata",
+            f"{_INSTANCE}/metadata",
+            f"{_INSTANCE}/bulkdata/{{tagpath:path}}",
+            f"{_INSTANCE}/bulk/{{tagpath:path}}",  # Orthanc's BulkDataURI spelling
+            _FRAMES,
+            f"{_INSTANCE}/rendered",
+            f"{_FRAMES}/rendered",
+            f"{_STUDY}/thumbnail",
+            f"{_SERIES}/thumbnail",
+            f"{_INSTANCE}/thumbnail",
+            f"{_FRAMES}/thumbnail",
+        )
+    ),
+]

@@ -1,0 +1,285 @@
+"""Proxy mode end to end (issue 6 §7): imagebridge in front of a real Orthanc that keeps the archive.
+
+The demo studies go straight into Orthanc by STOW-RS; the imaging system runs with
+``upstream_url`` pointing at it, ``imagebridge imaging sync`` publishes them to the EHR, and the
+backend client flow (token → EHR search → Endpoint → WADO-RS) runs through the proxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from tests.conftest import TEST_SCALE
+from tests.orthanc import Orthanc, orthanc
+
+from imagebridge.apps import demo_data
+from imagebridge.apps.seed import Seeded, _multipart, label_and_wait, seed_ehr
+from imagebridge.apps.smart_client import backend_token, fetch_study, iter_multipart, study_uid
+from imagebridge.apps.stack import LocalStack
+from imagebridge.apps.synthetic import dataset_bytes, generate_study, study_uid_for
+
+DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+UNKNOWN_STUDY = "2.25.1234567890"
+
+
+@dataclass
+class ProxyStack:
+    stack: LocalStack
+    orthanc: Orthanc
+    seeded: Seeded
+
+    @property
+    def fhir_base(self) -> str:
+        return self.stack.ehr_settings.fhir_base
+
+    @property
+    def base(self) -> str:
+        return self.stack.imaging_settings.dicomweb_base
+
+    def token(self) -> str:
+        client = self.seeded.clients["quality-review"]
+        with httpx.Client(timeout=30) as http:
+            return str(
+                backend_token(self.fhir_base, client.backend, "system/ImagingStudy.rs", http)["access_token"]
+            )
+
+
+def _load_into_orthanc(server: Orthanc) -> dict[str, str]:
+    uids: dict[str, str] = {}
+    boundary = "imagebridge-proxy-test"
+    with server.client() as http:
+        for spec, _ in demo_data.studies(TEST_SCALE):
+            body = b"".join(_multipart((dataset_bytes(ds) for ds in generate_study(spec)), boundary))
+            response = http.post(
+                f"{server.dicomweb_base}/studies",
+                content=body,
+                headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+            )
+            assert response.status_code == 200, response.text[:500]
+            uids[spec.accession_number] = study_uid_for(spec)
+    return uids
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyStack]:
+    tmp = tmp_path_factory.mktemp("proxy")
+    with orthanc(tmp / "orthanc") as server:
+        uids = _load_into_orthanc(server)
+        stack = LocalStack(
+            tmp / "stack",
+            upstream_url=server.dicomweb_base,
+            extra_imaging_env={
+                "IMAGEBRIDGE_IMAGING_UPSTREAM_AUTH": server.auth,
+                "IMAGEBRIDGE_IMAGING_UPSTREAM_SYNC_INTERVAL": "3600",
+            },
+        )
+        stack.provision()
+        try:
+            clients = seed_ehr(stack)
+            stack.start()
+            sync = subprocess.run(
+                [sys.executable, "-m", "imagebridge", "imaging", "sync", "--all"],
+                env={**os.environ, **stack.imaging_env()},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert sync.returncode == 0, sync.stdout + sync.stderr
+            assert f"{len(uids)} studies found upstream" in sync.stdout
+            yield ProxyStack(stack, server, Seeded(clients, uids, label_and_wait(stack, uids)))
+        finally:
+            stack.stop()
+
+
+def _expected(accession: str) -> set[str]:
+    spec = next(s for s, _ in demo_data.studies(TEST_SCALE) if s.accession_number == accession)
+    return {hashlib.sha256(dataset_bytes(ds)).hexdigest() for ds in generate_study(spec)}
+
+
+def test_backend_client_flow_through_the_proxy_is_byte_identical(proxy: ProxyStack) -> None:
+    token = proxy.token()
+    with httpx.Client(timeout=60) as http:
+        bundle = http.get(
+            f"{proxy.fhir_base}/ImagingStudy",
+            params={"patient": "alice", "_include": "ImagingStudy:endpoint"},
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        studies = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ImagingStudy"]
+        ct = next(s for s in studies if any(i.get("value") == "ACC-1001" for i in s["identifier"]))
+        assert study_uid(ct) == proxy.seeded.study_uids["ACC-1001"]
+        received = {hashlib.sha256(p).hexdigest() for p in fetch_study(ct, bundle, token, http)}
+    assert received == _expected("ACC-1001")
+    assert len(received) == ct["numberOfInstances"]
+    assert ct["series"][0]["instance"][0]["sopClass"]["code"].startswith("urn:oid:1.2.840.10008.")
+
+
+def _orthanc_uids(proxy: ProxyStack, study: str) -> tuple[str, str]:
+    with proxy.orthanc.client() as http:
+        found = http.get(f"{proxy.orthanc.dicomweb_base}/studies/{study}/instances").json()
+    return found[0]["0020000E"]["Value"][0], found[0]["00080018"]["Value"][0]
+
+
+def _routes(study: str, series: str, instance: str) -> list[tuple[str, str]]:
+    inst = f"/studies/{study}/series/{series}/instances/{instance}"
+    return [
+        (f"/studies/{study}", DICOM),
+        (f"/studies/{study}/series/{series}", DICOM),
+        (inst, DICOM),
+        (f"/studies/{study}/metadata", "application/dicom+json"),
+        (f"/studies/{study}/series/{series}/metadata", "application/dicom+json"),
+        (f"{inst}/metadata", "application/dicom+json"),
+        (f"{inst}/frames/1", 'multipart/related; type="application/octet-stream"; transfer-syntax=*'),
+        (f"{inst}/rendered", "image/jpeg"),
+        (f"{inst}/thumbnail", "image/jpeg"),
+        (f"{inst}/bulkdata/7FE00010", "multipart/related; type=application/octet-stream"),
+        (f"/studies/{study}/series", "application/dicom+json"),
+        (f"/studies/{study}/instances", "application/dicom+json"),
+        (f"/studies/{study}/series/{series}/instances", "application/dicom+json"),
+    ]
+
+
+def test_another_patients_uids_are_404_byte_identical_on_every_route(proxy: ProxyStack) -> None:
+    bob = proxy.seeded.study_uids["ACC-2002"]
+    series, instance = _orthanc_uids(proxy, bob)
+    auth = {"Authorization": f"Bearer {proxy.token()}"}
+    with httpx.Client(timeout=30) as http:
+        for (path, accept), (unknown_path, _) in zip(
+            _routes(bob, series, instance), _routes(UNKNOWN_STUDY, "2.25.1", "2.25.2"), strict=True
+        ):
+            hidden = http.get(f"{proxy.base}{path}", headers={**auth, "Accept": accept})
+            unknown = http.get(f"{proxy.base}{unknown_path}", headers={**auth, "Accept": accept})
+            assert hidden.status_code == 404, path
+            assert (hidden.content, hidden.headers.get("content-type")) == (
+                unknown.content,
+                unknown.headers.get("content-type"),
+            ), path
+
+
+def _search(proxy: ProxyStack, path: str, params: dict[str, str]) -> list[dict[str, object]]:
+    with httpx.Client(timeout=30) as http:
+        response = http.get(
+            f"{proxy.base}{path}", params=params, headers={"Authorization": f"Bearer {proxy.token()}"}
+        )
+    assert response.status_code == 200, response.text
+    body: list[dict[str, object]] = response.json()
+    return body
+
+
+def _study(item: dict[str, object]) -> str:
+    return str(item["0020000D"]["Value"][0])  # type: ignore[index]
+
+
+def _alice(proxy: ProxyStack) -> set[str]:
+    """Alice's studies in Orthanc (the quality-review Group is Alice), asked of Orthanc directly."""
+    with proxy.orthanc.client() as http:
+        found = http.get(f"{proxy.orthanc.dicomweb_base}/studies?PatientID={demo_data.ALICE.mrn}").json()
+    return {_study(s) for s in found}
+
+
+def test_qido_wildcards_never_leak_and_paging_counts_visible_studies(proxy: ProxyStack) -> None:
+    alice = _alice(proxy)
+    assert len(alice) >= 4
+    for params in ({}, {"PatientName": "*"}, {"PatientID": "*"}, {"PatientID": "MRN-1002"}):
+        found = {_study(s) for s in _search(proxy, "/studies", params)}
+        assert found == (set() if params.get("PatientID") == "MRN-1002" else alice), params
+    for path in ("/series", "/instances"):
+        assert {_study(s) for s in _search(proxy, path, {"PatientName": "*"})} == alice
+    pages = [
+        _study(s)
+        for k in range(len(alice) + 1)
+        for s in _search(proxy, "/studies", {"limit": "1", "offset": str(k)})
+    ]
+    assert sorted(pages) == sorted(alice)
+    assert (
+        _search(proxy, "/studies", {"limit": "2", "offset": "1"})[0]["0020000D"]
+        == _search(proxy, "/studies", {})[1]["0020000D"]
+    )
+
+
+def test_percent_encoded_patient_name_works_through_the_proxy(proxy: ProxyStack) -> None:
+    found = _search(proxy, "/studies", {"PatientName": "Anders^Ali*"})  # httpx sends %5E and %2A
+    assert {_study(s) for s in found} == _alice(proxy)
+
+
+def test_json_points_at_the_proxy_and_frames_accept_any_type(proxy: ProxyStack) -> None:
+    study = proxy.seeded.study_uids["ACC-1001"]
+    auth = {"Authorization": f"Bearer {proxy.token()}"}
+    results = _search(proxy, "/studies", {"StudyInstanceUID": study})
+    assert str(results[0]["00081190"]).count(proxy.base) == 1  # type: ignore[index]
+    with httpx.Client(timeout=30) as http:
+        metadata = http.get(
+            f"{proxy.base}/studies/{study}/metadata", headers={**auth, "Accept": "application/dicom+json"}
+        )
+        assert metadata.status_code == 200
+        assert proxy.orthanc.origin.encode() not in metadata.content
+        uri = metadata.json()[0]["7FE00010"]["BulkDataURI"]
+        assert uri.startswith(proxy.base)
+        pixels = http.get(uri, headers={**auth, "Accept": "multipart/related; type=application/octet-stream"})
+        assert pixels.status_code == 200
+        series, instance = _orthanc_uids(proxy, study)
+        frame = http.get(
+            f"{proxy.base}/studies/{study}/series/{series}/instances/{instance}/frames/1",
+            headers={**auth, "Accept": 'multipart/related; type="*/*"'},
+        )
+        assert frame.status_code == 200, frame.text
+        assert len(list(iter_multipart(frame))) == 1
+
+
+def test_the_callers_token_never_reaches_orthanc(proxy: ProxyStack) -> None:
+    token = proxy.token()
+    with httpx.Client(timeout=30) as http:
+        assert (
+            http.get(f"{proxy.base}/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        )
+    log = proxy.orthanc.log()
+    authorizations = [line for line in log.splitlines() if "HTTP header: [authorization]" in line]
+    assert authorizations, "Orthanc's HTTP trace shows no request headers"
+    assert token not in log
+    assert all("[Basic " in line for line in authorizations)
+
+
+def test_stow_through_the_proxy_reaches_orthanc_and_is_published(proxy: ProxyStack) -> None:
+    from imagebridge.apps.synthetic import StudySpec
+
+    spec = StudySpec(
+        demo_data.ALICE.spec,
+        "CR",
+        "proxy STOW",
+        "CHEST",
+        "20250101",
+        accession_number="ACC-PX1",
+        instances_per_series=1,
+        rows=32,
+        columns=32,
+        seed=99,
+    )
+    uid = study_uid_for(spec)
+    modality = proxy.seeded.clients["modality"]
+    boundary = "proxy-stow"
+    with httpx.Client(timeout=60) as http:
+        token = backend_token(proxy.fhir_base, modality.backend, modality.scope, http)["access_token"]
+        response = http.post(
+            f"{proxy.base}/studies",
+            content=_multipart((dataset_bytes(ds) for ds in generate_study(spec)), boundary),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            },
+        )
+        assert response.status_code == 200, response.text
+        assert proxy.orthanc.origin not in response.text
+        assert proxy.base in response.text
+    # published in the background; the EHR then lets the Group's client see it
+    deadline = time.monotonic() + 60
+    while not _search(proxy, "/studies", {"StudyInstanceUID": uid}):
+        assert time.monotonic() < deadline, "the stored study never became visible"
+        time.sleep(0.2)
