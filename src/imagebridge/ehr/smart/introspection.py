@@ -68,7 +68,7 @@ async def introspection_endpoint(request: Request) -> Response:
     if grant.sub:
         body["sub"] = grant.sub
     if grant.fhir_user:
-        body["fhirUser"] = grant.fhir_user
+        body["fhirUser"] = f"{ctx.settings.fhir_base}/{grant.fhir_user}"  # as in the id_token
     if grant.patient:
         body["patient"] = grant.patient
     body.update({k: v for k, v in grant.context.items() if k not in body})

@@ -22,7 +22,7 @@ from imagebridge.ehr.smart.codes import LaunchStore
 from imagebridge.ehr.smart.users import User, UserStore, display_name, patients_for
 from imagebridge.ehr.ui import render
 from imagebridge.ehr.ui.scope_words import describe
-from imagebridge.ehr.ui.sessions import Session, SessionStore, set_cookie
+from imagebridge.ehr.ui.sessions import COOKIE, Session, SessionStore, set_cookie
 
 #: SMART App Launch 2.2 ``smart_style_url``: styling hints for embedded apps.
 STYLE = {
@@ -130,6 +130,20 @@ async def login_submit(request: Request) -> Response:
     cookie, _ = await sessions.sign_in(session, user.username)
     response = render.secure(RedirectResponse(next_url, status_code=303))
     set_cookie(response, cookie, secure=request.url.scheme == "https")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    sessions = SessionStore(_ctx(request).engine)
+    session = await sessions.current(request)
+    try:
+        await _checked_form(request, session)
+    except Forbidden:
+        return _forbidden()
+    assert session is not None
+    await sessions.end(session)
+    response = render.secure(RedirectResponse("/ui/login", status_code=303))
+    response.delete_cookie(COOKIE, path="/")
     return response
 
 
@@ -334,6 +348,7 @@ routes = [
     Route("/ui/", home),
     Route("/ui/login", login_page, methods=["GET"]),
     Route("/ui/login", login_submit, methods=["POST"]),
+    Route("/ui/logout", logout, methods=["POST"]),
     Route("/ui/authorize/{rid}", authorization, methods=["GET"]),
     Route("/ui/authorize/{rid}/patient", pick_patient, methods=["POST"]),
     Route("/ui/authorize/{rid}/consent", consent, methods=["POST"]),
