@@ -74,12 +74,10 @@ def test_iso01_iso02_other_patients_uids_on_every_route(alice_http: httpx.Client
     _assert_same_as_unknown(alice_http, _fill(template, bob), _fill(template, UNKNOWN))
 
 
-@pytest.mark.parametrize("template", _retrieval_templates())
+@pytest.mark.parametrize("template", [t for t in _retrieval_templates() if "{series}" in t])
 def test_iso03_mixed_hierarchy_resolves_to_the_deepest_object(
     alice_http: httpx.Client, template: str
 ) -> None:
-    if "{series}" not in template:
-        pytest.skip("study-level route: nothing to mix")
     alice, bob = first_instance("ACC-1002"), first_instance("ACC-2001")
     mixed = InstanceUids(alice.study, bob.series, bob.instance, alice.patient_id)
     unknown = InstanceUids(alice.study, UNKNOWN.series, UNKNOWN.instance, alice.patient_id)
