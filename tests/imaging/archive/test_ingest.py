@@ -1,0 +1,43 @@
+"""Spooling a part (archive/ingest.py): preamble zeroed across chunk boundaries, no file left behind."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from imagebridge.imaging.archive.ingest import OUT_OF_RESOURCES, InstanceRejected, spool
+
+
+async def _chunks(data: bytes, size: int, fail: OSError | None = None) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+    if fail is not None:
+        raise fail
+
+
+@pytest.mark.parametrize("size", [1, 7, 128, 129, 4096])
+def test_preamble_is_zeroed_whatever_the_chunking(tmp_path: Path, size: int) -> None:
+    data = b"MZ" + bytes(range(126)) + b"DICM" + b"rest of the file" * 10
+    spooled = anyio.run(spool, _chunks(data, size), tmp_path)
+    stored = spooled.path.read_bytes()
+    assert stored == bytes(128) + data[128:]
+    assert (spooled.size, spooled.sha256) == (len(data), hashlib.sha256(stored).hexdigest())
+
+
+def test_disk_full_is_out_of_resources_and_leaves_nothing(tmp_path: Path) -> None:
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(InstanceRejected) as rejected:
+        anyio.run(spool, _chunks(b"x" * 1000, 100, full), tmp_path)
+    assert rejected.value.reason == OUT_OF_RESOURCES
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dropped_client_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ConnectionResetError):
+        anyio.run(spool, _chunks(b"x" * 1000, 100, ConnectionResetError()), tmp_path)
+    assert list(tmp_path.iterdir()) == []
