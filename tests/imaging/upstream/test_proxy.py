@@ -7,6 +7,7 @@ backend client flow (token → EHR search → Endpoint → WADO-RS) runs through
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -44,12 +45,17 @@ class ProxyStack:
     def base(self) -> str:
         return self.stack.imaging_settings.dicomweb_base
 
-    def token(self) -> str:
+    @functools.cached_property
+    def _token(self) -> str:
         client = self.seeded.clients["quality-review"]
         with httpx.Client(timeout=30) as http:
             return str(
                 backend_token(self.fhir_base, client.backend, "system/ImagingStudy.rs", http)["access_token"]
             )
+
+    def token(self) -> str:
+        """The quality-review client's token (read-only use: shared by the module's tests)."""
+        return self._token
 
 
 def _load_into_orthanc(server: Orthanc) -> dict[str, str]:
