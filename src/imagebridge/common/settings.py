@@ -88,8 +88,21 @@ class ImagingSettings:
     capability_urls: bool = False
     #: Identifier system of the DICOM PatientID when publishing studies to the EHR.
     mrn_system: str = "urn:imagebridge:mrn"
-    #: Largest accepted STOW-RS request body, in bytes.
+    #: Largest accepted STOW-RS request body, in bytes (413 beyond it).
     max_request_bytes: int = 4 * 1024**3
+    #: Largest accepted single instance (one multipart part) in a STOW-RS request, in bytes.
+    max_instance_bytes: int = 2 * 1024**3
+    #: Largest size a Deflated Explicit VR Little Endian data set may inflate to, in bytes.
+    max_inflated_bytes: int = 256 * 1024**2
+    #: Same SOP Instance UID stored again with other bytes: "reject" (failure 0x0111) or "replace".
+    stow_overwrite: str = "reject"
+    #: Blobs without an index row are swept only when older than this many seconds.
+    orphan_grace_seconds: int = 3600
+    #: S3-compatible blob store (``blob_store = "s3://bucket/prefix"``): endpoint and credentials.
+    s3_endpoint_url: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_region: str = "us-east-1"
     #: Proxy mode (docs/proxy.md): the DICOMweb base of an existing PACS that keeps the archive.
     upstream_url: str = ""
     #: How this system authenticates to the upstream: "", ``basic:user:pass`` or ``bearer:TOKEN``.
@@ -109,6 +122,8 @@ class ImagingSettings:
             )
         if self.upstream_auth and self.upstream_auth.split(":", 1)[0] not in ("basic", "bearer"):
             raise SettingsError("upstream_auth must be 'basic:user:password' or 'bearer:TOKEN'")
+        if self.stow_overwrite not in ("reject", "replace"):
+            raise SettingsError(f"stow_overwrite must be 'reject' or 'replace', not {self.stow_overwrite!r}")
 
     @property
     def origin(self) -> str:
