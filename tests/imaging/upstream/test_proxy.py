@@ -289,3 +289,60 @@ def test_stow_through_the_proxy_reaches_orthanc_and_is_published(proxy: ProxySta
     while not _search(proxy, "/studies", {"StudyInstanceUID": uid}):
         assert time.monotonic() < deadline, "the stored study never became visible"
         time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_large_study_streams_both_ways_in_constant_memory(proxy: ProxyStack) -> None:
+    """256 MB stored through the proxy (STOW-RS) and read back (WADO-RS): imaging RSS stays flat."""
+    from pydicom.uid import generate_uid
+    from tests.imaging.archive.archive_stack import BOUNDARY, STOW_TYPE, instance, part10
+    from tests.imaging.test_memory import SIDE, RssSampler
+
+    def body(count: int) -> Iterator[bytes]:
+        for number in range(count):
+            ds = instance(study=study, series=series, number=number, patient_id=demo_data.ALICE.mrn)
+            ds.Rows = ds.Columns = SIDE
+            ds.PixelData = pixels
+            data = part10(ds)
+            sent.append(len(data))
+            yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+        yield f"--{BOUNDARY}--\r\n".encode()
+
+    slices, limit = 32, 48 * 1024 * 1024
+    study, series = generate_uid(), generate_uid()
+    pixels = bytes(range(256)) * (SIDE * SIDE * 2 // 256)
+    modality = proxy.seeded.clients["modality"]
+    assert proxy.stack.imaging is not None
+    sampler = RssSampler(proxy.stack.imaging.process.pid)
+    baseline = sampler.peak
+    sampler.start()
+    sent: list[int] = []
+    received = 0
+    try:
+        with httpx.Client(timeout=300) as http:
+            stow_token = backend_token(proxy.fhir_base, modality.backend, modality.scope, http)[
+                "access_token"
+            ]
+            stored = http.post(
+                f"{proxy.base}/studies",
+                content=body(slices),
+                headers={"Authorization": f"Bearer {stow_token}", "Content-Type": STOW_TYPE},
+            )
+            assert stored.status_code == 200, stored.text
+            url = f"{proxy.base}/studies/{study}"
+            auth = {"Authorization": f"Bearer {proxy.token()}", "Accept": DICOM}
+            deadline = time.monotonic() + 60
+            while True:  # published in the background, then the EHR lets the Group see it
+                with http.stream("GET", url, headers=auth) as response:
+                    if response.status_code == 200:
+                        for chunk in response.iter_bytes(1024 * 1024):
+                            received += len(chunk)
+                        break
+                assert time.monotonic() < deadline, "the stored study never became visible"
+                time.sleep(0.2)
+    finally:
+        sampler.done.set()
+        sampler.join()
+    assert BOUNDARY not in stored.text
+    assert received > sum(sent) >= 256 * 1024**2
+    assert sampler.peak - baseline < limit, f"RSS grew by {(sampler.peak - baseline) / 2**20:.1f} MB"

@@ -90,6 +90,13 @@ def _response_headers(upstream: UpstreamClient, response: httpx.Response, *, rew
     return headers
 
 
+def _failed(status: int) -> bool:
+    """Upstream answers that are this system's fault or the PACS's, never the caller's: a 401 or
+    403 there means imagebridge's own credentials were refused, and must not read as the
+    caller's token being invalid (ARCHITECTURE.md status codes)."""
+    return status >= 500 or status in (401, 403, 407)
+
+
 def _is_json(response: httpx.Response) -> bool:
     return "json" in response.headers.get("content-type", "")
 
@@ -107,7 +114,7 @@ async def forward(
     if response.status_code == 404:
         await response.aclose()
         return not_found()
-    if response.status_code >= 500:
+    if _failed(response.status_code):
         await response.aclose()
         raise DicomwebError(502, f"the upstream PACS answered {response.status_code}")
     body: AsyncIterator[bytes] = response.aiter_raw(CHUNK)
@@ -213,7 +220,7 @@ async def store(ctx: ImagingContext, access: Access, request: Request) -> Respon
     finally:
         await response.aclose()
     body = b"".join(chunks)
-    if response.status_code >= 500:
+    if _failed(response.status_code):
         raise DicomwebError(502, f"the upstream PACS answered STOW-RS with {response.status_code}")
     studies = sorted(set(_STUDY_IN_URL.findall(body.decode("utf-8", "replace"))))
     if studies:
