@@ -220,6 +220,14 @@ def fhir_resources() -> Iterator[dict[str, Any]]:
         "id": "dr-chen",
         "name": [{"family": "Chen", "given": ["Lin"], "prefix": ["Dr."]}],
     }
+    yield {  # Dr. Chen works for the hospital: she sees its patients, but not restricted studies
+        "resourceType": "PractitionerRole",
+        "id": "dr-chen-general-hospital",
+        "active": True,
+        "practitioner": {"reference": "Practitioner/dr-chen"},
+        "organization": {"reference": "Organization/general-hospital"},
+        "code": [{"text": "Physician"}],
+    }
     yield {
         "resourceType": "Group",
         "id": "quality-review",

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import DCM, add_client, get, issue, put
+from tests.ehr.fhir.ehr_access import DCM, add_client, get, issue, put, unique
 
 from imagebridge.apps.demo_data import MRN_SYSTEM, RESTRICTED
 
@@ -60,37 +60,57 @@ def _uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
 
 
-def test_labels_survive_republishing_and_subject_never_moves(running: RunningStack, publisher: str) -> None:
+@pytest.fixture(scope="module")
+def people(running: RunningStack) -> tuple[str, str]:
+    """Two patients of this module's own (so no other test sees their new studies); MRN = id."""
+    ids = (unique("pub-a"), unique("pub-b"))
+    put(
+        running,
+        *(
+            {"resourceType": "Patient", "id": pid, "identifier": [{"system": MRN_SYSTEM, "value": pid}]}
+            for pid in ids
+        ),
+    )
+    return ids
+
+
+def test_labels_survive_republishing_and_subject_never_moves(
+    running: RunningStack, publisher: str, people: tuple[str, str]
+) -> None:
+    a, b = people
     uid = _uid()
-    created = _publish(running, publisher, _study(uid, "MRN-1002"))
+    created = _publish(running, publisher, _study(uid, a))
     assert created.status_code == 201
     stored = created.json()
-    assert stored["subject"]["reference"] == "Patient/bob"
+    assert stored["subject"]["reference"] == f"Patient/{a}"
     put(running, {**stored, "meta": {"security": [RESTRICTED]}})  # the EHR labels it
-    again = _publish(running, publisher, _study(uid, "MRN-1002"))
+    again = _publish(running, publisher, _study(uid, a))
     assert again.status_code == 200
     assert RESTRICTED in again.json()["meta"]["security"]
-    moved = _publish(running, publisher, _study(uid, "MRN-1001"))
+    moved = _publish(running, publisher, _study(uid, b))
     assert moved.status_code == 409
     assert moved.json()["resourceType"] == "OperationOutcome"
-    bob = issue(running, "demo-app", "patient/ImagingStudy.rs", patient="bob")
-    found = get(running, "ImagingStudy", bob, identifier=f"urn:dicom:uid|urn:oid:{uid}").json()
+    token = issue(running, "demo-app", "patient/ImagingStudy.rs", patient=a)
+    found = get(running, "ImagingStudy", token, identifier=f"urn:dicom:uid|urn:oid:{uid}").json()
     assert found["total"] == 1
 
 
-def test_unreconciled_listed_and_linked_by_the_administrator(running: RunningStack, publisher: str) -> None:
-    uid = _uid()
-    assert _publish(running, publisher, _study(uid, "MRN-UNKNOWN")).status_code == 201
+def test_unreconciled_listed_and_linked_by_the_administrator(
+    running: RunningStack, publisher: str, people: tuple[str, str]
+) -> None:
+    a, b = people
+    uid, unknown = _uid(), unique("MRN-UNKNOWN")
+    assert _publish(running, publisher, _study(uid, unknown)).status_code == 201
     listed = _cli(running, "unreconciled")
     assert listed.returncode == 0
     assert uid in listed.stdout
-    assert "MRN-UNKNOWN" in listed.stdout
-    alice = issue(running, "demo-app", "patient/ImagingStudy.rs", patient="alice")
+    assert unknown in listed.stdout
+    token = issue(running, "demo-app", "patient/ImagingStudy.rs", patient=a)
     query = {"identifier": f"urn:dicom:uid|urn:oid:{uid}"}
-    assert get(running, "ImagingStudy", alice, **query).json()["total"] == 0
-    assert _cli(running, "link", uid, "Patient/alice").returncode == 0
-    assert get(running, "ImagingStudy", alice, **query).json()["total"] == 1
+    assert get(running, "ImagingStudy", token, **query).json()["total"] == 0
+    assert _cli(running, "link", uid, f"Patient/{a}").returncode == 0
+    assert get(running, "ImagingStudy", token, **query).json()["total"] == 1
     # Republishing with the still-unknown MRN keeps the administrator's link.
-    assert _publish(running, publisher, _study(uid, "MRN-UNKNOWN")).status_code == 200
-    assert get(running, "ImagingStudy", alice, **query).json()["total"] == 1
-    assert _cli(running, "link", uid, "Patient/bob").returncode == 1  # never moved
+    assert _publish(running, publisher, _study(uid, unknown)).status_code == 200
+    assert get(running, "ImagingStudy", token, **query).json()["total"] == 1
+    assert _cli(running, "link", uid, f"Patient/{b}").returncode == 1  # never moved

@@ -145,7 +145,10 @@ def test_fhirclient_reads_patient_study_and_endpoint(running: RunningStack) -> N
     publisher's output, reported upstream), so this reads a study of a patient of its own, pointing
     at the published WADO-RS Endpoint."""
     reader = issue(running, "quality-review", "system/ImagingStudy.rs")
-    published = get(running, "ImagingStudy", reader, patient="alice").json()["entry"][0]["resource"]
+    acc1001 = {"identifier": "ACC-1001"}
+    published = get(running, "ImagingStudy", reader, patient="alice", **acc1001).json()["entry"][0][
+        "resource"
+    ]
     pid = unique("fhirclient")
     put(
         running,

@@ -48,3 +48,10 @@ def test_quality_review_sees_its_cohort_not_the_knee(running: RunningStack) -> N
     assert not by_uid.get("entry")
     assert get(running, "ImagingStudy", token, patient="bob").status_code == 403
     assert get(running, f"ImagingStudy/{study_id(running, 'ACC-2001')}", token).status_code == 404
+
+
+def test_dr_chen_sees_the_hospital_but_not_restricted_studies(running: RunningStack) -> None:
+    token = issue(running, "demo-app", "user/ImagingStudy.rs", fhir_user="Practitioner/dr-chen")
+    seen = accessions(get(running, "ImagingStudy", token, _count="200").json())
+    assert {"ACC-1004", "ACC-2001", "ACC-3001"} <= seen
+    assert "ACC-3002" not in seen

@@ -1,21 +1,5 @@
-"""Fixtures for the authorization-server tests: the shared seeded stack's EHR origin."""
+"""The shared EHR fixtures (tests/ehr/smart/fixtures.py)."""
 
-from __future__ import annotations
+from tests.ehr.smart.fixtures import ehr, fhir_base, origin
 
-import pytest
-from tests.conftest import RunningStack
-
-
-@pytest.fixture(scope="session")
-def ehr(sqlite_stack: RunningStack) -> RunningStack:
-    return sqlite_stack
-
-
-@pytest.fixture(scope="session")
-def origin(ehr: RunningStack) -> str:
-    return ehr.stack.ehr_settings.origin
-
-
-@pytest.fixture(scope="session")
-def fhir_base(ehr: RunningStack) -> str:
-    return ehr.fhir_base
+__all__ = ["ehr", "fhir_base", "origin"]
