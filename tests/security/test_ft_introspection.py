@@ -15,6 +15,8 @@ from tests.gate_stack import EHR_TIMEOUT, READ_ACCEPT, GateStack
 from tests.imaging.gate.fault_proxy import GARBAGE
 from tests.imaging.gate.uids import first_instance
 
+from imagebridge.apps.stack import start_service
+
 
 @pytest.fixture
 def proxy_mode(gate_stack: GateStack) -> Iterator[None]:
@@ -106,3 +108,16 @@ def test_ft03_no_stale_cache_past_the_bound_when_the_ehr_fails(gate_stack: GateS
         _assert_unavailable(_get_instance(gate_stack, token))
     finally:
         gate_stack.proxy.mode = "forward"
+
+
+def test_ft01_ft06_ehr_stopped_then_restarted(gate_stack: GateStack) -> None:
+    """The EHR process stopped: 503, never data. Restarted: tokens issued before still work."""
+    stack = gate_stack.stack
+    assert stack.ehr is not None
+    token = gate_stack.patient_token("alice")
+    stack.ehr.stop()
+    try:
+        _assert_unavailable(_get_instance(gate_stack, token))
+    finally:
+        stack.ehr = start_service("ehr", stack.ehr_env(), stack.ehr.url, stack.ehr.log_path)
+    assert _get_instance(gate_stack, token).status_code == 200
