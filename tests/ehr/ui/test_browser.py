@@ -11,6 +11,7 @@ import asyncio
 import secrets
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
@@ -68,7 +69,8 @@ class TinyApp:
                     self.send_header("Location", target)
                     self.end_headers()
                     return
-                app.callbacks.append(params)
+                if path == "/cb":
+                    app.callbacks.append(params)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
                 self.end_headers()
@@ -192,7 +194,8 @@ def test_clinician_launches_pre_approved_app_without_consent(
         finally:
             await admin.close()
 
-    asyncio.run(add())
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API owns this thread's event loop
+        pool.submit(asyncio.run, add()).result()
     consent_pages: list[str] = []
     page.on(
         "response",
