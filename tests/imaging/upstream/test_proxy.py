@@ -346,3 +346,36 @@ def test_a_large_study_streams_both_ways_in_constant_memory(proxy: ProxyStack) -
     assert BOUNDARY not in stored.text
     assert received > sum(sent) >= 256 * 1024**2
     assert sampler.peak - baseline < limit, f"RSS grew by {(sampler.peak - baseline) / 2**20:.1f} MB"
+
+
+def test_an_unreachable_upstream_is_502_and_hidden_studies_stay_404(
+    proxy: ProxyStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second proxy process (same public URL, so the same token audience) in front of nothing."""
+    from imagebridge.apps.stack import free_port, start_service
+
+    port = free_port()
+    env = {
+        **proxy.stack.imaging_env(),
+        "IMAGEBRIDGE_IMAGING_PORT": str(port),
+        "IMAGEBRIDGE_IMAGING_DATA_DIR": str(tmp_path_factory.mktemp("dead-upstream")),
+        "IMAGEBRIDGE_IMAGING_PUBLIC_URL": proxy.stack.imaging_settings.origin,
+        "IMAGEBRIDGE_IMAGING_UPSTREAM_URL": f"http://127.0.0.1:{free_port()}/dicom-web",
+    }
+    service = start_service("imaging", env, f"http://127.0.0.1:{port}", proxy.stack.data_dir / "dead.log")
+    try:
+        base = f"http://127.0.0.1:{port}/dicom-web"
+        auth = {"Authorization": f"Bearer {proxy.token()}", "Accept": DICOM}
+        alice_ct, bob_ct = proxy.seeded.study_uids["ACC-1001"], proxy.seeded.study_uids["ACC-2002"]
+        with httpx.Client(timeout=30) as http:
+            assert http.get(f"{base}/studies/{alice_ct}", headers=auth).status_code == 502
+            assert (
+                http.get(f"{base}/studies", headers={"Authorization": auth["Authorization"]}).status_code
+                == 502
+            )
+            hidden = http.get(f"{base}/studies/{bob_ct}", headers=auth)
+            unknown = http.get(f"{base}/studies/{UNKNOWN_STUDY}", headers=auth)
+        assert hidden.status_code == 404
+        assert hidden.content == unknown.content
+    finally:
+        service.stop()
