@@ -442,3 +442,11 @@ def test_as20_connected_apps_page_revokes(app: App, fhir_base: str, origin: str)
                 ).status_code
                 == 403
             )
+
+
+def test_as17_login_guessing_is_rate_limited(origin: str) -> None:
+    with UserAgent(origin) as ua:
+        page = ua.http.get("/ui/login")
+        statuses = [ua.login(page, "ghost-user", f"guess-{i}").status_code for i in range(12)]
+    assert statuses[:10] == [401] * 10
+    assert statuses[-1] == 429

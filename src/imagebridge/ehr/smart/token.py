@@ -5,8 +5,8 @@ Grants: ``authorization_code`` (PKCE S256 verifier required; public clients iden
 ``client_id``, confidential ones authenticate with ``private_key_jwt``), ``refresh_token`` (rotated
 on every use; a replayed refresh token revokes its whole family, RFC 9700 §4.14.2; scope may only
 narrow) and ``client_credentials`` (Backend Services: scope narrowed to the registration, at most
-300 s, no refresh token). Rejected requests count against the client's failure budget
-(:mod:`.ratelimit`).
+300 s, no refresh token). Rejected code and refresh-token requests count against the client's
+failure budget (:mod:`.ratelimit`); client assertions are not guessable secrets and are not counted.
 """
 
 from __future__ import annotations
@@ -43,18 +43,19 @@ ONLINE_LIFETIME = 8 * 3600
 
 async def token_endpoint(request: Request) -> Response:
     ctx: EhrContext = request.app.state.ctx
-    limit_key = "-"
+    limit_key: str | None = None  # only grants that present a guessable secret are rate limited
     try:
         form = await read_form(request)
-        limit_key = form.get("client_id") or "-"
-        wait = ratelimit.TOKEN.retry_after(limit_key)
-        if wait:
-            return JSONResponse(
-                {"error": "slow_down", "error_description": "too many rejected requests"},
-                status_code=429,
-                headers={**NO_STORE, "Retry-After": str(wait)},
-            )
         grant_type = form.get("grant_type", "")
+        if grant_type in ("authorization_code", "refresh_token"):
+            limit_key = form.get("client_id") or "-"
+            wait = ratelimit.TOKEN.retry_after(limit_key)
+            if wait:
+                return JSONResponse(
+                    {"error": "slow_down", "error_description": "too many rejected requests"},
+                    status_code=429,
+                    headers={**NO_STORE, "Retry-After": str(wait)},
+                )
         if grant_type == "client_credentials":
             return no_store_json(await client_credentials(ctx, form))
         if grant_type == "authorization_code":
@@ -63,7 +64,8 @@ async def token_endpoint(request: Request) -> Response:
             return no_store_json(await refresh_token(ctx, form))
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
     except OAuthError as exc:
-        ratelimit.TOKEN.failed(limit_key)
+        if limit_key is not None:
+            ratelimit.TOKEN.failed(limit_key)
         return exc.response()
 
 
