@@ -196,8 +196,11 @@ def test_qido_wildcards_never_leak_and_paging_counts_visible_studies(proxy: Prox
     for params in ({}, {"PatientName": "*"}, {"PatientID": "*"}, {"PatientID": "MRN-1002"}):
         found = {_study(s) for s in _search(proxy, "/studies", params)}
         assert found == (set() if params.get("PatientID") == "MRN-1002" else alice), params
+    bob_ct = proxy.seeded.study_uids["ACC-2002"]
     for path in ("/series", "/instances"):
         assert {_study(s) for s in _search(proxy, path, {"PatientName": "*"})} == alice
+        assert _search(proxy, path, {"StudyInstanceUID": bob_ct}) == []
+        assert _search(proxy, path, {"PatientID": demo_data.BOB.mrn}) == []
     pages = [
         _study(s)
         for k in range(len(alice) + 1)
@@ -237,6 +240,13 @@ def test_json_points_at_the_proxy_and_frames_accept_any_type(proxy: ProxyStack) 
         )
         assert frame.status_code == 200, frame.text
         assert len(list(iter_multipart(frame))) == 1
+        rendered = http.get(
+            f"{proxy.base}/studies/{study}/series/{series}/instances/{instance}/rendered",
+            headers={**auth, "Accept": "image/jpeg"},
+        )
+        assert rendered.status_code == 200
+        assert rendered.headers["content-type"].startswith("image/jpeg")
+        assert rendered.content.startswith(b"\xff\xd8")
 
 
 def test_the_callers_token_never_reaches_orthanc(proxy: ProxyStack) -> None:
