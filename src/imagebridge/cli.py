@@ -93,6 +93,8 @@ def cmd_imaging_serve(args: argparse.Namespace) -> int:
 def cmd_imaging_sync(args: argparse.Namespace) -> int:
     """Proxy mode: scan the upstream PACS and publish what it holds to the EHR, once."""
     from imagebridge.imaging.app import build_context, migrate, scanner
+    from imagebridge.imaging.gate.ehr_client import EhrUnavailable
+    from imagebridge.imaging.upstream.client import UpstreamError
     from imagebridge.imaging.upstream.sync import sync_once
 
     settings = _imaging_settings(args)
@@ -107,6 +109,10 @@ def cmd_imaging_sync(args: argparse.Namespace) -> int:
             scan = scanner(ctx)
             assert scan is not None
             found, remaining = await sync_once(scan, ctx.publisher, everything=args.all)
+        except (UpstreamError, EhrUnavailable) as exc:
+            print(f"imaging sync failed: {exc}", file=sys.stderr)
+            return 1
+        else:
             print(f"{found} studies found upstream, {remaining} still waiting to be published")
             return 0
         finally:

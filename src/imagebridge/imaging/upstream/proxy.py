@@ -80,9 +80,11 @@ async def rewritten(chunks: AsyncIterator[bytes], old: bytes, new: bytes) -> Asy
 
 def _response_headers(upstream: UpstreamClient, response: httpx.Response, *, rewrite: bool) -> dict[str, str]:
     headers: dict[str, str] = {}
+    # RFC 9110 §7.6.1: headers the upstream names in Connection are hop-by-hop too
+    named = {t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")}
     for name, value in response.headers.multi_items():
         lower = name.lower()
-        if lower in DROPPED_RESPONSE_HEADERS or (rewrite and lower == "content-length"):
+        if lower in DROPPED_RESPONSE_HEADERS or lower in named or (rewrite and lower == "content-length"):
             continue
         if lower in ("location", "content-location") and value.startswith(upstream.base):
             value = upstream.own_base + value[len(upstream.base) :]
