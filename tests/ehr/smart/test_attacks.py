@@ -264,6 +264,14 @@ def test_as12_counterfeit_aud(alice: UserAgent, app: App, fhir_base: str, aud: s
     assert error_redirect(page, app)["error"] == "invalid_request"
 
 
+def test_as12_unknown_resource(alice: UserAgent, app: App, fhir_base: str) -> None:
+    _, challenge = pkce()
+    page = alice.authorize(
+        app, SCOPE, aud=fhir_base, challenge=challenge, resource="https://evil.example/fhir"
+    )
+    assert error_redirect(page, app)["error"] == "invalid_target"
+
+
 def test_as13_iss_and_state(alice: UserAgent, app: App, fhir_base: str) -> None:
     _, challenge = pkce()
     state = "s t&a=te/" + secrets.token_hex(4) + "é"

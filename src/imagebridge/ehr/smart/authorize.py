@@ -220,6 +220,8 @@ def _validate(ctx: EhrContext, client: Client, params: dict[str, str]) -> dict[s
         raise OAuthError("invalid_request", "code_challenge must be 43 base64url characters")
     if params.get("aud", "").rstrip("/") != ctx.settings.fhir_base:
         raise OAuthError("invalid_request", "aud must be this server's FHIR base URL")
+    if "resource" in params and params["resource"].rstrip("/") not in ctx.audiences:
+        raise OAuthError("invalid_target", "resource is not a server this EHR issues tokens for")  # RFC 8707
     if "launch" in params and not params["launch"]:
         raise OAuthError("invalid_request", "launch is empty")
     try:
