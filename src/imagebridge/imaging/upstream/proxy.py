@@ -78,8 +78,22 @@ async def rewritten(chunks: AsyncIterator[bytes], old: bytes, new: bytes) -> Asy
         yield carry
 
 
-def _response_headers(upstream: UpstreamClient, response: httpx.Response, *, rewrite: bool) -> dict[str, str]:
-    headers: dict[str, str] = {}
+def _relay(
+    upstream: UpstreamClient, upstream_response: httpx.Response, ours: Response, *, rewrite: bool
+) -> Response:
+    """``ours`` carrying the upstream's end-to-end headers, repeated ones included (RFC 9110 §5.3)."""
+    own_length = [(k, v) for k, v in ours.raw_headers if k == b"content-length"]
+    ours.raw_headers = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in _response_headers(upstream, upstream_response, rewrite=rewrite)
+    ] + own_length
+    return ours
+
+
+def _response_headers(
+    upstream: UpstreamClient, response: httpx.Response, *, rewrite: bool
+) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
     # RFC 9110 §7.6.1: headers the upstream names in Connection are hop-by-hop too
     named = {t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")}
     for name, value in response.headers.multi_items():
@@ -88,7 +102,7 @@ def _response_headers(upstream: UpstreamClient, response: httpx.Response, *, rew
             continue
         if lower in ("location", "content-location") and value.startswith(upstream.base):
             value = upstream.own_base + value[len(upstream.base) :]
-        headers[lower] = value
+        headers.append((lower, value))
     return headers
 
 
@@ -123,12 +137,10 @@ async def forward(
     do_rewrite = rewrite and _is_json(response)
     if do_rewrite:
         body = rewritten(body, upstream.base.encode(), upstream.own_base.encode())
-    return StreamingResponse(
-        _guarded(body),
-        status_code=response.status_code,
-        headers=_response_headers(upstream, response, rewrite=do_rewrite),
-        background=BackgroundTask(response.aclose),
+    streamed = StreamingResponse(
+        _guarded(body), status_code=response.status_code, background=BackgroundTask(response.aclose)
     )
+    return _relay(upstream, response, streamed, rewrite=do_rewrite)
 
 
 async def _guarded(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -229,7 +241,7 @@ async def store(ctx: ImagingContext, access: Access, request: Request) -> Respon
         await enqueue(ctx.engine, studies)
         ctx.publisher.wakeup.set()
     body = body.replace(upstream.base.encode(), upstream.own_base.encode())
-    return Response(body, response.status_code, _response_headers(upstream, response, rewrite=True))
+    return _relay(upstream, response, Response(body, response.status_code), rewrite=True)
 
 
 def _upstream_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
