@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+
+from imagebridge.common.settings import EhrSettings
+from imagebridge.ehr.admin import Admin
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 FORM_ACTION = re.compile(r'<form method="post" action="([^"]+)"')
@@ -176,3 +181,27 @@ def signed_in(origin: str, username: str, password: str) -> UserAgent:
     done = ua.login(page, username, password)
     assert done.status_code == 200, done.text
     return ua
+
+
+def add_launchable(settings: EhrSettings, scope: str, base: str, *, zero_click: bool) -> App:
+    """An administrator registers an EHR-launchable app at ``base``: ``/launch`` and ``/cb``."""
+    client_id = f"launch-{secrets.token_hex(4)}"
+
+    async def add() -> None:
+        admin = Admin(settings)
+        try:
+            await admin.add_client(
+                client_id,
+                "public",
+                scope=scope,
+                name=f"Viewer {client_id}",
+                redirect_uris=[f"{base}/cb"],
+                launch_url=f"{base}/launch",
+                zero_click=zero_click,
+            )
+        finally:
+            await admin.close()
+
+    with ThreadPoolExecutor(1) as pool:  # callers may own an event loop (Playwright's sync API)
+        pool.submit(asyncio.run, add()).result()
+    return App(client_id, f"{base}/cb")

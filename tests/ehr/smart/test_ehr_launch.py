@@ -11,35 +11,17 @@ import pytest
 from sqlalchemy import update
 from tests.conftest import RunningStack
 from tests.ehr.smart.flow import App, UserAgent, csrf_of, exchange, pkce, query_of, signed_in
+from tests.ehr.smart.flow import add_launchable as launchable
 
 from imagebridge.common import db
-from imagebridge.ehr.admin import Admin
 from imagebridge.ehr.tables import launches
 
 SCOPE = "launch openid fhirUser patient/Patient.rs patient/ImagingStudy.rs"
 
 
 def add_launchable(ehr: RunningStack, *, zero_click: bool) -> App:
-    client_id = f"launch-{secrets.token_hex(4)}"
-    redirect = f"https://{client_id}.example/cb"
-
-    async def add() -> None:
-        admin = Admin(ehr.stack.ehr_settings)
-        try:
-            await admin.add_client(
-                client_id,
-                "public",
-                scope=SCOPE,
-                name=f"Viewer {client_id}",
-                redirect_uris=[redirect],
-                launch_url=f"https://{client_id}.example/launch",
-                zero_click=zero_click,
-            )
-        finally:
-            await admin.close()
-
-    asyncio.run(add())
-    return App(client_id, redirect)
+    name = f"app-{secrets.token_hex(4)}"
+    return launchable(ehr.stack.ehr_settings, SCOPE, f"https://{name}.example", zero_click=zero_click)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +43,7 @@ def launch(ua: UserAgent, app: App, patient: str = "alice") -> dict[str, str]:
         f"/ui/chart/{patient}/launch", data={"csrf": csrf_of(chart), "client_id": app.client_id}
     )
     assert sent.status_code == 303
-    assert sent.headers["location"].startswith(f"https://{app.client_id}.example/launch?")
+    assert sent.headers["location"].startswith(app.redirect_uri.removesuffix("/cb") + "/launch?")
     return query_of(sent.headers["location"])
 
 

@@ -7,11 +7,8 @@ chart and no consent page appears.
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
@@ -19,10 +16,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from tests.conftest import RunningStack
-from tests.ehr.smart.flow import App, exchange, pkce, query_of, register_public
+from tests.ehr.smart.flow import App, add_launchable, exchange, pkce, query_of, register_public
 from tests.services import require_executable
-
-from imagebridge.ehr.admin import Admin
 
 pytestmark = pytest.mark.browser
 
@@ -176,26 +171,10 @@ def test_elena_picks_maya(page: Page, tiny: TinyApp) -> None:
 def test_clinician_launches_pre_approved_app_without_consent(
     page: Page, tiny: TinyApp, ehr: RunningStack
 ) -> None:
-    client_id = f"viewer-{secrets.token_hex(4)}"
-    tiny.client_id = client_id
-
-    async def add() -> None:
-        admin = Admin(ehr.stack.ehr_settings)
-        try:
-            await admin.add_client(
-                client_id,
-                "public",
-                scope="launch openid fhirUser patient/Patient.rs",
-                name="Zero-click viewer",
-                redirect_uris=[tiny.redirect_uri],
-                launch_url=f"{tiny.base}/launch",
-                zero_click=True,
-            )
-        finally:
-            await admin.close()
-
-    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API owns this thread's event loop
-        pool.submit(asyncio.run, add()).result()
+    app = add_launchable(
+        ehr.stack.ehr_settings, "launch openid fhirUser patient/Patient.rs", tiny.base, zero_click=True
+    )
+    tiny.client_id = client_id = app.client_id
     consent_pages: list[str] = []
     page.on(
         "response",
@@ -209,7 +188,7 @@ def test_clinician_launches_pre_approved_app_without_consent(
     assert consent_pages == []
     params = tiny.callbacks[-1]
     assert params["state"] == "launch-state"
-    body = exchange(tiny.origin, App(client_id, tiny.redirect_uri), params["code"], tiny.verifier).json()
+    body = exchange(tiny.origin, app, params["code"], tiny.verifier).json()
     assert body["patient"] == "alice"
     assert body["need_patient_banner"] is True
     assert httpx.get(body["smart_style_url"]).status_code == 200
