@@ -67,8 +67,9 @@ def test_elena_picks_maya_and_only_maya(origin: str, fhir_base: str) -> None:
         done = standalone(ua, app, fhir_base, "elena", "elena-demo-2024", SCOPE, patient="maya")
     body = exchange(origin, app, done.params["code"], done.verifier).json()
     assert body["patient"] == "maya"
-    jwt_claims = body["id_token"].split(".")[1]
-    assert jwt_claims
+    auth = {"Authorization": f"Bearer {body['access_token']}"}
+    assert httpx.get(f"{fhir_base}/Patient/maya", headers=auth).status_code == 200
+    assert httpx.get(f"{fhir_base}/Patient/alice", headers=auth).status_code in (403, 404)
 
 
 def test_refresh_rotates_and_replay_revokes_the_family(origin: str, fhir_base: str) -> None:
