@@ -218,7 +218,7 @@ class BulkExports:
                     restrict,
                     resources.c.id.in_(members)
                     if resource_type == "Patient"
-                    else has_token("patient", [(None, f"Patient/{m}") for m in members])
+                    else has_token("patient", [(None, f"Patient/{m}") for m in members], resource_type)
                     if resource_type not in DIRECTORY
                     else true(),
                 )

@@ -164,7 +164,10 @@ class Store:
         self, query: Query, *, restrict: ColumnElement[bool] | None = None
     ) -> tuple[list[Resource], int]:
         """Resources matching every criterion, a page of them, and the total count."""
-        where = [resources.c.resource_type == query.resource_type, *map(clause, query.criteria)]
+        where = [
+            resources.c.resource_type == query.resource_type,
+            *(clause(c, query.resource_type) for c in query.criteria),
+        ]
         if restrict is not None:
             where.append(restrict)
         order = [
@@ -191,10 +194,10 @@ class Store:
             return [_load(r.content) for r in rows], int(total)
 
 
-def clause(criterion: Criterion) -> ColumnElement[bool]:
+def clause(criterion: Criterion, resource_type: str) -> ColumnElement[bool]:
     """SQL for one search criterion over the ``resources`` table."""
     if isinstance(criterion, TokenCriterion):
-        return has_token(criterion.param, criterion.alternatives)
+        return has_token(criterion.param, criterion.alternatives, resource_type)
     if criterion.param == "_lastUpdated":
         low, high = resources.c.last_updated, resources.c.last_updated
     else:
@@ -205,15 +208,21 @@ def clause(criterion: Criterion) -> ColumnElement[bool]:
         return cond
     return resources.c.id.in_(
         select(search_dates.c.id).where(
-            search_dates.c.resource_type == resources.c.resource_type,
+            search_dates.c.resource_type == resource_type,
             search_dates.c.param == criterion.param,
             cond,
         )
     )
 
 
-def has_token(param: str, alternatives: Sequence[tuple[str | None, str]]) -> ColumnElement[bool]:
-    """SQL: the resource has an index row for ``param`` matching any ``(system, code)``."""
+def has_token(
+    param: str, alternatives: Sequence[tuple[str | None, str]], resource_type: str
+) -> ColumnElement[bool]:
+    """SQL: the resource has an index row for ``param`` matching any ``(system, code)``.
+
+    The subquery names ``resource_type`` as a constant (not correlated with the outer row), so the
+    database evaluates it once and uses the ``ix_search_tokens_lookup`` index.
+    """
     options = [
         search_tokens.c.code == code
         if system is None
@@ -222,7 +231,7 @@ def has_token(param: str, alternatives: Sequence[tuple[str | None, str]]) -> Col
     ]
     return resources.c.id.in_(
         select(search_tokens.c.id).where(
-            search_tokens.c.resource_type == resources.c.resource_type,
+            search_tokens.c.resource_type == resource_type,
             search_tokens.c.param == param,
             or_(*options),
         )

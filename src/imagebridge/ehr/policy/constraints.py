@@ -39,8 +39,8 @@ def criteria(scope: Scope, resource_type: str) -> list[Criterion]:
     return parsed.query.criteria
 
 
-def sql(found: list[Criterion]) -> ColumnElement[bool]:
-    return and_(true(), *(clause(c) for c in found))
+def sql(found: list[Criterion], resource_type: str) -> ColumnElement[bool]:
+    return and_(true(), *(clause(c, resource_type) for c in found))
 
 
 def matches(resource: dict[str, Any], found: list[Criterion]) -> bool:

@@ -146,7 +146,9 @@ class PolicyView:
                 found = constraints.criteria(scope, resource_type)
             except constraints.UnusableConstraint:
                 continue
-            options.append(and_(constraints.sql(found), self._level_sql(scope.level, resource_type)))
+            options.append(
+                and_(constraints.sql(found, resource_type), self._level_sql(scope.level, resource_type))
+            )
         return or_(false(), *options)
 
     def _level_sql(self, level: str, resource_type: str) -> ColumnElement[bool]:
@@ -170,10 +172,10 @@ class PolicyView:
             parts = [
                 resources.c.id.in_(sorted(patients))
                 if resource_type == "Patient"
-                else has_token("patient", [(None, f"Patient/{p}") for p in sorted(patients)])
+                else has_token("patient", [(None, f"Patient/{p}") for p in sorted(patients)], resource_type)
             ]
             if labels:
-                parts.append(not_(has_token("_security", sorted(labels))))
+                parts.append(not_(has_token("_security", sorted(labels), resource_type)))
             if withheld:
                 parts.append(resources.c.id.not_in(sorted(withheld)))
             options.append(and_(*parts))
