@@ -55,14 +55,11 @@ def endpoint_resource(wado_base: str) -> dict[str, Any]:
     }
 
 
-def _started(date: str, time_: str) -> str | None:
+def _started(date: str) -> str | None:
+    """FHIR ``started`` from StudyDate; a time is only valid with a timezone, which DICOM often lacks."""
     if len(date) != 8 or not date.isdigit():
         return None
-    value = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-    digits = time_.split(".")[0]
-    if len(digits) >= 4 and digits[:4].isdigit():
-        value += f"T{digits[:2]}:{digits[2:4]}:{digits[4:6] if len(digits) >= 6 else '00'}"
-    return value
+    return f"{date[:4]}-{date[4:6]}-{date[6:]}"
 
 
 def imaging_study_resource(summary: dict[str, Any], endpoint_ref: str, mrn_system: str) -> dict[str, Any]:
@@ -121,7 +118,7 @@ def imaging_study_resource(summary: dict[str, Any], endpoint_ref: str, mrn_syste
         "endpoint": [{"reference": endpoint_ref}],
         "series": series_out,
     }
-    started = _started(study["study_date"], study["study_time"])
+    started = _started(study["study_date"])
     if started:
         resource["started"] = started
     if study["study_description"]:
@@ -153,13 +150,13 @@ class Publisher:
         """Publish forever (the app's background task)."""
         delay = 0.5
         while True:
+            self.wakeup.clear()
             try:
                 pending = await self.publish_pending()
                 delay = 0.5 if not pending else min(delay * 2, 30.0)
             except EhrUnavailable as exc:
                 log.warning("publishing deferred: %s", exc)
                 delay = min(delay * 2, 30.0)
-            self.wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
 
