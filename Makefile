@@ -21,8 +21,8 @@ demo: $(STAMP)
 test: $(STAMP) system-deps services lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check --no-cache src tests bench
+	$(BIN)/ruff format --no-cache --check src tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

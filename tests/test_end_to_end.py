@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 
 import httpx
-from imagebridge.apps.synthetic import dataset_bytes, generate_study
 
 from imagebridge.apps import demo_data
 from imagebridge.apps.smart_client import backend_token, fetch_study, study_uid
+from imagebridge.apps.synthetic import dataset_bytes, generate_study
 from tests.conftest import TEST_SCALE, RunningStack
 
 

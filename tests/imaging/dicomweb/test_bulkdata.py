@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from imagebridge.apps.synthetic import generate_study
 from tests.conftest import TEST_SCALE, RunningStack
 from tests.imaging.tokens import quality_review_token
 
 from imagebridge.apps import demo_data
 from imagebridge.apps.smart_client import iter_multipart
+from imagebridge.apps.synthetic import generate_study
 
 MULTIPART = 'multipart/related; type="application/octet-stream"'
 
