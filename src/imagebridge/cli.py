@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -56,38 +57,29 @@ def _export(section: str, args: argparse.Namespace) -> None:
             os.environ[f"IMAGEBRIDGE_{section.upper()}_{setting.upper()}"] = str(getattr(args, name))
 
 
-def cmd_ehr_serve(args: argparse.Namespace) -> int:
-    from imagebridge.ehr.app import create_app, migrate
-
-    settings = _ehr_settings(args)
-    migrate(settings)
-    _export("ehr", args)
+def _serve(section: str, args: argparse.Namespace) -> int:
+    """Migrate the service's database, then serve it (``--workers`` > 1 re-creates it per worker)."""
+    module = importlib.import_module(f"imagebridge.{section}.app")
+    settings = _ehr_settings(args) if section == "ehr" else _imaging_settings(args)
+    module.migrate(settings)
+    _export(section, args)
     serve(
-        create_app(settings),
+        module.create_app(settings),
         settings.host,
         settings.port,
         workers=args.workers,
         log_level=settings.log_level,
-        factory="imagebridge.ehr.app:app_from_env",
+        factory=f"imagebridge.{section}.app:app_from_env",
     )
     return 0
+
+
+def cmd_ehr_serve(args: argparse.Namespace) -> int:
+    return _serve("ehr", args)
 
 
 def cmd_imaging_serve(args: argparse.Namespace) -> int:
-    from imagebridge.imaging.app import create_app, migrate
-
-    settings = _imaging_settings(args)
-    migrate(settings)
-    _export("imaging", args)
-    serve(
-        create_app(settings),
-        settings.host,
-        settings.port,
-        workers=args.workers,
-        log_level=settings.log_level,
-        factory="imagebridge.imaging.app:app_from_env",
-    )
-    return 0
+    return _serve("imaging", args)
 
 
 def cmd_imaging_sync(args: argparse.Namespace) -> int:
