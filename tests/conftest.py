@@ -15,8 +15,8 @@ from imagebridge.apps.stack import LocalStack
 from tests.gate_stack import gate_stack  # noqa: F401 (a session fixture for tests/imaging/gate and tests/security)
 from tests.imaging.archive.archive_stack import ArchiveStack, started
 from tests.pg import temporary_database
-from tests.s3 import S3Server, seaweedfs
-from tests.services import require_postgres
+from tests.s3 import MISSING_WEED, S3Server, seaweedfs, weed_binary
+from tests.services import missing, require_postgres
 
 #: Images at a quarter of demo size keep the suite fast while staying realistic in structure.
 TEST_SCALE = 0.25
@@ -67,6 +67,8 @@ def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSt
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3 server (SeaweedFS) on loopback for the whole session; make a bucket per use."""
+    if weed_binary() is None:
+        missing(MISSING_WEED)
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
 

