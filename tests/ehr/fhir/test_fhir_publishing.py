@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -114,3 +115,18 @@ def test_unreconciled_listed_and_linked_by_the_administrator(
     assert _publish(running, publisher, _study(uid, unknown)).status_code == 200
     assert get(running, "ImagingStudy", token, **query).json()["total"] == 1
     assert _cli(running, "link", uid, f"Patient/{b}").returncode == 1  # never moved
+
+
+def test_concurrent_publishes_of_one_study_create_it_once(
+    running: RunningStack, publisher: str, people: tuple[str, str]
+) -> None:
+    """Conditional updates racing on the same identifier (a publisher retrying, or several imaging
+    workers) store one study: the match and the write are one atomic step (FHIR R4 §3.1.0.4.3)."""
+    uid = _uid()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: _publish(running, publisher, _study(uid, people[0])), range(8)))
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [201]
+    assert len({a.json()["id"] for a in answers}) == 1
+    token = issue(running, "demo-app", "patient/ImagingStudy.rs", patient=people[0])
+    found = get(running, "ImagingStudy", token, identifier=f"urn:dicom:uid|urn:oid:{uid}").json()
+    assert found["total"] == len(found["entry"]) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,7 +28,7 @@ from imagebridge.ehr.fhir.capability import capability_statement
 from imagebridge.ehr.fhir.outcome import FhirError, fhir_response
 from imagebridge.ehr.fhir.search import parse_search
 from imagebridge.ehr.fhir.search_params import PARAMS
-from imagebridge.ehr.fhir.store import ResourceConflict
+from imagebridge.ehr.fhir.store import MultipleMatches, ResourceConflict
 from imagebridge.ehr.fhir.subjects import resolve_subject
 from imagebridge.ehr.policy import constraints
 from imagebridge.ehr.policy.engine import PolicyView
@@ -229,31 +230,38 @@ def _keep_ehr_facts(existing: dict[str, Any], incoming: dict[str, Any]) -> dict[
     return merged
 
 
-async def _write(
-    ctx: EhrContext,
-    auth: Authenticated,
-    resource: dict[str, Any],
-    existing: dict[str, Any] | None,
-) -> Response:
-    resource_type = resource["resourceType"]
-    scopes = _require_scope(auth, resource_type, "u" if existing else "c")
-    view = await ctx.policy.view(auth.principal)
+def _checked(
+    view: PolicyView, auth: Authenticated, resource: dict[str, Any], existing: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What may be written in place of ``existing`` (None: a create), or 403."""
+    scopes = _require_scope(auth, resource["resourceType"], "u" if existing else "c")
     if existing is not None:
         resource = _keep_ehr_facts(existing, resource)
         _may_write(view, existing, scopes)
     _may_write(view, resource, scopes)
+    return resource
+
+
+async def _stored(ctx: EhrContext, write: Awaitable[tuple[dict[str, Any], bool]]) -> Response:
     try:
-        stored, created = await ctx.store.put(resource)
+        stored, created = await write
     except ResourceConflict as exc:
         raise FhirError(409, "conflict", str(exc)) from exc
+    except MultipleMatches as exc:
+        raise FhirError(412, "multiple-matches", str(exc)) from exc
     location = (
-        f"{ctx.settings.fhir_base}/{resource_type}/{stored['id']}/_history/{stored['meta']['versionId']}"
+        f"{ctx.settings.fhir_base}/{stored['resourceType']}/{stored['id']}"
+        f"/_history/{stored['meta']['versionId']}"
     )
     return fhir_response(stored, 201 if created else 200, {"Location": location})
 
 
 async def conditional_update(request: Request) -> Response:
-    """``PUT [type]?[search]`` (FHIR R4 §3.1.0.4.3): no match creates, one match updates, more is 412."""
+    """``PUT [type]?[search]`` (FHIR R4 §3.1.0.4.3): no match creates, one match updates, more is 412.
+
+    The match and the write are one atomic step (:meth:`Store.conditional_put`): publishers that
+    retry or run in parallel never create the same study twice.
+    """
     ctx, auth = await _caller(request)
     resource_type = _resource_type(request)
     _require_scope(auth, resource_type, "u")
@@ -261,18 +269,15 @@ async def conditional_update(request: Request) -> Response:
     parsed = parse_search(resource_type, request.query_params.multi_items(), strict=True)
     if not parsed.query.criteria:
         raise FhirError(400, "invalid", "a conditional update needs search criteria")
-    parsed.query.count = 2
-    matches, _ = await ctx.store.search(parsed.query)
-    if len(matches) > 1:
-        raise FhirError(412, "multiple-matches", "the criteria match more than one resource")
-    existing = matches[0] if matches else None
-    if existing is not None:
-        if resource.get("id") not in (None, existing["id"]):
+    view = await ctx.policy.view(auth.principal)
+
+    def build(existing: dict[str, Any] | None) -> dict[str, Any]:
+        if existing is not None and resource.get("id") not in (None, existing["id"]):
             raise FhirError(400, "invalid", "the body's id differs from the matched resource")
-        resource["id"] = existing["id"]
-    else:
-        resource["id"] = uuid.uuid4().hex
-    return await _write(ctx, auth, resource, existing)
+        resource_id = existing["id"] if existing is not None else uuid.uuid4().hex
+        return _checked(view, auth, {**resource, "id": resource_id}, existing)
+
+    return await _stored(ctx, ctx.store.conditional_put(parsed.query, build))
 
 
 async def update(request: Request) -> Response:
@@ -288,7 +293,8 @@ async def update(request: Request) -> Response:
     existing = await ctx.store.read(resource_type, resource_id)
     if existing is not None and not (await ctx.policy.may_see(auth.principal, existing)).allowed:
         raise _not_found(resource_type, resource_id)
-    return await _write(ctx, auth, resource, existing)
+    view = await ctx.policy.view(auth.principal)
+    return await _stored(ctx, ctx.store.put(_checked(view, auth, resource, existing)))
 
 
 def handle_errors(endpoint: Any) -> Any:

@@ -8,12 +8,12 @@ transaction, so a search never sees a half-written resource.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -27,6 +27,10 @@ DatePrefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 
 class ResourceConflict(Exception):
     """A write would break an invariant (e.g. move a study to another patient)."""
+
+
+class MultipleMatches(Exception):
+    """A conditional update's criteria match more than one resource (FHIR R4: 412)."""
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,7 @@ class Store:
 
     async def read(self, resource_type: str, resource_id: str) -> Resource | None:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(resources.c.content).where(
-                        resources.c.resource_type == resource_type, resources.c.id == resource_id
-                    )
-                )
-            ).first()
-        return None if row is None else _load(row.content)
+            return await _current(conn, resource_type, resource_id)
 
     async def read_many(self, refs: Sequence[tuple[str, str]]) -> list[Resource]:
         if not refs:
@@ -96,11 +93,32 @@ class Store:
         """Create or replace ``resource`` by id; returns (stored, created)."""
         async with self.engine.begin() as conn:
             existing = await _current(conn, resource["resourceType"], resource["id"])
-            if existing is None:
-                return await self._write(conn, resource, version=1, new=True), True
-            _guard_subject(existing, resource)
-            version = int(existing.get("meta", {}).get("versionId", "1")) + 1
-            return await self._write(conn, resource, version=version, new=False), False
+            return await self._upsert(conn, existing, resource)
+
+    async def conditional_put(
+        self, query: Query, build: Callable[[Resource | None], Resource]
+    ) -> tuple[Resource, bool]:
+        """Conditional update (FHIR R4 §3.1.0.4.3) as one atomic step: the match and the write run
+        in one transaction holding a lock on the criteria, so concurrent updates with the same
+        criteria never both create. ``build`` turns the match (or None) into what to write and may
+        raise to refuse; returns (stored, created)."""
+        async with self.engine.begin() as conn:
+            await _serialize(conn, f"{query.resource_type}?{query.criteria!r}")
+            rows = await conn.execute(self._select(query, None, limit=2))
+            matches = [_load(r.content) for r in rows]
+            if len(matches) > 1:
+                raise MultipleMatches("the criteria match more than one resource")
+            existing = matches[0] if matches else None
+            return await self._upsert(conn, existing, build(existing))
+
+    async def _upsert(
+        self, conn: AsyncConnection, existing: Resource | None, resource: Resource
+    ) -> tuple[Resource, bool]:
+        if existing is None:
+            return await self._write(conn, resource, version=1, new=True), True
+        _guard_subject(existing, resource)
+        version = int(existing.get("meta", {}).get("versionId", "1")) + 1
+        return await self._write(conn, resource, version=version, new=False), False
 
     async def _write(self, conn: AsyncConnection, resource: Resource, *, version: int, new: bool) -> Resource:
         rtype, rid = resource["resourceType"], resource["id"]
@@ -164,12 +182,17 @@ class Store:
         self, query: Query, *, restrict: ColumnElement[bool] | None = None
     ) -> tuple[list[Resource], int]:
         """Resources matching every criterion, a page of them, and the total count."""
-        where = [
-            resources.c.resource_type == query.resource_type,
-            *(clause(c, query.resource_type) for c in query.criteria),
-        ]
-        if restrict is not None:
-            where.append(restrict)
+        async with self.engine.connect() as conn:
+            total = (
+                await conn.execute(
+                    select(func.count()).select_from(resources).where(*_where(query, restrict))
+                )
+            ).scalar_one()
+            rows = await conn.execute(self._select(query, restrict, limit=query.count))
+            return [_load(r.content) for r in rows], int(total)
+
+    def _select(self, query: Query, restrict: ColumnElement[bool] | None, *, limit: int) -> Select[Any]:
+        """The page of ``query``'s matches, in its sort order (then by id, so pages are stable)."""
         order = [
             (resources.c.last_updated.desc() if desc else resources.c.last_updated)
             if param == "_lastUpdated"
@@ -180,18 +203,38 @@ class Store:
             )
             for param, desc in query.sort
         ]
-        async with self.engine.connect() as conn:
-            total = (
-                await conn.execute(select(func.count()).select_from(resources).where(*where))
-            ).scalar_one()
-            rows = await conn.execute(
-                select(resources.c.content)
-                .where(*where)
-                .order_by(*order, resources.c.id)
-                .limit(query.count)
-                .offset(query.offset)
-            )
-            return [_load(r.content) for r in rows], int(total)
+        return (
+            select(resources.c.content)
+            .where(*_where(query, restrict))
+            .order_by(*order, resources.c.id)
+            .limit(limit)
+            .offset(query.offset)
+        )
+
+
+def _where(query: Query, restrict: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
+    where = [
+        resources.c.resource_type == query.resource_type,
+        *(clause(c, query.resource_type) for c in query.criteria),
+    ]
+    if restrict is not None:
+        where.append(restrict)
+    return where
+
+
+async def _serialize(conn: AsyncConnection, key: str) -> None:
+    """Hold, until the transaction ends, a lock that every transaction serializing on ``key`` waits for.
+
+    PostgreSQL: a transaction-scoped advisory lock on the key's hash. SQLite: a write statement
+    (that changes nothing) takes the database's write lock before anything is read, so the
+    transaction reads the latest committed state and no other writer interleaves.
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+    else:
+        await conn.execute(
+            update(resources).where(resources.c.resource_type == "").values(version=resources.c.version)
+        )
 
 
 def clause(criterion: Criterion, resource_type: str) -> ColumnElement[bool]:
