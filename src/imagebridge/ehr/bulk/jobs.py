@@ -147,14 +147,10 @@ class BulkExports:
 
     async def file(self, job_id: str, name: str) -> str | None:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(bulk_files.c.content).where(
-                        bulk_files.c.job_id == job_id, bulk_files.c.name == name
-                    )
-                )
-            ).first()
-        return None if row is None else str(row.content)
+            content = await conn.scalar(
+                select(bulk_files.c.content).where(bulk_files.c.job_id == job_id, bulk_files.c.name == name)
+            )
+        return None if content is None else str(content)
 
     async def cancel(self, job_id: str) -> None:
         """Cancel (or forget) a job: its files are deleted; later polls answer 404."""
