@@ -20,6 +20,9 @@ from tests.services import missing, require_postgres
 
 #: Images at a quarter of demo size keep the suite fast while staying realistic in structure.
 TEST_SCALE = 0.25
+#: Every test registers its apps from 127.0.0.1 at the shared EHR: lift the per-address registration
+#: limit there (tests/ehr/smart/test_client_configuration.py trips it on an EHR of its own).
+SHARED_EHR_ENV = {"IMAGEBRIDGE_EHR_REGISTRATION_RATE_LIMIT": "1000000"}
 
 
 @dataclass
@@ -43,7 +46,12 @@ def _running(storage: str, tmp: Path) -> Iterator[RunningStack]:
         if storage == "postgres":
             require_postgres()
             urls = {k: cleanup.enter_context(temporary_database(k)) for k in urls}
-        stack = LocalStack(tmp, ehr_database_url=urls["ehr"], imaging_database_url=urls["imaging"])
+        stack = LocalStack(
+            tmp,
+            ehr_database_url=urls["ehr"],
+            imaging_database_url=urls["imaging"],
+            extra_ehr_env=SHARED_EHR_ENV,
+        )
         stack.provision()
         cleanup.callback(stack.stop)
         stack.start()

@@ -228,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
         )
         if name == "ehr":
             _clients_parser(service)
+            _users_parser(service)
             _studies_parser(service)
         else:
             run.add_argument("--upstream", help="proxy mode: the DICOMweb base URL of an existing PACS")
@@ -299,6 +300,107 @@ def _clients_parser(service: Any) -> None:
             sub.add_argument("client_id")
     for sub_name in ("add", "list", "show", "disable"):
         clients.choices[sub_name].set_defaults(func=cmd_ehr_clients, action=sub_name)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """The new user's password: from stdin, a named environment variable or a prompt, never argv."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if args.password_env:
+        if args.password_env not in os.environ:
+            raise ValueError(f"the environment variable {args.password_env} is not set")
+        return os.environ[args.password_env]
+    if not sys.stdin.isatty():
+        raise ValueError("no terminal to ask for the password: use --password-stdin or --password-env")
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat the password: ") != password:
+        raise ValueError("the passwords differ")
+    return password
+
+
+def _user_json(user: Any) -> dict[str, Any]:
+    return {
+        "username": user.username,
+        "display_name": user.display_name,
+        "fhirUser": user.fhir_user,
+        "roles": list(user.roles),
+        "enabled": user.enabled,
+    }
+
+
+def cmd_ehr_users(args: argparse.Namespace) -> int:
+    """``imagebridge ehr users add|list|show|disable``: the people who sign in to the EHR."""
+    from imagebridge.ehr.admin import Admin
+    from imagebridge.ehr.app import migrate
+
+    settings = _ehr_settings(args)
+    migrate(settings)
+
+    async def run() -> int:
+        admin = Admin(settings)
+        try:
+            if args.action == "add":
+                user = await admin.add_user(
+                    args.username,
+                    _read_password(args),
+                    args.fhir_user,
+                    display_name=args.name or "",
+                    roles=args.role or (),
+                )
+                print(json.dumps(_user_json(user), indent=2))
+            elif args.action == "list":
+                for user in await admin.users.all():
+                    state = "enabled" if user.enabled else "disabled"
+                    print(f"{user.username}\t{user.fhir_user}\t{' '.join(user.roles)}\t{state}")
+            elif args.action == "show":
+                found = await admin.users.get(args.username)
+                if found is None:
+                    print(f"no user {args.username!r}", file=sys.stderr)
+                    return 1
+                print(json.dumps(_user_json(found), indent=2))
+            elif args.action == "disable":
+                ended = await admin.disable_user(args.username)
+                if ended is None:
+                    print(f"no user {args.username!r}", file=sys.stderr)
+                    return 1
+                print(f"disabled {args.username}: {ended[0]} sessions ended, {ended[1]} tokens revoked")
+            return 0
+        except ValueError as exc:  # including InvalidUser
+            print(f"imagebridge ehr users {args.action}: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def _users_parser(service: Any) -> None:
+    users = service.add_parser("users", help="people who sign in to the EHR").add_subparsers(
+        dest="action", required=True
+    )
+    add = users.add_parser("add", help="add a patient, proxy or clinician who signs in")
+    add.add_argument("username")
+    add.add_argument(
+        "--fhir-user", required=True, help="Patient/<id>, RelatedPerson/<id> or Practitioner/<id>"
+    )
+    add.add_argument("--name", help="the name shown in the EHR (default: the username)")
+    add.add_argument(
+        "--role",
+        action="append",
+        choices=["patient", "proxy", "clinician"],
+        help="default: the role the fhirUser implies",
+    )
+    source = add.add_mutually_exclusive_group()
+    source.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    source.add_argument("--password-env", metavar="VAR", help="read the password from this variable")
+    for action in ("list", "show", "disable"):
+        sub = users.add_parser(action)
+        if action != "list":
+            sub.add_argument("username")
+    for sub_name in ("add", "list", "show", "disable"):
+        users.choices[sub_name].set_defaults(func=cmd_ehr_users, action=sub_name)
 
 
 def cmd_ehr_studies(args: argparse.Namespace) -> int:

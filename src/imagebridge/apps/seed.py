@@ -83,7 +83,7 @@ def seed_ehr(stack: LocalStack) -> dict[str, SeededClient]:
                 await admin.put_resource(resource)
             users = UserStore(admin.engine)
             for user in demo_data.USERS:
-                await users.put(user.username, user.password, user.fhir_user, user.display_name)
+                await users.put(user.username, user.password, user.fhir_user, user.display_name, (user.role,))
             for c in clients.values():
                 if await admin.clients.get(c.client_id) is None:
                     await admin.add_client(

@@ -41,6 +41,13 @@ class EhrSettings:
     mrn_system: str = "urn:imagebridge:mrn"
     access_token_lifetime: int = 3600
     backend_token_lifetime: int = 300
+    #: Ceiling, in seconds, of an ``online_access`` refresh token, which also ends with the user's
+    #: EHR sign-in (signing out or the session expiring).
+    online_access_lifetime: int = 8 * 3600
+    #: Dynamic registrations (RFC 7591) one client IP address may attempt per window (429 beyond).
+    registration_rate_limit: int = 100
+    #: That window, in seconds.
+    registration_rate_window: int = 3600
     log_level: str = "info"
 
     @property

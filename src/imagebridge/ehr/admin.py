@@ -2,13 +2,14 @@
 
 Registration happens once, here at the EHR: backend services and confidential apps are added
 by an administrator; the imaging system is registered the same way (ARCHITECTURE.md
-"Registration").
+"Registration"). People who sign in (patients, proxies, clinicians) are added here too.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,12 @@ from imagebridge.common import db
 from imagebridge.common.settings import EhrSettings
 from imagebridge.ehr.fhir.store import Store
 from imagebridge.ehr.smart.clients import Client, ClientKind, ClientRegistry
+from imagebridge.ehr.smart.grants import GrantStore
+from imagebridge.ehr.smart.users import InvalidUser, User, UserStore, checked_roles
+from imagebridge.ehr.ui.sessions import SessionStore
+
+#: The shortest password an administrator may set (NIST SP 800-63B §5.1.1.2 asks for at least 8).
+MIN_PASSWORD = 12
 
 
 class Admin:
@@ -26,6 +33,7 @@ class Admin:
         self.engine = db.create_engine(settings.resolved_database_url, pool_size=2)
         self.clients = ClientRegistry(self.engine)
         self.store = Store(self.engine)
+        self.users = UserStore(self.engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -46,21 +54,45 @@ class Admin:
     ) -> Client:
         if kind in ("backend", "confidential") and not (jwks or jwks_uri):
             raise ValueError(f"a {kind} client needs a JWKS (inline or by URL)")
-        client = Client(
-            client_id=client_id,
-            kind=kind,
-            name=name or client_id,
-            scope=scope,
-            jwks=jwks,
-            jwks_uri=jwks_uri,
-            redirect_uris=tuple(redirect_uris),
+        client = replace(
+            Client(client_id, kind, name or client_id, scope, jwks, jwks_uri, tuple(redirect_uris)),
             launch_url=launch_url,
             group_ref=group,
             zero_click=zero_click,
-            enabled=True,
         )
         await self.clients.add(client)
         return client
+
+    async def add_user(
+        self,
+        username: str,
+        password: str,
+        fhir_user: str,
+        *,
+        display_name: str = "",
+        roles: Sequence[str] = (),
+    ) -> User:
+        """A new person who signs in; their ``fhirUser`` must exist in this EHR."""
+        if not username or len(username) > 100 or any(c.isspace() or c == "/" for c in username):
+            raise InvalidUser("a username is 1-100 characters without spaces or slashes")
+        if len(password) < MIN_PASSWORD:
+            raise InvalidUser(f"the password must have at least {MIN_PASSWORD} characters")
+        checked_roles(fhir_user, roles)
+        kind, _, ident = fhir_user.partition("/")
+        if await self.store.read(kind, ident) is None:
+            raise InvalidUser(f"there is no {fhir_user} in this EHR")
+        return await self.users.add(username, password, fhir_user, display_name, roles)
+
+    async def disable_user(self, username: str) -> tuple[int, int] | None:
+        """Stop ``username`` signing in, end their EHR sessions and revoke every token they granted.
+
+        (sessions ended, tokens revoked), or None for an unknown user.
+        """
+        if not await self.users.set_enabled(username, False):
+            return None
+        return await SessionStore(self.engine).end_all(username), await GrantStore(self.engine).revoke_sub(
+            username
+        )
 
     async def put_resource(self, resource: dict[str, Any]) -> dict[str, Any]:
         stored, _ = await self.store.put(resource)

@@ -27,7 +27,8 @@ from imagebridge.ehr.smart.grants import GrantStore
 from imagebridge.ehr.smart.introspection import introspection_endpoint
 from imagebridge.ehr.smart.jwks_fetch import JwksFetcher
 from imagebridge.ehr.smart.keys import SigningKeys
-from imagebridge.ehr.smart.registration import registration_endpoint
+from imagebridge.ehr.smart.ratelimit import Limiter
+from imagebridge.ehr.smart.registration import client_configuration_endpoint, registration_endpoint
 from imagebridge.ehr.smart.replay import DatabaseReplayStore
 from imagebridge.ehr.smart.revocation import revocation_endpoint
 from imagebridge.ehr.smart.token import token_endpoint
@@ -55,6 +56,7 @@ def build_context(settings: EhrSettings) -> EhrContext:
         jwks=JwksFetcher(allow_loopback_http=settings.origin.startswith("http://127.0.0.1")),
         policy=PolicyEngine(store),
         http=http.client(5.0),
+        registrations=Limiter(settings.registration_rate_limit, settings.registration_rate_window),
     )
 
 
@@ -86,6 +88,7 @@ def create_app(settings: EhrSettings) -> Starlette:
         Route("/auth/authorize", authorize_endpoint, methods=["GET", "POST"]),
         Route("/auth/revoke", revocation_endpoint, methods=["POST"]),
         Route("/auth/register", registration_endpoint, methods=["POST"]),
+        Route("/auth/register/{client_id}", client_configuration_endpoint, methods=["GET", "PUT", "DELETE"]),
         *pages.routes,
         *bulk_routes.routes,  # before rest.routes: "/fhir/$export" would match "/fhir/{type}"
         *rest.routes,

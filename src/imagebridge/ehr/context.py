@@ -14,6 +14,7 @@ from imagebridge.ehr.smart.clients import ClientRegistry
 from imagebridge.ehr.smart.grants import GrantStore
 from imagebridge.ehr.smart.jwks_fetch import JwksFetcher
 from imagebridge.ehr.smart.keys import SigningKeys
+from imagebridge.ehr.smart.ratelimit import Limiter
 from imagebridge.ehr.smart.replay import DatabaseReplayStore
 
 
@@ -29,6 +30,8 @@ class EhrContext:
     jwks: JwksFetcher
     policy: PolicyEngine
     http: httpx.AsyncClient
+    #: Dynamic registrations per client IP address (``registration_rate_limit`` per window).
+    registrations: Limiter
 
     @property
     def token_endpoint(self) -> str:

@@ -35,6 +35,8 @@ clients = Table(
     Column("zero_click", Boolean, nullable=False, default=False),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("created_at", Float, nullable=False),
+    # SHA-256 of the RFC 7592 registration access token (dynamically registered apps only).
+    Column("registration_token", String(64)),
 )
 
 tokens = Table(
@@ -49,6 +51,7 @@ tokens = Table(
     Column("sub", String(300)),
     Column("family", String(64), index=True),  # grant family: refresh rotation and revocation
     Column("context", Text, nullable=False, default="{}"),  # other launch context (JSON)
+    Column("session", String(64), index=True),  # online_access: the EHR sign-in it lives with
     Column("issued_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
@@ -140,6 +143,8 @@ users = Table(
     Column("password_hash", Text, nullable=False),  # argon2id
     Column("fhir_user", String(300), nullable=False),  # Patient/…, RelatedPerson/…, Practitioner/…
     Column("display_name", String(200), nullable=False, default=""),
+    Column("roles", String(200), nullable=False, default=""),  # space-separated: patient proxy clinician
+    Column("enabled", Boolean, nullable=False, default=True),
     Column("created_at", Float, nullable=False),
 )
 

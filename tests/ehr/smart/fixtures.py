@@ -1,9 +1,17 @@
-"""Session fixtures for the authorization-server and UI tests: the shared seeded stack's EHR."""
+"""Session fixtures for the authorization-server and UI tests: the shared seeded stack's EHR, and
+EHR processes of their own for tests that need other settings."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 from tests.conftest import RunningStack
+
+from imagebridge.apps.seed import seed_ehr
+from imagebridge.apps.stack import LocalStack, settings_env, start_service
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +27,16 @@ def origin(ehr: RunningStack) -> str:
 @pytest.fixture(scope="session")
 def fhir_base(ehr: RunningStack) -> str:
     return ehr.fhir_base
+
+
+@contextmanager
+def own_ehr(data_dir: Path, **settings: object) -> Iterator[LocalStack]:
+    """An EHR process of its own (no imaging system) with the demo hospital and ``settings``."""
+    stack = LocalStack(data_dir, extra_ehr_env=settings_env("EHR", settings))
+    stack.provision()
+    seed_ehr(stack)
+    stack.ehr = start_service("ehr", stack.ehr_env(), stack.ehr_settings.origin, data_dir / "ehr.log")
+    try:
+        yield stack
+    finally:
+        stack.stop()

@@ -127,6 +127,13 @@ def exchange(origin: str, app: App, code: str, verifier: str, **extra: str) -> h
     return httpx.post(f"{origin}/auth/token", data=form)
 
 
+def refresh(origin: str, app: App, token: str, **extra: str) -> httpx.Response:
+    return httpx.post(
+        f"{origin}/auth/token",
+        data={"grant_type": "refresh_token", "refresh_token": token, "client_id": app.client_id, **extra},
+    )
+
+
 @dataclass(frozen=True)
 class Authorized:
     """What the app's redirect URI received, and the PKCE verifier the app kept."""
@@ -173,6 +180,12 @@ def code_for(ua: UserAgent, app: App, fhir_base: str, scope: str, **extra: str) 
         page = ua.consent(page)
     assert page.status_code == 303, page.text
     return query_of(page.headers["location"])["code"], verifier
+
+
+def sign_out(ua: UserAgent) -> None:
+    """Press "Sign out" in the EHR's UI."""
+    page = ua.http.get("/ui/apps")
+    assert ua.http.post("/ui/logout", data={"csrf": csrf_of(page)}).status_code == 303
 
 
 def signed_in(origin: str, username: str, password: str) -> UserAgent:

@@ -25,6 +25,7 @@ from tests.ehr.smart.flow import (
     exchange,
     pkce,
     query_of,
+    refresh,
     register,
     register_public,
     signed_in,
@@ -371,21 +372,14 @@ def test_as17_secrets_have_256_bits(alice: UserAgent, app: App, fhir_base: str, 
         assert len(secret) >= 43
 
 
-def _refresh(origin: str, app: App, token: str, **extra: str) -> httpx.Response:
-    return httpx.post(
-        f"{origin}/auth/token",
-        data={"grant_type": "refresh_token", "refresh_token": token, "client_id": app.client_id, **extra},
-    )
-
-
 def test_as18_refresh_scope_and_client(alice: UserAgent, app: App, fhir_base: str, origin: str) -> None:
     code, verifier = code_for(alice, app, fhir_base, SCOPE)
     body = exchange(origin, app, code, verifier).json()
     other = register_public(origin)
-    stolen = _refresh(origin, other, body["refresh_token"])
+    stolen = refresh(origin, other, body["refresh_token"])
     assert stolen.status_code == 400
     assert stolen.json()["error"] == "invalid_grant"
-    same = _refresh(origin, app, body["refresh_token"])
+    same = refresh(origin, app, body["refresh_token"])
     assert same.status_code == 200
     assert set(same.json()["scope"].split()) == set(body["scope"].split())
 
@@ -396,7 +390,7 @@ def test_as19_concurrent_refresh_has_one_winner(
     code, verifier = code_for(alice, app, fhir_base, SCOPE)
     rt = exchange(origin, app, code, verifier).json()["refresh_token"]
     with ThreadPoolExecutor(10) as pool:
-        results = list(pool.map(lambda _: _refresh(origin, app, rt), range(10)))
+        results = list(pool.map(lambda _: refresh(origin, app, rt), range(10)))
     assert sum(r.status_code == 200 for r in results) <= 1
 
 
@@ -408,7 +402,7 @@ def test_as20_revocation(alice: UserAgent, app: App, fhir_base: str, origin: str
         f"{origin}/auth/revoke", data={"token": body["refresh_token"], "client_id": other.client_id}
     )
     assert refused.status_code == 400
-    assert _refresh(origin, app, body["refresh_token"]).status_code == 200  # refused means left alone
+    assert refresh(origin, app, body["refresh_token"]).status_code == 200  # refused means left alone
     unknown = httpx.post(f"{origin}/auth/revoke", data={"token": "nope", "client_id": app.client_id})
     assert unknown.status_code == 200
 
@@ -421,7 +415,7 @@ def test_as20_revoke_refresh_kills_family(alice: UserAgent, app: App, fhir_base:
         data={"token": body["refresh_token"], "token_type_hint": "refresh_token", "client_id": app.client_id},
     )
     assert revoked.status_code == 200
-    assert _refresh(origin, app, body["refresh_token"]).status_code == 400
+    assert refresh(origin, app, body["refresh_token"]).status_code == 400
     auth = {"Authorization": f"Bearer {body['access_token']}"}
     assert httpx.get(f"{fhir_base}/Patient/alice", headers=auth).status_code == 401
 
@@ -439,7 +433,7 @@ def test_as20_connected_apps_page_revokes(app: App, fhir_base: str, origin: str)
                 bob.http.post("/ui/apps/revoke", data={"csrf": csrf_of(page), "family": family}).status_code
                 == 303
             )
-        assert _refresh(origin, app, body["refresh_token"]).status_code == 400
+        assert refresh(origin, app, body["refresh_token"]).status_code == 400
         auth = {"Authorization": f"Bearer {body['access_token']}"}
         assert httpx.get(f"{fhir_base}/Patient/bob", headers=auth).status_code == 401
         with signed_in(origin, "alice", "alice-demo-2024") as alice:

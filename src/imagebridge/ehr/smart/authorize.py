@@ -25,6 +25,7 @@ from starlette.responses import RedirectResponse, Response
 from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
 from imagebridge.common.tokens import new_secret
 from imagebridge.ehr.context import EhrContext
+from imagebridge.ehr.smart import online
 from imagebridge.ehr.smart.clients import Client
 from imagebridge.ehr.smart.codes import CodeStore, LaunchStore
 from imagebridge.ehr.smart.forms import read_form
@@ -254,6 +255,7 @@ async def approve(ctx: EhrContext, pending: Pending, user: User, scope: str) -> 
         "fhir_user": user.fhir_user,
         "sub": user.username,
         "nonce": pending.nonce,
+        "session": online.bound_session(scope, pending.session),
         "context": {
             "need_patient_banner": pending.launched,
             "smart_style_url": f"{ctx.settings.origin}/ui/smart-style.json",

@@ -25,13 +25,15 @@ class Client:
     kind: ClientKind
     name: str
     scope: str
-    jwks: dict[str, Any] | None
-    jwks_uri: str | None
-    redirect_uris: tuple[str, ...]
-    launch_url: str | None
-    group_ref: str | None
-    zero_click: bool
-    enabled: bool
+    jwks: dict[str, Any] | None = None
+    jwks_uri: str | None = None
+    redirect_uris: tuple[str, ...] = ()
+    launch_url: str | None = None
+    group_ref: str | None = None
+    zero_click: bool = False
+    enabled: bool = True
+    #: SHA-256 of the RFC 7592 registration access token; None for clients an administrator added.
+    registration_token: str | None = None
 
 
 class ClientRegistry:
@@ -58,11 +60,18 @@ class ClientRegistry:
         async with self.engine.begin() as conn:
             await conn.execute(insert(clients).values(**_row(client), created_at=time.time()))
 
-    async def replace(self, client: Client) -> None:
+    async def replace_registered(self, client: Client, token_digest: str) -> bool:
+        """Store ``client`` if its registration access token is still ``token_digest`` (RFC 7592).
+
+        Compare-and-swap, so two requests with the same token cannot both succeed.
+        """
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(clients).where(clients.c.client_id == client.client_id).values(**_row(client))
+            done = await conn.execute(
+                update(clients)
+                .where(clients.c.client_id == client.client_id, clients.c.registration_token == token_digest)
+                .values(**_row(client))
             )
+        return done.rowcount == 1
 
     async def set_enabled(self, client_id: str, enabled: bool) -> bool:
         async with self.engine.begin() as conn:
@@ -85,6 +94,7 @@ def _row(client: Client) -> dict[str, Any]:
         "group_ref": client.group_ref,
         "zero_click": client.zero_click,
         "enabled": client.enabled,
+        "registration_token": client.registration_token,
     }
 
 
@@ -101,4 +111,5 @@ def _client(row: dict[str, Any]) -> Client:
         group_ref=row["group_ref"],
         zero_click=bool(row["zero_click"]),
         enabled=bool(row["enabled"]),
+        registration_token=row["registration_token"],
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagebridge.common.tokens import digest, new_secret
@@ -33,6 +33,8 @@ class Grant:
     family: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     revoked: bool = False
+    #: online_access: the digest of the EHR sign-in session the grant lives with.
+    session: str | None = None
 
     def active(self, now: float | None = None) -> bool:
         return not self.revoked and (now or time.time()) < self.expires_at
@@ -58,6 +60,7 @@ class GrantStore:
                     sub=grant.sub,
                     family=grant.family,
                     context=orjson.dumps(grant.context).decode(),
+                    session=grant.session,
                     issued_at=grant.issued_at,
                     expires_at=grant.expires_at,
                     revoked=False,
@@ -91,6 +94,7 @@ class GrantStore:
             family=row["family"],
             context=orjson.loads(row["context"] or "{}"),
             revoked=bool(row["revoked"]),
+            session=row["session"],
         )
 
     async def revoke(self, secret: str) -> None:
@@ -100,6 +104,21 @@ class GrantStore:
     async def revoke_family(self, family: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(update(tokens).where(tokens.c.family == family).values(revoked=True))
+
+    async def revoke_sub(self, sub: str) -> int:
+        """Revoke every token a user's authorizations produced; how many were live."""
+        return await self._revoke(tokens.c.sub == sub)
+
+    async def revoke_client(self, client_id: str) -> int:
+        """Revoke every token issued to a client; how many were live."""
+        return await self._revoke(tokens.c.client_id == client_id)
+
+    async def _revoke(self, which: ColumnElement[bool]) -> int:
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(tokens).where(which, tokens.c.revoked.is_(False)).values(revoked=True)
+            )
+        return int(done.rowcount)
 
     async def families_of(self, sub: str) -> list[tuple[str, str, str]]:
         """(family, client_id, scope) of each live grant a user made ("connected apps")."""

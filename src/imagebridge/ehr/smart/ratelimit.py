@@ -1,11 +1,12 @@
-"""Failed-attempt rate limiting of the login form and the token endpoint (RFC 6749 §10.10, RFC 6819).
-
-RFC 6819 §4.4.1.3 (online guessing of codes), §4.5.3, §4.6.3.
+"""Rate limiting of the login form, the token endpoint and dynamic registration (RFC 6749 §10.10,
+RFC 6819 §4.4.1.3 online guessing of codes, §4.5.3, §4.6.3; RFC 7591 §5 registration flooding).
 
 In memory, per process (a deployment with N workers allows N times the budget; documented in
-docs/smart-app-developers.md). Only failures count: after ``limit`` failures for one key within
-``window`` seconds further attempts get 429 with ``Retry-After`` until the oldest failure ages out.
-Keys: the username at login, the client_id at the token endpoint.
+docs/smart-app-developers.md). After ``limit`` counted attempts for one key within ``window``
+seconds further attempts get 429 with ``Retry-After`` until the oldest one ages out. What counts:
+failures at login (key: the username) and at the token endpoint (key: the client_id); every
+registration request (key: the client's IP address, as the socket reports it: forwarding headers
+are never trusted).
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from starlette.responses import Response
 
-class FailureLimiter:
+from imagebridge.common.responses import JSONResponse
+from imagebridge.ehr.smart.oauth_errors import NO_STORE
+
+
+class Limiter:
     def __init__(self, limit: int, window: float, max_keys: int = 100_000) -> None:
         self.limit = limit
         self.window = window
@@ -28,7 +34,7 @@ class FailureLimiter:
             return 0
         return max(1, int(recent[0] + self.window - time.monotonic()) + 1)
 
-    def failed(self, key: str) -> None:
+    def count(self, key: str) -> None:
         if len(self._failures) >= self.max_keys:
             self._failures.clear()  # bounded memory under a flood of distinct keys
         self._recent(key).append(time.monotonic())
@@ -41,7 +47,16 @@ class FailureLimiter:
         return recent
 
 
+def too_many(wait: int) -> Response:
+    """429 with ``Retry-After`` for an OAuth endpoint (never cached)."""
+    return JSONResponse(
+        {"error": "slow_down", "error_description": "too many requests; try again later"},
+        status_code=429,
+        headers={**NO_STORE, "Retry-After": str(wait)},
+    )
+
+
 #: 10 wrong passwords per username per 5 minutes.
-LOGIN = FailureLimiter(limit=10, window=300)
+LOGIN = Limiter(limit=10, window=300)
 #: 30 rejected token requests per client per minute.
-TOKEN = FailureLimiter(limit=30, window=60)
+TOKEN = Limiter(limit=30, window=60)

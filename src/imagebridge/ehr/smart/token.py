@@ -21,24 +21,21 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from imagebridge.common.responses import JSONResponse
 from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
 from imagebridge.common.tokens import same
 from imagebridge.ehr.context import EhrContext
-from imagebridge.ehr.smart import ratelimit
+from imagebridge.ehr.smart import online, ratelimit
 from imagebridge.ehr.smart.client_assertion import InvalidClient, verify_client_assertion
 from imagebridge.ehr.smart.clients import Client
 from imagebridge.ehr.smart.codes import CodeStore
 from imagebridge.ehr.smart.forms import read_form
 from imagebridge.ehr.smart.grants import Grant
 from imagebridge.ehr.smart.id_token import id_token
-from imagebridge.ehr.smart.oauth_errors import NO_STORE, OAuthError, no_store_json
+from imagebridge.ehr.smart.oauth_errors import OAuthError, no_store_json
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: RFC 7636 §4.1: 43–128 unreserved characters.
 VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
-OFFLINE_LIFETIME = 90 * 24 * 3600
-ONLINE_LIFETIME = 8 * 3600
 
 
 async def token_endpoint(request: Request) -> Response:
@@ -51,11 +48,7 @@ async def token_endpoint(request: Request) -> Response:
             limit_key = form.get("client_id") or "-"
             wait = ratelimit.TOKEN.retry_after(limit_key)
             if wait:
-                return JSONResponse(
-                    {"error": "slow_down", "error_description": "too many rejected requests"},
-                    status_code=429,
-                    headers={**NO_STORE, "Retry-After": str(wait)},
-                )
+                return ratelimit.too_many(wait)
         if grant_type == "client_credentials":
             return no_store_json(await client_credentials(ctx, form))
         if grant_type == "authorization_code":
@@ -65,7 +58,7 @@ async def token_endpoint(request: Request) -> Response:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
     except OAuthError as exc:
         if limit_key is not None:
-            ratelimit.TOKEN.failed(limit_key)
+            ratelimit.TOKEN.count(limit_key)
         return exc.response()
 
 
@@ -145,13 +138,10 @@ async def authorization_code(ctx: EhrContext, form: dict[str, str]) -> dict[str,
         sub=grant["sub"],
         family=redemption.family,
         context=grant["context"],
+        session=grant.get("session"),
     )
-    refresh_expiry = None
     scopes = grant["scope"].split()
-    if "offline_access" in scopes:
-        refresh_expiry = base.issued_at + OFFLINE_LIFETIME
-    elif "online_access" in scopes:
-        refresh_expiry = base.issued_at + ONLINE_LIFETIME
+    refresh_expiry = await online.refresh_expiry(ctx, base.scope, base.issued_at, base.session)
     body = await issue_user_tokens(ctx, base, refresh_expiry)
     if "openid" in scopes and ("fhirUser" in scopes or "profile" in scopes):
         body["id_token"] = await id_token(
@@ -191,6 +181,9 @@ async def refresh_token(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]
         await ctx.grants.revoke_family(old.family)  # RFC 9700 §4.14.2: a replay kills the family
     if not old.active():
         raise OAuthError("invalid_grant", "the refresh token is expired or revoked")
+    deadline = await online.refresh_deadline(ctx, old)
+    if deadline is None:
+        raise OAuthError("invalid_grant", "online_access ended: the user signed out of the EHR")
     try:
         held = parse_scopes(old.scope)
         wanted = parse_scopes(form["scope"]) if form.get("scope") else held
@@ -204,7 +197,7 @@ async def refresh_token(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]
             await ctx.grants.revoke_family(old.family)
         raise OAuthError("invalid_grant", "the refresh token was already used")
     base = replace(old, scope=narrowed.to_string(), revoked=False)
-    return await issue_user_tokens(ctx, base, old.expires_at)
+    return await issue_user_tokens(ctx, base, deadline)
 
 
 async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]:

@@ -59,7 +59,7 @@ async def _signed_in(request: Request) -> tuple[Session, User] | None:
     if session is None or session.username is None:
         return None
     user = await UserStore(ctx.engine).get(session.username)
-    return None if user is None else (session, user)
+    return None if user is None or not user.enabled else (session, user)
 
 
 async def _checked_form(request: Request, session: Session | None) -> FormData:
@@ -121,7 +121,7 @@ async def login_submit(request: Request) -> Response:
         return response
     user = await UserStore(ctx.engine).verify(username, str(form.get("password", "")))
     if user is None:
-        ratelimit.LOGIN.failed(username)
+        ratelimit.LOGIN.count(username)
         return render.page(
             "login.html",
             {"csrf": session.csrf, "next": next_url, "error": "Wrong username or password.", "user": None},

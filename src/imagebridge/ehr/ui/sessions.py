@@ -84,6 +84,26 @@ class SessionStore:
         async with self.engine.begin() as conn:
             await conn.execute(delete(browser_sessions).where(browser_sessions.c.digest == session.digest))
 
+    async def end_all(self, username: str) -> int:
+        """Sign ``username`` out everywhere; how many sessions ended."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(delete(browser_sessions).where(browser_sessions.c.username == username))
+        return int(done.rowcount)
+
+    async def expiry(self, digest: str) -> float | None:
+        """When the signed-in session ``digest`` ends, or None if it has ended (signed out or expired)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(browser_sessions.c.expires_at).where(
+                        browser_sessions.c.digest == digest,
+                        browser_sessions.c.username.is_not(None),
+                        browser_sessions.c.expires_at > time.time(),
+                    )
+                )
+            ).first()
+        return None if row is None else float(row.expires_at)
+
 
 def set_cookie(response: Response, cookie: str, secure: bool) -> None:
     response.set_cookie(
