@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,11 +31,12 @@ import httpx
 if not __package__:  # run as a script: make ``bench.*`` importable from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.context import BenchContext
 from bench.load import Send, latencies, percentile, throughput
 from bench.result import Result, Samples, Target, failed
-from bench.standalone import BenchContext, run
+from bench.standalone import run
 
-from imagebridge.apps.stack import ServiceProcess, free_port, settings_env, start_service
+from imagebridge.apps.stack import ServiceProcess, free_port, settings_env
 from imagebridge.common import jose
 from imagebridge.common.settings import EhrSettings
 from imagebridge.common.smart_scopes import parse_scopes
@@ -142,20 +142,17 @@ async def _seed(settings: EhrSettings, patients: int, per_patient: int) -> tuple
 
 
 @contextmanager
-def ehr_under_test(work: Path, *, quick: bool) -> Iterator[EhrUnderTest]:
-    """Seed a fresh EHR under ``work`` and run it as a real process (one worker) until exit."""
-    patients, per_patient = (10, 100) if quick else (100, 100)
-    with tempfile.TemporaryDirectory(dir=work, prefix="ehr-") as tmp:
-        port = free_port()
-        settings = EhrSettings(port=port, data_dir=Path(tmp))
-        migrate(settings)
-        keys, token, per_study = asyncio.run(_seed(settings, patients, per_patient))
-        env = settings_env("EHR", {"port": port, "data_dir": tmp})
-        service = start_service("ehr", env, settings.origin, Path(tmp) / "ehr.log")
-        try:
-            yield EhrUnderTest(settings, service, patients * per_patient, per_patient, keys, token, per_study)
-        finally:
-            service.stop()
+def ehr_under_test(ctx: BenchContext) -> Iterator[EhrUnderTest]:
+    """Seed a fresh EHR in ``ctx.scratch("ehr")`` and run it as a real process (one worker)."""
+    patients, per_patient = (10, 100) if ctx.quick else (100, 100)
+    data = ctx.scratch("ehr")
+    port = free_port()
+    settings = EhrSettings(port=port, data_dir=data)
+    migrate(settings)
+    keys, token, per_study = asyncio.run(_seed(settings, patients, per_patient))
+    env = settings_env("EHR", {"port": port, "data_dir": data})
+    with ctx.service("ehr", env, settings.origin, data / "ehr.log") as service:
+        yield EhrUnderTest(settings, service, patients * per_patient, per_patient, keys, token, per_study)
 
 
 def _token_request(ehr: EhrUnderTest, client_id: str, count: int) -> Send:
@@ -264,10 +261,11 @@ def _search(ehr: EhrUnderTest, count: int, repeats: int) -> list[Result]:
     params = {"patient": PATIENT, "_include": "ImagingStudy:endpoint"}
     scenario = f"EHR ImagingStudy?patient&_include at {ehr.studies:,} studies"
     with httpx.Client(headers={"Authorization": f"Bearer {ehr.patient_token}"}, timeout=30) as http:
-        bundle = http.get(url, params=params).json()
+        response = http.get(url, params=params)
+        bundle = response.json()
         expected = ehr.per_patient - ehr.per_patient // 10
-        if bundle.get("total") != expected:
-            reason = f"expected total {expected}, got {bundle.get('total')}"
+        if response.status_code != 200 or bundle.get("total") != expected:
+            reason = f"expected total {expected}, got HTTP {response.status_code}: {response.text[:300]}"
             return [failed(scenario, "p50", "ms", "lower", reason)]
         latencies(lambda: http.get(url, params=params), count // 4)  # warm-up
         runs = [latencies(lambda: http.get(url, params=params), count) for _ in range(repeats)]
@@ -298,25 +296,28 @@ def _search(ehr: EhrUnderTest, count: int, repeats: int) -> list[Result]:
 
 
 def measure(ctx: BenchContext) -> list[Result]:
-    """Every EHR scenario; one that cannot run is reported as failed, never dropped."""
+    """Every EHR scenario ``ctx`` wants; one that cannot run is reported as failed, never dropped."""
     tokens, introspections, searches = (150, 300, 100) if ctx.quick else (600, 1200, 300)
+    scenarios: list[tuple[str, Callable[[EhrUnderTest], list[Result]]]] = [
+        ("EHR backend tokens/s (RS384)", lambda ehr: [_tokens(ehr, "RS384", tokens, ctx.repeats)]),
+        ("EHR backend tokens/s (ES384)", lambda ehr: [_tokens(ehr, "ES384", tokens, ctx.repeats)]),
+        ("EHR introspections/s", lambda ehr: [_introspections(ehr, introspections, ctx.repeats)]),
+        ("EHR ImagingStudy search", lambda ehr: _search(ehr, searches, ctx.repeats)),
+    ]
+    wanted = [(name, scenario) for name, scenario in scenarios if ctx.wants(name)]
+    if not wanted:
+        return []
+    results: list[Result] = []
     try:
-        with ehr_under_test(ctx.work, quick=ctx.quick) as ehr:
-            results = []
-            scenarios: list[tuple[str, Callable[[], list[Result]]]] = [
-                ("EHR backend tokens/s (RS384)", lambda: [_tokens(ehr, "RS384", tokens, ctx.repeats)]),
-                ("EHR backend tokens/s (ES384)", lambda: [_tokens(ehr, "ES384", tokens, ctx.repeats)]),
-                ("EHR introspections/s", lambda: [_introspections(ehr, introspections, ctx.repeats)]),
-                ("EHR ImagingStudy search", lambda: _search(ehr, searches, ctx.repeats)),
-            ]
-            for name, scenario in scenarios:
+        with ehr_under_test(ctx) as ehr:
+            for name, scenario in wanted:
                 try:
-                    results.extend(scenario())
+                    results.extend(scenario(ehr))
                 except (httpx.HTTPError, RuntimeError, KeyError, ValueError) as exc:
                     results.append(failed(name, "-", "-", "higher", f"{type(exc).__name__}: {exc}"))
-            return results
     except (RuntimeError, OSError) as exc:
-        return [failed("EHR (all scenarios)", "-", "-", "higher", f"the EHR did not start: {exc}")]
+        results.append(failed("EHR (all scenarios)", "-", "-", "higher", f"the EHR did not start: {exc}"))
+    return results
 
 
 if __name__ == "__main__":

@@ -1,51 +1,33 @@
 """Running one scenario module of bench/ on its own (``python bench/<module>.py [--quick]``),
-without ``bench/run``: a temporary work folder, the Results printed."""
+without ``bench/run``: a temporary work folder, every process stopped at the end, Results printed."""
 
 from __future__ import annotations
 
 import argparse
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
+from bench.context import BenchContext
 from bench.result import Result
 
 
-class BenchContext(Protocol):
-    """What the scenario modules need of ``bench/run``'s context."""
-
-    quick: bool
-    repeats: int
-    work: Path
-
-
-@dataclass
-class _Context:
-    quick: bool
-    repeats: int
-    work: Path
-
-
-def run(
-    measure: Callable[[BenchContext], list[Result]], description: str, argv: list[str] | None = None
-) -> None:
-    """Parse ``--quick``/``--repeats``, measure in a temporary folder and print each Result."""
+def run(measure: Callable[[BenchContext], list[Result]], description: str) -> None:
+    """Parse ``--quick``/``--repeats``/``--only``, measure in a temporary folder, print each Result."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
-        ctx = _Context(args.quick, args.repeats or (3 if args.quick else 5), Path(work))
-        for result in measure(ctx):
-            ours = result.ours.summary() if result.ours else None
-            peer = (
-                f"; {result.peer_name} {result.peer.summary()}; ratio {result.ratio():.2f}"
-                if result.peer
-                else ""
-            )
-            verdict = {True: "met", False: "NOT met", None: "-"}[result.verdict()]
-            print(f"{result.scenario} [{result.metric}] {result.status}: {ours} {result.unit}{peer}")
-            print(f"    target {verdict}")
-            print(f"    {result.note}")
+        ctx = BenchContext(args.quick, args.repeats or (3 if args.quick else 5), Path(work), args.only)
+        try:
+            results = measure(ctx)
+        finally:
+            ctx.stop_all()
+    for result in results:
+        ours = result.ours.summary() if result.ours else None
+        peer = f"; {result.peer_name} {result.peer.summary()}" if result.peer else ""
+        verdict = {True: "met", False: "NOT met", None: "-"}[result.verdict()]
+        print(f"{result.scenario} [{result.metric}] {result.status}: {ours} {result.unit}{peer}")
+        print(f"    target {verdict}; {result.note}")

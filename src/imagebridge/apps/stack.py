@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -66,12 +67,14 @@ def settings_env(prefix: str, values: dict[str, object]) -> dict[str, str]:
     }
 
 
-def start_service(name: str, env: dict[str, str], url: str, log_path: Path, *args: str) -> ServiceProcess:
-    """Start ``imagebridge <name> serve`` and wait until ``/healthz`` answers."""
+def start_service(
+    name: str, env: dict[str, str], url: str, log_path: Path, *args: str, command: Sequence[str] = ()
+) -> ServiceProcess:
+    """Start ``imagebridge <name> serve`` (or ``command``) and wait until ``/healthz`` answers."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log: IO[bytes] = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "imagebridge", name, "serve", *args],
+        list(command) or [sys.executable, "-m", "imagebridge", name, "serve", *args],
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
