@@ -137,7 +137,8 @@ class FrameSource:
         return await pixels.in_worker(work)
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
+async def once(data: bytes) -> AsyncIterator[bytes]:
+    """A part body of one chunk."""
     yield data
 
 
@@ -164,10 +165,10 @@ async def retrieve_frames(
             bodies = [blobs.open(row.blob_key, start, end) for start, end in ranges]
         else:
             first = await source.decoded(numbers[0])
-            bodies = [_once(first), *(_lazy(source.decoded, n) for n in numbers[1:])]
+            bodies = [once(first), *(_lazy(source.decoded, n) for n in numbers[1:])]
     else:
         first = await source.compressed(numbers[0])
-        bodies = [_once(first), *(_lazy(source.compressed, n) for n in numbers[1:])]
+        bodies = [once(first), *(_lazy(source.compressed, n) for n in numbers[1:])]
     mark = boundary()
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:

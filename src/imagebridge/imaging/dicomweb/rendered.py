@@ -1,6 +1,10 @@
 """WADO-RS rendered resources: ``…/rendered`` and ``…/thumbnail`` (PS3.18 §10.4.1.1.4, §8.3.5.1).
 
 Consumer-ready images of one frame in ``image/jpeg`` (default), ``image/png`` or ``image/gif``.
+Rendered Study and Rendered Series (mandatory resources of PS3.18 Table 10.3-2) contain the
+rendered instances of the study or series: a ``multipart/related`` body with one image per
+instance that has pixel data, each what the instance's own ``/rendered`` answers, rendered one
+at a time while the response streams (memory does not grow with the study).
 Grayscale frames pass through the Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence),
 then the VOI LUT: the ``window`` query parameter if given, else the instance's VOI LUT Sequence or
 Window Center/Width (with VOI LUT Function), else the frame's own range; MONOCHROME1 is inverted so
@@ -17,7 +21,7 @@ in. Decoding is bounded by the pixel budget of :mod:`pixels` (413 beyond it).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,19 +30,22 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from imagebridge.imaging.archive.blobs import BlobStore
 from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import pixels
 from imagebridge.imaging.dicomweb.errors import DicomwebError
-from imagebridge.imaging.dicomweb.frames import admitted_rows, parse_frame_list
-from imagebridge.imaging.dicomweb.media import NotAcceptable, Offer, negotiate
+from imagebridge.imaging.dicomweb.frames import admitted_rows, once, parse_frame_list
+from imagebridge.imaging.dicomweb.media import MULTIPART_RELATED, NotAcceptable, Offer, negotiate
+from imagebridge.imaging.dicomweb.multipart import boundary, related_stream
 from imagebridge.imaging.gate.gate import Access
 
 OFFERS = (Offer("image/jpeg"), Offer("image/png"), Offer("image/gif"))
 """Rendered media types, default first (PS3.18 Table 8.7.4-1 single-frame types)."""
+RELATED_OFFERS = tuple(Offer(MULTIPART_RELATED, offer.media_type) for offer in OFFERS)
+"""Rendered Study and Series: one rendered image per part."""
 _PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
 MAX_VIEWPORT = 8192
 THUMBNAIL_SIZE = 128
@@ -106,14 +113,33 @@ def parse_viewport(text: str) -> Viewport:
     return Viewport(width, height, source)
 
 
+def _image_media_type(accept: str | None, several: bool) -> str:
+    """The image media type to encode: of the response, or of each part when ``several``.
+
+    For several images ``multipart/related; type="image/…"`` is what PS3.18 asks for; a bare
+    image media range (what dicomweb-client's ``retrieve_series_rendered`` sends) is read as
+    naming the type of the parts. 406 when neither matches.
+    """
+    try:
+        return negotiate(accept, OFFERS).media_type
+    except NotAcceptable as exc:
+        if not several:
+            raise DicomwebError(406, exc.detail) from exc
+    try:
+        return negotiate(accept, RELATED_OFFERS).representation
+    except NotAcceptable as exc:
+        raise DicomwebError(406, NotAcceptable(RELATED_OFFERS, accept).detail) from exc
+
+
 def parse_options(
-    query: QueryParams, accept: str | None, default_viewport: Viewport | None = None
+    query: QueryParams,
+    accept: str | None,
+    default_viewport: Viewport | None = None,
+    *,
+    several: bool = False,
 ) -> RenderOptions:
     """The rendering the request asks for; 400 for malformed parameters, 406 for Accept."""
-    try:
-        media_type = negotiate(accept, OFFERS).media_type
-    except NotAcceptable as exc:
-        raise DicomwebError(406, exc.detail) from exc
+    media_type = _image_media_type(accept, several)
     quality = 90
     if "quality" in query:
         text = query["quality"].strip()
@@ -237,7 +263,20 @@ def encode(pixels8: np.ndarray, options: RenderOptions) -> bytes:
 def render_frame(blobs: BlobStore, row: InstanceRow, number: int | None, options: RenderOptions) -> bytes:
     """Decode, window and encode one frame (1-based; None = the middle frame). Worker thread only."""
     fp = pixels.open_blob(blobs, row.blob_key, row.size)
+    return _render_open(fp, pixels.read_header(fp), number, options)
+
+
+def render_if_image(blobs: BlobStore, row: InstanceRow, options: RenderOptions) -> bytes | None:
+    """Frame 1 of ``row`` rendered, or None when the instance has no pixel data (an SR, a
+    presentation state…: nothing to render in an image media type). Worker thread only."""
+    fp = pixels.open_blob(blobs, row.blob_key, row.size)
     header = pixels.read_header(fp)
+    return _render_open(fp, header, 1, options) if header.has_pixels else None
+
+
+def _render_open(
+    fp: io.BufferedReader, header: pixels.PixelHeader, number: int | None, options: RenderOptions
+) -> bytes:
     header.check_frame_budget()
     if number is None:
         number = (header.frames + 1) // 2
@@ -255,11 +294,55 @@ async def render(blobs: BlobStore, row: InstanceRow, number: int | None, options
     return Response(body, media_type=options.media_type)
 
 
-async def rendered_endpoint(ctx: ImagingContext, access: Access, request: Request) -> Response:
-    """``GET …/instances/{instance}[/frames/{frame}]/rendered``: instance level renders frame 1.
+async def render_several(
+    ctx: ImagingContext, rows: Sequence[InstanceRow], options: RenderOptions
+) -> Response:
+    """Rendered Study / Series: one part per instance with pixel data, in series/instance order.
 
-    Study and series ``/rendered`` (multi-image results) are not offered; see the conformance page.
+    Instances are rendered one at a time as the body streams. The first image is rendered before
+    the response starts, so a decoding failure there is a clean 4xx (404 when no instance has
+    pixel data); a later instance that cannot be rendered ends the body without its closing
+    delimiter, never a shorter study presented as complete.
     """
+    pending = iter(rows)
+    first: tuple[InstanceRow, bytes] | None = None
+    for row in pending:
+        image = await pixels.in_worker(render_if_image, ctx.blobs, row, options)
+        if image is not None:
+            first = (row, image)
+            break
+    if first is None:
+        raise DicomwebError(404, "no instance here has pixel data to render")
+    first_row, first_image = first
+    base = ctx.settings.dicomweb_base
+
+    def headers(row: InstanceRow) -> dict[str, str]:
+        location = f"{base}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}/rendered"
+        return {"Content-Type": options.media_type, "Content-Location": location}
+
+    async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        yield headers(first_row), once(first_image)
+        for row in pending:
+            image = await pixels.in_worker(render_if_image, ctx.blobs, row, options)
+            if image is not None:
+                yield headers(row), once(image)
+
+    mark = boundary()
+    return StreamingResponse(
+        related_stream(parts(), mark),
+        media_type=Offer(MULTIPART_RELATED, options.media_type).content_type(mark),
+    )
+
+
+async def rendered_endpoint(ctx: ImagingContext, access: Access, request: Request) -> Response:
+    """``GET …/rendered`` at study, series, instance and frame level (PS3.18 §10.4.1.1.4).
+
+    Instance level renders frame 1, frame level the one frame named; study and series level
+    answer every instance (:func:`render_several`). Same parameters and gate at every level.
+    """
+    if "instance" not in request.path_params:
+        options = parse_options(request.query_params, request.headers.get("accept"), several=True)
+        return await render_several(ctx, await admitted_rows(ctx, access, request), options)
     number = 1
     if "frames" in request.path_params:
         numbers = parse_frame_list(request.path_params["frames"])

@@ -104,8 +104,10 @@ routes: list[BaseRoute] = [
 _FRAMES = f"{_INSTANCE}/frames/{{frames}}"
 routes += [
     Route(_FRAMES, gated(frames.frames_endpoint), methods=["GET"]),
-    Route(f"{_INSTANCE}/rendered", gated(rendered.rendered_endpoint), methods=["GET"]),
-    Route(f"{_FRAMES}/rendered", gated(rendered.rendered_endpoint), methods=["GET"]),
+    *(
+        Route(f"{resource}/rendered", gated(rendered.rendered_endpoint), methods=["GET"])
+        for resource in (_STUDY, _SERIES, _INSTANCE, _FRAMES)
+    ),
     *(
         Route(f"{resource}/thumbnail", gated(rendered.thumbnail_endpoint), methods=["GET"])
         for resource in (_STUDY, _SERIES, _INSTANCE, _FRAMES)
