@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import pydicom
 import pytest
+from tests.imaging.archive.archive_stack import instance
 
 from imagebridge.imaging.archive.ingest import OUT_OF_RESOURCES, InstanceRejected, spool
 
@@ -41,3 +44,26 @@ def test_a_dropped_client_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConnectionResetError):
         anyio.run(spool, _chunks(b"x" * 1000, 100, ConnectionResetError()), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def _meta_first() -> bytes:
+    """File Meta Information then a data set, no preamble (pydicom ``dcmwrite`` default)."""
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, instance(rows=2, columns=2))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("size", [1, 5, 131, 132, 133, 65536])
+def test_a_part_without_preamble_is_completed_whatever_the_chunking(tmp_path: Path, size: int) -> None:
+    data = _meta_first()
+    whole = anyio.run(spool, _chunks(data, len(data)), tmp_path).path.read_bytes()
+    assert whole.startswith(bytes(128) + b"DICM\x02\x00\x00\x00UL")  # Group Length added first
+    spooled = anyio.run(spool, _chunks(data, size), tmp_path)
+    assert spooled.path.read_bytes() == whole
+    assert (spooled.size, spooled.sha256) == (len(whole), hashlib.sha256(whole).hexdigest())
+
+
+@pytest.mark.parametrize("data", [b"", b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00ZZ" + b"x" * 200, b"short"])
+def test_short_or_broken_starts_are_kept_for_the_guard_to_refuse(tmp_path: Path, data: bytes) -> None:
+    stored = anyio.run(spool, _chunks(data, 3), tmp_path).path.read_bytes()
+    assert stored == bytes(min(128, len(data))) + data[128:]

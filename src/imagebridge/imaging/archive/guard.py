@@ -97,7 +97,10 @@ def scan(path: Path, *, max_inflated_bytes: int) -> str:
     with path.open("rb") as fh:
         fh.seek(128)
         if size < 132 or fh.read(4) != b"DICM":
-            raise Malformed("not a DICOM PS3.10 file (no 'DICM' prefix after the 128-byte preamble)")
+            raise Malformed(
+                "not a DICOM PS3.10 file: no 'DICM' prefix after a 128-byte preamble and no File Meta "
+                "Information at the start (a data set without it has no known transfer syntax)"
+            )
         ts = _meta(_Reader(fh, size, little=True))
         if not UID(ts).is_transfer_syntax:
             raise Malformed(f"transfer syntax {ts!r} is not supported", unsupported_syntax=True)

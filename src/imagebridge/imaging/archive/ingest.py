@@ -4,13 +4,22 @@ The part body is spooled to disk as it arrives (memory does not grow with instan
 its SHA-256 is computed; its structure is checked (:mod:`.guard`), then the header is parsed
 without loading pixel data; required UIDs are validated (PS3.5 §9.1) before anything is
 indexed. Failures carry the PS3.18 Annex I failure reason code the STOW response reports.
+
+A part that starts with File Meta Information but lacks the 128-byte preamble and ``DICM``
+(what pydicom's ``dcmwrite`` writes by default for a data set made in memory, and so what
+dicomweb-client's ``store_instances`` sends) is completed into a PS3.10 file (PS3.10 §7.1): zero
+preamble, ``DICM``, the File Meta Information with its missing Type 1 elements added (Group
+Length, Version, Implementation Class UID); the data set bytes follow exactly as sent. A data
+set with no File Meta Information at all is refused: its transfer syntax is unknown.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
+import struct
 import tempfile
 import warnings
 from collections.abc import AsyncIterator
@@ -20,8 +29,11 @@ from typing import Any
 
 import anyio
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
 
 from imagebridge.imaging.archive import guard
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
@@ -84,15 +96,104 @@ class ParsedInstance:
 
 
 PREAMBLE = 128  # PS3.10 §7.1: the File Preamble, then "DICM"
+PREFIX = b"DICM"
+#: Longest File Meta Information group we complete for a part sent without a preamble.
+MAX_FILE_META = 64 * 1024
+_LONG_VRS = frozenset(vr.encode() for vr in guard.LONG_VRS)
+_VRS = _LONG_VRS | {vr.encode() for vr in guard.SHORT_VRS}
+
+
+def _meta_end(head: bytes, final: bool) -> int | None:
+    """Where the File Meta Information group (0002,xxxx) at the start of ``head`` ends.
+
+    None when more bytes are needed; ValueError when it is not a well-formed group.
+    """
+    pos = 0
+    while True:
+        if pos == len(head) and final:
+            return pos
+        if len(head) < pos + 8:
+            if final:
+                raise ValueError("the part ends inside its File Meta Information")
+            return None
+        if head[pos : pos + 2] != b"\x02\x00":
+            return pos
+        vr = bytes(head[pos + 4 : pos + 6])
+        if vr in _LONG_VRS:
+            if len(head) < pos + 12:
+                if final:
+                    raise ValueError("the part ends inside its File Meta Information")
+                return None
+            pos += 12 + struct.unpack_from("<L", head, pos + 8)[0]
+        elif vr in _VRS:
+            pos += 8 + struct.unpack_from("<H", head, pos + 6)[0]
+        else:
+            raise ValueError("not a File Meta Information element")
+        if pos > MAX_FILE_META:
+            raise ValueError("File Meta Information too long")
+
+
+def _completed_meta(meta: bytes) -> bytes:
+    """Preamble, ``DICM`` and ``meta`` with its missing Type 1 elements added (PS3.10 Table
+    7.1-1); the meta as sent when it cannot be read (the structural check then says why)."""
+    out = DicomBytesIO()
+    out.write(bytes(PREAMBLE) + PREFIX)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = read_dataset(io.BytesIO(meta), is_implicit_VR=False, is_little_endian=True)
+            write_file_meta_info(out, FileMetaDataset(dataset), enforce_standard=True)
+    except Exception:  # pydicom raises many types on malformed input
+        return bytes(PREAMBLE) + PREFIX + meta
+    return out.getvalue()
+
+
+def file_start(head: bytes, final: bool) -> bytes | None:
+    """The first bytes to store for a part starting with ``head`` (None: need more bytes).
+
+    A PS3.10 file gets a zeroed preamble (PS3.10 §7.5 gives it no meaning; security.md DI-10); a
+    part starting with File Meta Information is completed into a PS3.10 file (module docstring);
+    anything else is kept with its first 128 bytes zeroed, for the structural check to refuse.
+    """
+    if len(head) < PREAMBLE + len(PREFIX) and not final:
+        return None
+    if head[PREAMBLE : PREAMBLE + len(PREFIX)] == PREFIX:
+        return bytes(PREAMBLE) + head[PREAMBLE:]
+    if head[:2] == b"\x02\x00" and head[4:6] in _VRS:
+        try:
+            end = _meta_end(head, final)
+        except ValueError:
+            end = -1
+        if end is None:
+            return None
+        if end >= 0:
+            return _completed_meta(head[:end]) + head[end:]
+    return bytes(min(PREAMBLE, len(head))) + head[PREAMBLE:]
+
+
+async def _normalised(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body`` with its start replaced by :func:`file_start` (at most a meta group buffered)."""
+    head: bytes | None = b""
+    async for chunk in body:
+        if head is None:
+            yield chunk
+            continue
+        head += chunk
+        start = file_start(head, final=False)
+        if start is not None:
+            head = None
+            yield start
+    if head is not None:  # the part ended before its start could be judged
+        yield file_start(head, final=True) or b""
 
 
 async def spool(body: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
     """Write a part body to a temporary file in ``directory``, hashing it as it goes.
 
-    The 128-byte File Preamble is written as zeros (PS3.10 §7.5 allows any content there, and
-    security.md DI-10 shows why it must not be kept): the stored file, and its SHA-256, are the
-    original bytes with a zeroed preamble. The file is removed if anything goes wrong, including
-    the client disconnecting (security.md FT-11); a full disk fails with :data:`OUT_OF_RESOURCES`.
+    The start of the file is normalised by :func:`file_start` (zeroed preamble; a preamble-less
+    part completed into PS3.10): the stored file, and its SHA-256, are the original bytes from the
+    File Meta Information on. The file is removed if anything goes wrong, including the client
+    disconnecting (security.md FT-11); a full disk fails with :data:`OUT_OF_RESOURCES`.
     """
     digest = hashlib.sha256()
     size = 0
@@ -101,10 +202,7 @@ async def spool(body: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
     path = Path(name)
     try:
         async with await anyio.open_file(path, "wb") as fh:
-            async for chunk in body:
-                if size < PREAMBLE:
-                    zeroed = min(PREAMBLE - size, len(chunk))
-                    chunk = bytes(zeroed) + chunk[zeroed:]
+            async for chunk in _normalised(body):
                 digest.update(chunk)
                 size += len(chunk)
                 await fh.write(chunk)
