@@ -2,12 +2,15 @@
 
 Blobs are content-addressed (SHA-256 of the bytes): storage paths never derive from UIDs
 (security.md DI-06), identical re-sends are idempotent, and an unreferenced blob can be swept.
-A blob is durable before ``put`` returns (file and directory fsync).
+A blob is durable before ``put`` returns (file and directory fsync). The local store may live on
+another file system than the STOW spool (a separate volume for images): blobs are then copied in.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -70,10 +73,30 @@ class LocalBlobStore:
             _fsync_dir(target.parent)  # an earlier put may have crashed before its directory fsync
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        with source.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(source, target)
+        if source.stat().st_dev != self.root.stat().st_dev:
+            self._copy_in(source, target)
+        else:
+            with source.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(source, target)
         _fsync_dir(target.parent)
+
+    def _copy_in(self, source: Path, target: Path) -> None:
+        """The spooled file is on another file system (a rename would fail with EXDEV): copy it
+        into this store's own spool, fsync, then rename. A failed write or fsync (disk full,
+        EIO) leaves no file behind and raises: the instance is never acknowledged."""
+        fd, name = tempfile.mkstemp(dir=self.spool, suffix=".part")
+        copy = Path(name)
+        try:
+            with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(copy, target)
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
+        source.unlink(missing_ok=True)
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         remaining = None if end is None else end - start

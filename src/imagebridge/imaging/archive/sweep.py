@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagebridge.common import db
 from imagebridge.common.settings import ImagingSettings
-from imagebridge.imaging.archive.blobs import BlobStore, open_blob_store
+from imagebridge.imaging.archive.blobs import BlobStore, LocalBlobStore, open_blob_store
 from imagebridge.imaging.tables import instances
 
 #: Keys checked against the index per query.
@@ -71,10 +71,17 @@ async def _unreferenced(engine: AsyncEngine, keys: Sequence[str]) -> list[str]:
     return [k for k in keys if k not in referenced]
 
 
-def _old_spool_files(spool: Path, cutoff: float) -> list[Path]:
-    if not spool.is_dir():
-        return []
-    return [p for p in spool.iterdir() if p.is_file() and p.stat().st_mtime < cutoff]
+def _old_spool_files(spool: Path, blobs: BlobStore, cutoff: float) -> list[Path]:
+    """Files older than ``cutoff`` in the STOW spool and in a local blob store's own spool
+    (copies in progress when the STOW spool is on another file system)."""
+    folders = [spool, *([blobs.spool] if isinstance(blobs, LocalBlobStore) else [])]
+    return [
+        p
+        for folder in folders
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if p.is_file() and p.stat().st_mtime < cutoff
+    ]
 
 
 async def fsck(engine: AsyncEngine, blobs: BlobStore, spool: Path) -> Report:
@@ -87,7 +94,7 @@ async def fsck(engine: AsyncEngine, blobs: BlobStore, spool: Path) -> Report:
             report.rows += 1
             if not await blobs.exists(row.blob_key):
                 report.dangling.append(str(row.sop_uid))
-    report.spool_files = [p.name for p in _old_spool_files(spool, time.time())]
+    report.spool_files = [p.name for p in _old_spool_files(spool, blobs, time.time())]
     return report
 
 
@@ -107,7 +114,7 @@ async def sweep(
         if not dry_run:
             await blobs.delete(key)
         report.orphans.append(key)
-    for path in _old_spool_files(spool, cutoff):
+    for path in _old_spool_files(spool, blobs, cutoff):
         if not dry_run:
             path.unlink(missing_ok=True)
         report.spool_files.append(path.name)
