@@ -71,6 +71,17 @@ def add_client(running: RunningStack, kind: str, scope: str, group: str | None =
     return client_id
 
 
+def cohort(group_id: str, *patients: str) -> dict[str, Any]:
+    """A Group of patients, as a backend client's registered cohort."""
+    return {
+        "resourceType": "Group",
+        "id": group_id,
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": f"Patient/{p}"}} for p in patients],
+    }
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

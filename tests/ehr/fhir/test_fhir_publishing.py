@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import DCM, add_client, get, issue, put, unique
+from tests.ehr.fhir.ehr_access import DCM, add_client, cohort, get, issue, put, unique
 
 from imagebridge.apps.demo_data import MRN_SYSTEM, RESTRICTED
 
@@ -130,3 +130,26 @@ def test_concurrent_publishes_of_one_study_create_it_once(
     token = issue(running, "demo-app", "patient/ImagingStudy.rs", patient=people[0])
     found = get(running, "ImagingStudy", token, identifier=f"urn:dicom:uid|urn:oid:{uid}").json()
     assert found["total"] == len(found["entry"]) == 1
+
+
+def test_backend_bound_to_a_group_writes_only_within_it(
+    running: RunningStack, people: tuple[str, str]
+) -> None:
+    """Issue 4: a backend client is limited to its registered Group, for writes as for reads; only a
+    client registered without a Group (the publishing imaging system) writes any patient's study.
+    Nor may it enlarge its own cohort."""
+    inside, outside = people
+    group = unique("cohort")
+    put(running, cohort(group, inside))
+    scope = "system/ImagingStudy.cru system/Group.cru"
+    token = issue(running, add_client(running, "backend", scope, f"Group/{group}"), scope)
+    assert _publish(running, token, _study(_uid(), inside)).status_code == 201
+    refused = _publish(running, token, _study(_uid(), outside))
+    assert refused.status_code == 403
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    enlarged = httpx.put(
+        f"{running.fhir_base}/Group/{group}",
+        json=cohort(group, inside, outside),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+    )
+    assert enlarged.status_code == 403

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import accessions, add_client, get, issue, put, study_id, unique
+from tests.ehr.fhir.ehr_access import accessions, add_client, cohort, get, issue, put, study_id, unique
 
 from imagebridge.apps.smart_client import fetch_study, study_uid
 from imagebridge.ehr.policy.consent import CLIENT_SYSTEM
@@ -32,13 +32,7 @@ def table(running: RunningStack) -> Table:
     client_id = add_client(running, "backend", "system/ImagingStudy.rs", f"Group/{group}")
     put(
         running,
-        {
-            "resourceType": "Group",
-            "id": group,
-            "type": "person",
-            "actual": True,
-            "member": [{"entity": {"reference": "Patient/alice"}}],
-        },
+        cohort(group, "alice"),
         {
             "resourceType": "Consent",
             "id": unique("consent"),

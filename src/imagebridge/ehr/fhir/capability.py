@@ -26,16 +26,17 @@ def capability_statement(ctx: EhrContext) -> dict[str, Any]:
     origin = ctx.settings.origin
     resources = []
     for resource_type in sorted(PARAMS):
+        audit = resource_type == "AuditEvent"  # never changed through the API (security.md AU-05)
         entry: dict[str, Any] = {
             "type": resource_type,
             "interaction": [
-                {"code": "read"},
-                {"code": "search-type"},
-                {"code": "create"},
-                {"code": "update"},
+                {"code": code}
+                for code in ("read", "search-type", "create", "update")
+                if not (audit and code == "update")
             ],
-            "conditionalUpdate": True,
-            "updateCreate": True,
+            "conditionalUpdate": not audit,
+            "updateCreate": not audit,
+            "conditionalDelete": "not-supported",
             "searchParam": [
                 {"name": p.name, "type": _SEARCH_TYPES[p.kind]} for p in params_for(resource_type).values()
             ]

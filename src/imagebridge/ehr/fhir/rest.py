@@ -12,6 +12,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,7 +23,9 @@ from starlette.routing import Route
 
 from imagebridge.common.responses import bearer_challenge
 from imagebridge.common.smart_scopes import Interaction, Scope
-from imagebridge.ehr.bearer import Authenticated, Unauthenticated, authenticate
+from imagebridge.common.tokens import token_id
+from imagebridge.ehr import audit
+from imagebridge.ehr.bearer import Authenticated, Unauthenticated, authenticate, bearer_token
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.capability import capability_statement
 from imagebridge.ehr.fhir.outcome import FhirError, fhir_response
@@ -31,7 +34,7 @@ from imagebridge.ehr.fhir.search_params import PARAMS
 from imagebridge.ehr.fhir.store import MultipleMatches, ResourceConflict
 from imagebridge.ehr.fhir.subjects import resolve_subject
 from imagebridge.ehr.policy import constraints
-from imagebridge.ehr.policy.engine import PolicyView
+from imagebridge.ehr.policy.engine import PolicyView, subject_patient
 
 MAX_BODY = 8 * 1024 * 1024
 SUPPORTED_TYPES = frozenset(PARAMS)
@@ -45,9 +48,29 @@ async def metadata(request: Request) -> Response:
     )
 
 
-async def _caller(request: Request) -> tuple[EhrContext, Authenticated]:
+@dataclass
+class _Note:
+    """What the request did, for its AuditEvents (written by :func:`handle_errors`)."""
+
+    kind: audit.Kind
+    actor: audit.Actor | None = None
+    disclosures: list[audit.Disclosure] = field(default_factory=list)
+    query: str | None = None
+
+
+async def _caller(request: Request, kind: audit.Kind) -> tuple[EhrContext, Authenticated, _Note]:
+    """The authenticated caller; the request will be audited as ``kind``."""
     ctx: EhrContext = request.app.state.ctx
-    return ctx, await authenticate(ctx, request)
+    note = request.state.audit = _Note(kind)
+    auth = await authenticate(ctx, request)
+    token = bearer_token(request)
+    note.actor = audit.Actor(
+        auth.principal.client_id,
+        auth.principal.fhir_user,
+        token_id(token) if token else None,
+        request.client.host if request.client else None,
+    )
+    return ctx, auth, note
 
 
 def _require_scope(auth: Authenticated, resource_type: str, interaction: Interaction) -> list[Scope]:
@@ -75,7 +98,7 @@ def _not_found(resource_type: str, resource_id: str) -> FhirError:
 
 
 async def read(request: Request) -> Response:
-    ctx, auth = await _caller(request)
+    ctx, auth, note = await _caller(request, audit.READ)
     resource_type = _resource_type(request)
     scopes = _require_scope(auth, resource_type, "r")
     resource_id = str(request.path_params["id"])
@@ -83,7 +106,9 @@ async def read(request: Request) -> Response:
     if resource is None:
         raise _not_found(resource_type, resource_id)
     view = await ctx.policy.view(auth.principal)
-    if not view.decide(resource, scopes).allowed:
+    disclosure = audit.read_disclosure(view, scopes, resource)
+    note.disclosures = [disclosure]
+    if not disclosure.allowed:
         raise _not_found(resource_type, resource_id)
     return fhir_response(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"'})
 
@@ -95,18 +120,26 @@ async def search(request: Request) -> Response:
     token searching without ``patient`` is restricted to its patient: the policy filter admits
     nothing else.
     """
-    ctx, auth = await _caller(request)
+    ctx, auth, note = await _caller(request, audit.SEARCH)
     resource_type = _resource_type(request)
+    note.query = f"{resource_type}?{request.url.query}"
     scopes = _require_scope(auth, resource_type, "s")
     strict = "handling=strict" in request.headers.get("prefer", "")
     parsed = parse_search(resource_type, request.query_params.multi_items(), strict=strict)
     view = await ctx.policy.view(auth.principal)
     if parsed.patient is not None and parsed.patient not in view.patients(scopes):
+        note.disclosures = [audit.Disclosure(parsed.patient, why="the patient is outside this authorization")]
         raise FhirError(403, "forbidden", "the patient is outside this authorization")
     results, total = await ctx.store.search(parsed.query, restrict=view.sql(resource_type, scopes))
     visible = [r for r in results if view.decide(r, scopes).allowed]
     if len(visible) != len(results):  # the SQL twin must never admit more than decide()
         log.error("policy SQL admitted %d resources decide() refused", len(results) - len(visible))
+    rules = audit.hiding(view, scopes, [parsed.patient] if parsed.patient else view.patients(scopes))
+    hidden = 0
+    if rules:  # only then can labels or Consents have hidden a match (security.md AU-09)
+        reached = await ctx.store.count(parsed.query, view.sql(resource_type, scopes, hiding=False))
+        hidden = reached - total
+    note.disclosures = audit.search_disclosures(view, scopes, parsed.patient, visible, hidden, rules)
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"{ctx.settings.fhir_base}/{r['resourceType']}/{r['id']}",
@@ -188,28 +221,44 @@ async def _body(request: Request, resource_type: str) -> dict[str, Any]:
 
 
 def _may_write(view: PolicyView, resource: dict[str, Any], scopes: list[Scope]) -> None:
-    """System-level writers (the imaging system publishing) write within their scope's query;
-    patient- and user-level writers only where the policy lets them see the result."""
-    system = [s for s in scopes if s.level == "system"]
-    for scope in system:
-        try:
-            if constraints.matches(resource, constraints.criteria(scope, resource["resourceType"])):
-                return
-        except constraints.UnusableConstraint:
-            continue
-    others = [s for s in scopes if s.level != "system"]
-    if not others or not view.decide(resource, others).allowed:
+    """Who may write what (ARCHITECTURE.md "Policy"; issue 4 items 4 and 6).
+
+    A backend client registered for a Group writes, like it reads, only within that Group.
+    A backend client registered without a Group (the imaging system publishing studies of any
+    patient) writes within its scope's query. Patient- and user-level writers write only where the
+    policy lets them see the result.
+    """
+    if view.principal.group_ref is not None and resource["resourceType"] == "Group":
+        raise FhirError(
+            403, "forbidden", "a backend client may not change Groups (its cohort is administered)"
+        )
+    if view.principal.group_ref is None:
+        for scope in (s for s in scopes if s.level == "system"):
+            try:
+                if constraints.matches(resource, constraints.criteria(scope, resource["resourceType"])):
+                    return
+            except constraints.UnusableConstraint:
+                continue
+        scopes = [s for s in scopes if s.level != "system"]
+    if not scopes or not view.decide(resource, scopes).allowed:
         raise FhirError(403, "forbidden", "this authorization may not write that resource")
 
 
 async def create(request: Request) -> Response:
-    ctx, auth = await _caller(request)
+    ctx, auth, note = await _caller(request, audit.CREATE)
     resource_type = _resource_type(request)
     scopes = _require_scope(auth, resource_type, "c")
+    if resource_type == "AuditEvent":
+        scopes = _audit_writer(scopes)
     resource = await resolve_subject(ctx, await _body(request, resource_type))
     resource.pop("id", None)
+    note.disclosures = [audit.Disclosure(subject_patient(resource), [resource_type])]
     _may_write(await ctx.policy.view(auth.principal), resource, scopes)
     stored = await ctx.store.create(resource)
+    if resource_type == "AuditEvent":
+        request.state.audit = None  # the record is its own audit
+    else:
+        note.disclosures = [audit.Disclosure(subject_patient(stored), [f"{resource_type}/{stored['id']}"])]
     return fhir_response(
         stored, 201, {"Location": f"{ctx.settings.fhir_base}/{resource_type}/{stored['id']}/_history/1"}
     )
@@ -242,13 +291,16 @@ def _checked(
     return resource
 
 
-async def _stored(ctx: EhrContext, write: Awaitable[tuple[dict[str, Any], bool]]) -> Response:
+async def _stored(ctx: EhrContext, note: _Note, write: Awaitable[tuple[dict[str, Any], bool]]) -> Response:
     try:
         stored, created = await write
     except ResourceConflict as exc:
         raise FhirError(409, "conflict", str(exc)) from exc
     except MultipleMatches as exc:
         raise FhirError(412, "multiple-matches", str(exc)) from exc
+    ref = f"{stored['resourceType']}/{stored['id']}"
+    note.kind = audit.CREATE if created else audit.UPDATE
+    note.disclosures = [audit.Disclosure(subject_patient(stored), [ref])]
     location = (
         f"{ctx.settings.fhir_base}/{stored['resourceType']}/{stored['id']}"
         f"/_history/{stored['meta']['versionId']}"
@@ -262,10 +314,11 @@ async def conditional_update(request: Request) -> Response:
     The match and the write are one atomic step (:meth:`Store.conditional_put`): publishers that
     retry or run in parallel never create the same study twice.
     """
-    ctx, auth = await _caller(request)
-    resource_type = _resource_type(request)
+    ctx, auth, note = await _caller(request, audit.UPDATE)
+    resource_type = _not_audit(_resource_type(request))
     _require_scope(auth, resource_type, "u")
     resource = await resolve_subject(ctx, await _body(request, resource_type))
+    note.disclosures = [audit.Disclosure(subject_patient(resource), [resource_type])]
     parsed = parse_search(resource_type, request.query_params.multi_items(), strict=True)
     if not parsed.query.criteria:
         raise FhirError(400, "invalid", "a conditional update needs search criteria")
@@ -277,38 +330,83 @@ async def conditional_update(request: Request) -> Response:
         resource_id = existing["id"] if existing is not None else uuid.uuid4().hex
         return _checked(view, auth, {**resource, "id": resource_id}, existing)
 
-    return await _stored(ctx, ctx.store.conditional_put(parsed.query, build))
+    return await _stored(ctx, note, ctx.store.conditional_put(parsed.query, build))
 
 
 async def update(request: Request) -> Response:
     """``PUT [type]/[id]`` (FHIR R4 §3.1.0.4): update, or create with the client's id."""
-    ctx, auth = await _caller(request)
-    resource_type = _resource_type(request)
+    ctx, auth, note = await _caller(request, audit.UPDATE)
+    resource_type = _not_audit(_resource_type(request))
     resource_id = str(request.path_params["id"])
     if not _ID.fullmatch(resource_id):
         raise FhirError(400, "invalid", "not a FHIR id ([A-Za-z0-9.-]{1,64})")
+    note.disclosures = [audit.Disclosure(None, [f"{resource_type}/{resource_id}"])]
     resource = await resolve_subject(ctx, await _body(request, resource_type))
     if resource.get("id") != resource_id:
         raise FhirError(400, "invalid", "the body's id must equal the id in the URL")
     existing = await ctx.store.read(resource_type, resource_id)
-    if existing is not None and not (await ctx.policy.may_see(auth.principal, existing)).allowed:
-        raise _not_found(resource_type, resource_id)
+    if existing is not None:
+        note.disclosures = [audit.Disclosure(subject_patient(existing), [f"{resource_type}/{resource_id}"])]
+        if not (await ctx.policy.may_see(auth.principal, existing)).allowed:
+            raise _not_found(resource_type, resource_id)
     view = await ctx.policy.view(auth.principal)
-    return await _stored(ctx, ctx.store.put(_checked(view, auth, resource, existing)))
+    return await _stored(ctx, note, ctx.store.put(_checked(view, auth, resource, existing)))
+
+
+def _not_audit(resource_type: str) -> str:
+    """AuditEvents are never changed through the API (security.md AU-05): 405."""
+    if resource_type == "AuditEvent":
+        raise FhirError(405, "not-supported", "AuditEvents cannot be changed", {"Allow": "GET, POST"})
+    return resource_type
+
+
+def _audit_writer(scopes: list[Scope]) -> list[Scope]:
+    """Only a system-level scope naming AuditEvent itself (``system/AuditEvent.c``, the imaging
+    system's registration) may add audit records; a wildcard or a patient/user scope may not."""
+    writers = [s for s in scopes if s.level == "system" and s.resource_type == "AuditEvent"]
+    if not writers:
+        raise FhirError(
+            403,
+            "forbidden",
+            "only a client registered with system/AuditEvent.c may add AuditEvents",
+            {"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
+        )
+    return writers
+
+
+async def delete(request: Request) -> Response:
+    """``DELETE`` is not supported for any resource (FHIR R4 §3.1.0.7: 405), AuditEvent included."""
+    raise FhirError(
+        405, "not-supported", "this server does not delete resources", {"Allow": "GET, POST, PUT"}
+    )
 
 
 def handle_errors(endpoint: Any) -> Any:
+    """Errors become OperationOutcomes; then the request's AuditEvents are committed before the
+    response leaves (one transaction); if they cannot be, nothing is delivered (503, AU-06)."""
+
     async def wrapped(request: Request) -> Response:
         try:
             response: Response = await endpoint(request)
-            return response
         except Unauthenticated as exc:
             return bearer_challenge(exc.error, exc.description)
         except FhirError as exc:
-            return exc.response()
+            response = exc.response()
         except Exception:  # an error of ours: still an OperationOutcome, never a stack trace
             log.exception("unhandled error in %s %s", request.method, request.url.path)
-            return FhirError(500, "exception", "internal error").response()
+            response = FhirError(500, "exception", "internal error").response()
+        note: _Note | None = getattr(request.state, "audit", None)
+        if note is None or note.actor is None:
+            return response
+        trail = audit.AuditTrail(request.app.state.ctx.store, request.app.state.ctx.settings.fhir_base)
+        try:
+            await trail.record(note.kind, note.actor, response.status_code, note.disclosures, note.query)
+        except Exception:
+            log.exception("the audit trail could not be written; nothing is delivered")
+            return FhirError(
+                503, "transient", "the audit trail is unavailable", {"Retry-After": "5"}
+            ).response()
+        return response
 
     return wrapped
 
@@ -320,4 +418,6 @@ routes = [
     Route("/fhir/{type}", handle_errors(conditional_update), methods=["PUT"]),
     Route("/fhir/{type}/{id}", handle_errors(read), methods=["GET"]),
     Route("/fhir/{type}/{id}", handle_errors(update), methods=["PUT"]),
+    Route("/fhir/{type}", handle_errors(delete), methods=["DELETE"]),
+    Route("/fhir/{type}/{id}", handle_errors(delete), methods=["DELETE"]),
 ]

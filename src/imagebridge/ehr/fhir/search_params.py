@@ -82,6 +82,23 @@ def _status(resource: Resource) -> Iterator[tuple[str, str]]:
         yield "", resource["status"]
 
 
+def _entity_refs(keep: Callable[[str], bool]) -> Callable[[Resource], Iterator[tuple[str, str]]]:
+    """AuditEvent ``entity.what`` references whose resource type ``keep`` accepts."""
+
+    def extract(resource: Resource) -> Iterator[tuple[str, str]]:
+        for _, ref in _references("entity.what")(resource):
+            if keep(ref.partition("/")[0]):
+                yield "", ref
+
+    return extract
+
+
+def _entity_types(resource: Resource) -> Iterator[tuple[str, str]]:
+    """The resource types an AuditEvent names (so a Consent withholding a type hides the event)."""
+    for kind in sorted({ref.partition("/")[0] for _, ref in _references("entity.what")(resource)}):
+        yield "", kind
+
+
 _PATIENT_SUBJECT = SearchParam("patient", "reference", _references("subject"))
 _IDENTIFIER = SearchParam("identifier", "token", _identifiers("identifier"))
 
@@ -120,7 +137,9 @@ PARAMS: dict[str, tuple[SearchParam, ...]] = {
         SearchParam("issued", "date", _dates("issued")),
     ),
     "AuditEvent": (
-        SearchParam("patient", "reference", _references("entity.what")),
+        SearchParam("patient", "reference", _entity_refs(lambda kind: kind == "Patient")),
+        SearchParam("entity", "reference", _entity_refs(lambda kind: True)),
+        SearchParam("entity-type", "token", _entity_types),
         SearchParam("agent", "reference", _references("agent.who")),
         SearchParam("date", "date", _dates("recorded")),
     ),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Select, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -88,6 +88,19 @@ class Store:
         resource["id"] = resource.get("id") or uuid.uuid4().hex
         async with self.engine.begin() as conn:
             return await self._write(conn, resource, version=1, new=True)
+
+    async def create_many(self, created: Sequence[Resource], *, flush: bool = True) -> None:
+        """Create several resources in one transaction (e.g. one request's AuditEvents).
+
+        ``flush=False`` on PostgreSQL commits without waiting for the WAL flush
+        (``synchronous_commit = off``, this transaction only): the commit is atomic and ordered,
+        only an operating-system crash can lose the last fraction of a second of such writes.
+        """
+        async with self.engine.begin() as conn:
+            if not flush and conn.dialect.name == "postgresql":
+                await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+            for resource in created:
+                await self._write(conn, {**resource, "id": uuid.uuid4().hex}, version=1, new=True)
 
     async def put(self, resource: Resource) -> tuple[Resource, bool]:
         """Create or replace ``resource`` by id; returns (stored, created)."""
@@ -183,13 +196,38 @@ class Store:
     ) -> tuple[list[Resource], int]:
         """Resources matching every criterion, a page of them, and the total count."""
         async with self.engine.connect() as conn:
-            total = (
-                await conn.execute(
-                    select(func.count()).select_from(resources).where(*_where(query, restrict))
-                )
-            ).scalar_one()
+            total = await conn.scalar(
+                select(func.count()).select_from(resources).where(*_where(query, restrict))
+            )
             rows = await conn.execute(self._select(query, restrict, limit=query.count))
-            return [_load(r.content) for r in rows], int(total)
+            return [_load(r.content) for r in rows], int(total or 0)
+
+    async def labeled(self, patient: str, labels: Sequence[tuple[str, str]]) -> set[str]:
+        """References of the resources of ``patient`` carrying any of ``labels`` in ``meta.security``."""
+        if not labels:
+            return set()
+        labeled, owner = search_tokens.alias(), search_tokens.alias()
+        statement = (
+            select(labeled.c.resource_type, labeled.c.id)
+            .join(owner, and_(owner.c.resource_type == labeled.c.resource_type, owner.c.id == labeled.c.id))
+            .where(
+                labeled.c.param == "_security",
+                or_(*(and_(labeled.c.system == system, labeled.c.code == code) for system, code in labels)),
+                owner.c.param == "patient",
+                owner.c.code == f"Patient/{patient}",
+                labeled.c.resource_type != "AuditEvent",
+            )
+        )
+        async with self.engine.connect() as conn:
+            return {f"{row[0]}/{row[1]}" for row in await conn.execute(statement)}
+
+    async def count(self, query: Query, restrict: ColumnElement[bool] | None = None) -> int:
+        """How many resources match ``query`` within ``restrict``."""
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                select(func.count()).select_from(resources).where(*_where(query, restrict))
+            )
+        return int(found or 0)
 
     def _select(self, query: Query, restrict: ColumnElement[bool] | None, *, limit: int) -> Select[Any]:
         """The page of ``query``'s matches, in its sort order (then by id, so pages are stable)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from sqlalchemy import and_, false, not_, or_, true
@@ -138,8 +138,17 @@ class PolicyView:
         hidden = access.hides(resource, labels_of(resource))
         return Decision(False, hidden) if hidden else Decision(True, access.why)
 
-    def sql(self, resource_type: str, scopes: Sequence[Scope]) -> ColumnElement[bool]:
-        """The rows of ``resource_type`` some scope lets the principal see (twin of :meth:`decide`)."""
+    def accesses(self, patient: str, scopes: Sequence[Scope]) -> list[PatientAccess]:
+        """How each of ``scopes`` reaches ``patient`` (none: outside the authorization)."""
+        found = (self.reach.get(s.level, {}).get(patient) for s in scopes)
+        return list({id(a): a for a in found if a is not None}.values())
+
+    def sql(self, resource_type: str, scopes: Sequence[Scope], *, hiding: bool = True) -> ColumnElement[bool]:
+        """The rows of ``resource_type`` some scope lets the principal see (twin of :meth:`decide`).
+
+        ``hiding=False`` leaves out what labels and Consents hide: the rows the authorization
+        reaches, so that the difference counts what the policy hid (security.md AU-09).
+        """
         options: list[ColumnElement[bool]] = []
         for scope in scopes:
             try:
@@ -147,11 +156,14 @@ class PolicyView:
             except constraints.UnusableConstraint:
                 continue
             options.append(
-                and_(constraints.sql(found, resource_type), self._level_sql(scope.level, resource_type))
+                and_(
+                    constraints.sql(found, resource_type),
+                    self._level_sql(scope.level, resource_type, hiding),
+                )
             )
         return or_(false(), *options)
 
-    def _level_sql(self, level: str, resource_type: str) -> ColumnElement[bool]:
+    def _level_sql(self, level: str, resource_type: str, hiding: bool) -> ColumnElement[bool]:
         if resource_type in DIRECTORY:
             return true()
         if resource_type == "Group":
@@ -159,16 +171,15 @@ class PolicyView:
             return resources.c.id == group if level == "system" and group else false()
         if resource_type != "Patient" and resource_type not in _SUBJECT and resource_type != "AuditEvent":
             return false()
-        by_rule: dict[tuple[frozenset[Any], frozenset[str]], list[str]] = {}
+        by_rule: dict[tuple[frozenset[Any], frozenset[str], frozenset[str]], list[str]] = {}
         for patient, access in self.reach.get(level, {}).items():
-            if resource_type in access.withheld_types:
-                continue
-            withheld = frozenset(
-                r.partition("/")[2] for r in access.withheld if r.startswith(f"{resource_type}/")
-            )
-            by_rule.setdefault((access.hidden_labels, withheld), []).append(patient)
+            if not hiding:
+                by_rule.setdefault((frozenset(), frozenset(), frozenset()), []).append(patient)
+            elif resource_type not in access.withheld_types:
+                rule = (access.hidden_labels, access.withheld, access.withheld_types)
+                by_rule.setdefault(rule, []).append(patient)
         options = []
-        for (labels, withheld), patients in by_rule.items():
+        for (labels, withheld, withheld_types), patients in by_rule.items():
             parts = [
                 resources.c.id.in_(sorted(patients))
                 if resource_type == "Patient"
@@ -176,8 +187,7 @@ class PolicyView:
             ]
             if labels:
                 parts.append(not_(has_token("_security", sorted(labels), resource_type)))
-            if withheld:
-                parts.append(resources.c.id.not_in(sorted(withheld)))
+            parts.extend(_withheld_sql(resource_type, withheld, withheld_types))
             options.append(and_(*parts))
         return or_(false(), *options)
 
@@ -191,6 +201,21 @@ class PolicyView:
             decision.why,
         )
         return decision
+
+
+def _withheld_sql(
+    resource_type: str, withheld: frozenset[str], withheld_types: frozenset[str]
+) -> list[ColumnElement[bool]]:
+    """SQL twin of the Consent part of :meth:`PatientAccess.hides`."""
+    if resource_type == "AuditEvent":  # an event naming what is withheld is withheld with it
+        by_param = (("entity", sorted(withheld)), ("entity-type", sorted(withheld_types)))
+        return [
+            not_(has_token(param, [(None, v) for v in values], resource_type))
+            for param, values in by_param
+            if values
+        ]
+    ids = sorted(r.partition("/")[2] for r in withheld if r.startswith(f"{resource_type}/"))
+    return [resources.c.id.not_in(ids)] if ids else []
 
 
 class PolicyEngine:
@@ -212,7 +237,21 @@ class PolicyEngine:
             for patient, access in list(level_reach.items()):
                 withheld = withheld_from(consents.get(patient, []), principal.client_id, now)
                 level_reach[patient] = with_consent(access, withheld.references, withheld.types, withheld.why)
+        if principal.scopes.allows(principal.levels, "AuditEvent", "r") or principal.scopes.allows(
+            principal.levels, "AuditEvent", "s"
+        ):
+            await self._hide_events_naming_hidden(reach)
         return PolicyView(principal, reach, {k: v for k, v in nobody.items() if v})
+
+    async def _hide_events_naming_hidden(self, reach: dict[str, Reach]) -> None:
+        """An AuditEvent naming a resource this access hides by its labels is hidden too, by the
+        labels the resource has now (security.md AU-09): such resources join ``withheld``, which
+        hides the events that name them (:meth:`PatientAccess.hides`)."""
+        for level_reach in reach.values():
+            for patient, access in list(level_reach.items()):
+                labeled = await self.store.labeled(patient, sorted(access.hidden_labels))
+                if labeled:
+                    level_reach[patient] = replace(access, withheld=access.withheld | labeled)
 
     async def _reach(self, principal: Principal, level: Level | str, now: str) -> tuple[Reach, str]:
         if level == "system":

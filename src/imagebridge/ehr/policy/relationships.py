@@ -32,7 +32,7 @@ class PatientAccess:
 
     why: str
     hidden_labels: frozenset[Label] = frozenset()
-    withheld: frozenset[str] = frozenset()  # "ImagingStudy/<id>" withheld by consent
+    withheld: frozenset[str] = frozenset()  # "ImagingStudy/<id>" withheld by consent (or by labels)
     withheld_types: frozenset[str] = frozenset()  # resource types withheld by consent
     notes: tuple[str, ...] = field(default=())
 
@@ -41,15 +41,30 @@ class PatientAccess:
         rtype = str(resource.get("resourceType"))
         if rtype in self.withheld_types:
             return f"{rtype} withheld from this app by consent ({'; '.join(self.notes)})"
-        if f"{rtype}/{resource.get('id')}" in self.withheld:
-            return f"withheld from this app by consent ({'; '.join(self.notes)})"
         hidden = labels & self.hidden_labels
         if hidden:
             return f"labeled {','.join(sorted(c for _, c in hidden))}, hidden because {self.why}"
+        named = _named(resource)
+        if named & self.withheld or {r.partition("/")[0] for r in named} & self.withheld_types:
+            if self.notes:
+                return f"withheld from this app by consent ({'; '.join(self.notes)})"
+            return "it names a resource hidden by its labels"
         return None
 
 
 Reach = dict[str, PatientAccess]
+
+
+def _named(resource: dict[str, Any]) -> set[str]:
+    """The references a resource stands for: itself, and for an AuditEvent what it records
+    (an event naming a withheld study is withheld with it: security.md AU-09)."""
+    if resource.get("resourceType") == "AuditEvent":
+        return {
+            str(ref)
+            for entity in resource.get("entity") or []
+            if isinstance(ref := (entity.get("what") or {}).get("reference"), str)
+        }
+    return {f"{resource.get('resourceType')}/{resource.get('id')}"}
 
 
 def age_on(birth_date: str, today: date) -> int | None:
