@@ -12,13 +12,16 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagebridge.common import settings as settings_mod
 from imagebridge.common.server import serve
 from imagebridge.common.settings import EhrSettings, ImagingSettings
+
+if TYPE_CHECKING:
+    from imagebridge.ehr.admin import Admin
 
 
 def _ehr_settings(args: argparse.Namespace) -> EhrSettings:
@@ -130,8 +133,12 @@ def cmd_imaging_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ehr_clients(args: argparse.Namespace) -> int:
-    from imagebridge.ehr.admin import Admin, read_jwks
+def _with_admin(args: argparse.Namespace, what: str, body: Callable[[Admin], Awaitable[int]]) -> int:
+    """Migrate the EHR database and run ``body`` with an :class:`Admin` on it.
+
+    A ``ValueError`` (bad input) is printed as ``imagebridge ehr <what>: <message>`` with exit code 2.
+    """
+    from imagebridge.ehr.admin import Admin
     from imagebridge.ehr.app import migrate
 
     settings = _ehr_settings(args)
@@ -140,40 +147,64 @@ def cmd_ehr_clients(args: argparse.Namespace) -> int:
     async def run() -> int:
         admin = Admin(settings)
         try:
-            if args.action == "add":
-                client = await admin.add_client(
-                    args.client_id,
-                    args.kind,
-                    scope=args.scope,
-                    name=args.name or "",
-                    jwks=read_jwks(args.jwks_file) if args.jwks_file else None,
-                    jwks_uri=args.jwks_uri,
-                    redirect_uris=args.redirect_uri or (),
-                    launch_url=args.launch_url,
-                    group=args.group,
-                    zero_click=args.zero_click,
-                )
-                print(json.dumps(_client_json(client), indent=2))
-            elif args.action == "list":
-                for client in await admin.clients.all():
-                    state = "enabled" if client.enabled else "disabled"
-                    print(f"{client.client_id}\t{client.kind}\t{state}\t{client.scope}")
-            elif args.action == "show":
-                found = await admin.clients.get(args.client_id)
-                if found is None:
-                    print(f"no client {args.client_id!r}", file=sys.stderr)
-                    return 1
-                print(json.dumps(_client_json(found), indent=2))
-            elif args.action == "disable":
-                if not await admin.clients.set_enabled(args.client_id, False):
-                    print(f"no client {args.client_id!r}", file=sys.stderr)
-                    return 1
-                print(f"disabled {args.client_id}")
-            return 0
+            return await body(admin)
+        except ValueError as exc:
+            print(f"imagebridge ehr {what}: {exc}", file=sys.stderr)
+            return 2
         finally:
             await admin.close()
 
     return asyncio.run(run())
+
+
+def _missing(kind: str, name: str) -> int:
+    print(f"no {kind} {name!r}", file=sys.stderr)
+    return 1
+
+
+def _show(kind: str, name: str, found: Any, to_json: Callable[[Any], dict[str, Any]]) -> int:
+    """Print ``found`` as JSON (exit 0), or say there is no such ``kind`` (exit 1)."""
+    if found is None:
+        return _missing(kind, name)
+    print(json.dumps(to_json(found), indent=2))
+    return 0
+
+
+def _state(enabled: bool) -> str:
+    return "enabled" if enabled else "disabled"
+
+
+def cmd_ehr_clients(args: argparse.Namespace) -> int:
+    """``imagebridge ehr clients add|list|show|disable``: apps and services an administrator registers."""
+    from imagebridge.ehr.admin import read_jwks
+
+    async def body(admin: Admin) -> int:
+        if args.action == "add":
+            client = await admin.add_client(
+                args.client_id,
+                args.kind,
+                scope=args.scope,
+                name=args.name or "",
+                jwks=read_jwks(args.jwks_file) if args.jwks_file else None,
+                jwks_uri=args.jwks_uri,
+                redirect_uris=args.redirect_uri or (),
+                launch_url=args.launch_url,
+                group=args.group,
+                zero_click=args.zero_click,
+            )
+            return _show("client", args.client_id, client, _client_json)
+        if args.action == "show":
+            return _show("client", args.client_id, await admin.clients.get(args.client_id), _client_json)
+        if args.action == "disable":
+            if not await admin.clients.set_enabled(args.client_id, False):
+                return _missing("client", args.client_id)
+            print(f"disabled {args.client_id}")
+            return 0
+        for client in await admin.clients.all():
+            print("\t".join((client.client_id, client.kind, _state(client.enabled), client.scope)))
+        return 0
+
+    return _with_admin(args, f"clients {args.action}", body)
 
 
 def _client_json(client: Any) -> dict[str, Any]:
@@ -294,12 +325,17 @@ def _clients_parser(service: Any) -> None:
     add.add_argument(
         "--zero-click", action="store_true", help="clinicians launch it without a consent screen"
     )
+    _registry_actions(clients, "client_id", cmd_ehr_clients)
+
+
+def _registry_actions(actions: Any, key: str, func: Callable[[argparse.Namespace], int]) -> None:
+    """``list``, ``show <key>`` and ``disable <key>`` next to ``add``; all four run ``func``."""
     for action in ("list", "show", "disable"):
-        sub = clients.add_parser(action)
+        sub = actions.add_parser(action)
         if action != "list":
-            sub.add_argument("client_id")
-    for sub_name in ("add", "list", "show", "disable"):
-        clients.choices[sub_name].set_defaults(func=cmd_ehr_clients, action=sub_name)
+            sub.add_argument(key)
+    for action in ("add", "list", "show", "disable"):
+        actions.choices[action].set_defaults(func=func, action=action)
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -332,48 +368,30 @@ def _user_json(user: Any) -> dict[str, Any]:
 
 def cmd_ehr_users(args: argparse.Namespace) -> int:
     """``imagebridge ehr users add|list|show|disable``: the people who sign in to the EHR."""
-    from imagebridge.ehr.admin import Admin
-    from imagebridge.ehr.app import migrate
 
-    settings = _ehr_settings(args)
-    migrate(settings)
-
-    async def run() -> int:
-        admin = Admin(settings)
-        try:
-            if args.action == "add":
-                user = await admin.add_user(
-                    args.username,
-                    _read_password(args),
-                    args.fhir_user,
-                    display_name=args.name or "",
-                    roles=args.role or (),
-                )
-                print(json.dumps(_user_json(user), indent=2))
-            elif args.action == "list":
-                for user in await admin.users.all():
-                    state = "enabled" if user.enabled else "disabled"
-                    print(f"{user.username}\t{user.fhir_user}\t{' '.join(user.roles)}\t{state}")
-            elif args.action == "show":
-                found = await admin.users.get(args.username)
-                if found is None:
-                    print(f"no user {args.username!r}", file=sys.stderr)
-                    return 1
-                print(json.dumps(_user_json(found), indent=2))
-            elif args.action == "disable":
-                ended = await admin.disable_user(args.username)
-                if ended is None:
-                    print(f"no user {args.username!r}", file=sys.stderr)
-                    return 1
-                print(f"disabled {args.username}: {ended[0]} sessions ended, {ended[1]} tokens revoked")
+    async def body(admin: Admin) -> int:
+        if args.action == "add":
+            user = await admin.add_user(
+                args.username,
+                _read_password(args),
+                args.fhir_user,
+                display_name=args.name or "",
+                roles=args.role or (),
+            )
+            return _show("user", args.username, user, _user_json)
+        if args.action == "show":
+            return _show("user", args.username, await admin.users.get(args.username), _user_json)
+        if args.action == "disable":
+            ended = await admin.disable_user(args.username)
+            if ended is None:
+                return _missing("user", args.username)
+            print(f"disabled {args.username}: {ended[0]} sessions ended, {ended[1]} tokens revoked")
             return 0
-        except ValueError as exc:  # including InvalidUser
-            print(f"imagebridge ehr users {args.action}: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            await admin.close()
+        for user in await admin.users.all():
+            print("\t".join((user.username, user.fhir_user, " ".join(user.roles), _state(user.enabled))))
+        return 0
 
-    return asyncio.run(run())
+    return _with_admin(args, f"users {args.action}", body)
 
 
 def _users_parser(service: Any) -> None:
@@ -395,41 +413,27 @@ def _users_parser(service: Any) -> None:
     source = add.add_mutually_exclusive_group()
     source.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     source.add_argument("--password-env", metavar="VAR", help="read the password from this variable")
-    for action in ("list", "show", "disable"):
-        sub = users.add_parser(action)
-        if action != "list":
-            sub.add_argument("username")
-    for sub_name in ("add", "list", "show", "disable"):
-        users.choices[sub_name].set_defaults(func=cmd_ehr_users, action=sub_name)
+    _registry_actions(users, "username", cmd_ehr_users)
 
 
 def cmd_ehr_studies(args: argparse.Namespace) -> int:
-    from imagebridge.ehr.admin import Admin
-    from imagebridge.ehr.app import migrate
     from imagebridge.ehr.fhir import reconcile
     from imagebridge.ehr.fhir.store import ResourceConflict
 
-    settings = _ehr_settings(args)
-    migrate(settings)
-
-    async def run() -> int:
-        admin = Admin(settings)
-        try:
-            if args.study_action == "unreconciled":
-                for study in await reconcile.unreconciled(admin.store):
-                    print(reconcile.describe(study))
-                return 0
-            try:
-                stored = await reconcile.link(admin.store, args.study_uid, args.patient)
-            except (reconcile.NotFound, ResourceConflict) as exc:
-                print(exc, file=sys.stderr)
-                return 1
-            print(f"linked ImagingStudy/{stored['id']} to {args.patient}")
+    async def body(admin: Admin) -> int:
+        if args.study_action == "unreconciled":
+            for study in await reconcile.unreconciled(admin.store):
+                print(reconcile.describe(study))
             return 0
-        finally:
-            await admin.close()
+        try:
+            stored = await reconcile.link(admin.store, args.study_uid, args.patient)
+        except (reconcile.NotFound, ResourceConflict) as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"linked ImagingStudy/{stored['id']} to {args.patient}")
+        return 0
 
-    return asyncio.run(run())
+    return _with_admin(args, f"studies {args.study_action}", body)
 
 
 def _studies_parser(service: Any) -> None:

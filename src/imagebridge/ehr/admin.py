@@ -54,6 +54,8 @@ class Admin:
     ) -> Client:
         if kind in ("backend", "confidential") and not (jwks or jwks_uri):
             raise ValueError(f"a {kind} client needs a JWKS (inline or by URL)")
+        if await self.clients.get(client_id) is not None:
+            raise ValueError(f"a client {client_id!r} is registered already")
         client = replace(
             Client(client_id, kind, name or client_id, scope, jwks, jwks_uri, tuple(redirect_uris)),
             launch_url=launch_url,

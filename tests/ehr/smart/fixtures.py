@@ -3,6 +3,9 @@ EHR processes of their own for tests that need other settings."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,3 +43,18 @@ def own_ehr(data_dir: Path, **settings: object) -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.stop()
+
+
+def ehr_cli(
+    ehr: RunningStack, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``imagebridge ehr <args>`` against the running EHR's own database, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "imagebridge", "ehr", *args],
+        env={**os.environ, **ehr.stack.ehr_env(), **env},
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import subprocess
-import sys
 
 import httpx
 import pytest
 from sqlalchemy import select
 from tests.conftest import RunningStack
+from tests.ehr.smart.fixtures import ehr_cli
 from tests.ehr.smart.flow import UserAgent, refresh, register_public, signed_in, standalone
 
 from imagebridge.common import db
@@ -26,15 +25,19 @@ SCOPE = "launch/patient openid fhirUser offline_access patient/Patient.rs"
 def users_cli(
     ehr: RunningStack, *args: str, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imagebridge", "ehr", "users", *args],
-        env={**os.environ, **ehr.stack.ehr_env(), **env},
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return ehr_cli(ehr, "users", *args, stdin=stdin, **env)
+
+
+def add_user(ehr: RunningStack, username: str, fhir_user: str, *extra: str) -> tuple[str, dict[str, object]]:
+    """``users add`` with a fresh password on stdin: (the password, the user as printed)."""
+    password = secrets.token_urlsafe(16)
+    added = users_cli(
+        ehr, "add", username, "--fhir-user", fhir_user, *extra, "--password-stdin", stdin=password + "\n"
     )
+    assert added.returncode == 0, added.stderr
+    assert password not in added.stdout + added.stderr
+    printed: dict[str, object] = json.loads(added.stdout)
+    return password, printed
 
 
 def password_hash(ehr: RunningStack, username: str) -> str:
@@ -60,20 +63,8 @@ def username() -> str:
 def test_added_user_signs_in_and_launches(
     ehr: RunningStack, origin: str, fhir_base: str, username: str
 ) -> None:
-    password = secrets.token_urlsafe(16)
-    added = users_cli(
-        ehr,
-        "add",
-        username,
-        "--fhir-user",
-        "Patient/bob",
-        "--name",
-        "Carol C",
-        "--password-stdin",
-        stdin=password + "\n",
-    )
-    assert added.returncode == 0, added.stderr
-    assert json.loads(added.stdout) == {
+    password, printed = add_user(ehr, username, "Patient/bob", "--name", "Carol C")
+    assert printed == {
         "username": username,
         "display_name": "Carol C",
         "fhirUser": "Patient/bob",
@@ -83,7 +74,6 @@ def test_added_user_signs_in_and_launches(
     stored = password_hash(ehr, username)
     assert stored.startswith("$argon2id$")
     assert password not in stored
-    assert password not in added.stdout + added.stderr
 
     listed = users_cli(ehr, "list")
     assert f"{username}\tPatient/bob\tpatient\tenabled" in listed.stdout.splitlines()
@@ -100,14 +90,7 @@ def test_added_user_signs_in_and_launches(
 def test_password_from_environment_variable(ehr: RunningStack, origin: str, username: str) -> None:
     password = secrets.token_urlsafe(16)
     added = users_cli(
-        ehr,
-        "add",
-        username,
-        "--fhir-user",
-        "Practitioner/dr-chen",
-        "--password-env",
-        "NEW_PW",
-        NEW_PW=password,
+        ehr, "add", username, "--fhir-user", "Practitioner/dr-chen", "--password-env", "PW", PW=password
     )
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["roles"] == ["clinician"]
@@ -161,13 +144,7 @@ def test_username_taken(ehr: RunningStack) -> None:
 def test_disable_ends_sessions_and_tokens(
     ehr: RunningStack, origin: str, fhir_base: str, username: str
 ) -> None:
-    password = secrets.token_urlsafe(16)
-    assert (
-        users_cli(
-            ehr, "add", username, "--fhir-user", "Patient/bob", "--password-stdin", stdin=password
-        ).returncode
-        == 0
-    )
+    password, _ = add_user(ehr, username, "Patient/bob")
     app = register_public(origin)
     with UserAgent(origin) as ua:
         done = standalone(ua, app, fhir_base, username, password, SCOPE)

@@ -7,6 +7,7 @@ Every page carries the anti-framing and no-referrer headers of :mod:`.render`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
 from starlette.datastructures import FormData
@@ -17,7 +18,7 @@ from starlette.routing import Route
 from imagebridge.common.responses import JSONResponse
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.smart import ratelimit
-from imagebridge.ehr.smart.authorize import PendingStore, approve, error_page, needs_patient
+from imagebridge.ehr.smart.authorize import Pending, PendingStore, approve, error_page, needs_patient
 from imagebridge.ehr.smart.codes import LaunchStore
 from imagebridge.ehr.smart.users import User, UserStore, display_name, patients_for
 from imagebridge.ehr.ui import render
@@ -41,7 +42,11 @@ STYLE = {
 
 
 class Forbidden(Exception):
-    """A form that failed its CSRF check or was tampered with."""
+    """A form that failed its CSRF check or was tampered with (the message, if any, is shown)."""
+
+
+PageHandler = Callable[[Request, EhrContext, Session, User], Awaitable[Response]]
+FormHandler = Callable[[Request, EhrContext, Session, User, FormData], Awaitable[Response]]
 
 
 def _ctx(request: Request) -> EhrContext:
@@ -76,6 +81,34 @@ def _to_login(request: Request) -> Response:
     )
 
 
+def page(handler: PageHandler) -> Callable[[Request], Awaitable[Response]]:
+    """A page for a signed-in user; anyone else is sent to the login page first."""
+
+    async def endpoint(request: Request) -> Response:
+        found = await _signed_in(request)
+        if found is None:
+            return _to_login(request)
+        return await handler(request, _ctx(request), *found)
+
+    return endpoint
+
+
+def form(handler: FormHandler) -> Callable[[Request], Awaitable[Response]]:
+    """A form post of a signed-in user with the session's CSRF token; otherwise 403."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            found = await _signed_in(request)
+            if found is None:
+                raise Forbidden
+            session, user = found
+            return await handler(request, _ctx(request), session, user, await _checked_form(request, session))
+        except Forbidden as exc:
+            return _forbidden(*exc.args)
+
+    return endpoint
+
+
 async def login_page(request: Request) -> Response:
     sessions = SessionStore(_ctx(request).engine)
     session = await sessions.current(request)
@@ -99,12 +132,12 @@ async def login_submit(request: Request) -> Response:
     sessions = SessionStore(ctx.engine)
     session = await sessions.current(request)
     try:
-        form = await _checked_form(request, session)
+        fields = await _checked_form(request, session)
     except Forbidden:
         return _forbidden()
     assert session is not None
-    username = str(form.get("username", ""))[:100]
-    next_url = _safe_next(str(form.get("next", "/ui/")))
+    username = str(fields.get("username", ""))[:100]
+    next_url = _safe_next(str(fields.get("next", "/ui/")))
     wait = ratelimit.LOGIN.retry_after(username)
     if wait:
         response = render.page(
@@ -119,7 +152,7 @@ async def login_submit(request: Request) -> Response:
         )
         response.headers["Retry-After"] = str(wait)
         return response
-    user = await UserStore(ctx.engine).verify(username, str(form.get("password", "")))
+    user = await UserStore(ctx.engine).verify(username, str(fields.get("password", "")))
     if user is None:
         ratelimit.LOGIN.count(username)
         return render.page(
@@ -133,35 +166,26 @@ async def login_submit(request: Request) -> Response:
     return response
 
 
-async def logout(request: Request) -> Response:
-    sessions = SessionStore(_ctx(request).engine)
-    session = await sessions.current(request)
-    try:
-        await _checked_form(request, session)
-    except Forbidden:
-        return _forbidden()
-    assert session is not None
-    await sessions.end(session)
+@form
+async def logout(
+    request: Request, ctx: EhrContext, session: Session, user: User, fields: FormData
+) -> Response:
+    """Sign out: the session ends, and with it the user's online_access grants (:mod:`..smart.online`)."""
+    await SessionStore(ctx.engine).end(session)
     response = render.secure(RedirectResponse("/ui/login", status_code=303))
     response.delete_cookie(COOKIE, path="/")
     return response
 
 
-async def home(request: Request) -> Response:
-    found = await _signed_in(request)
-    if found is None:
-        return _to_login(request)
-    target = "/ui/patients" if found[1].is_clinician else "/ui/apps"
+@page
+async def home(request: Request, ctx: EhrContext, session: Session, user: User) -> Response:
+    target = "/ui/patients" if user.is_clinician else "/ui/apps"
     return render.secure(RedirectResponse(target, status_code=303))
 
 
-async def authorization(request: Request) -> Response:
+@page
+async def authorization(request: Request, ctx: EhrContext, session: Session, user: User) -> Response:
     """The next step of a pending authorization: sign-in, patient picker, consent or the code."""
-    ctx = _ctx(request)
-    found = await _signed_in(request)
-    if found is None:
-        return _to_login(request)
-    session, user = found
     pending = await PendingStore(ctx.engine).get(request.path_params["rid"], session.digest)
     client = None if pending is None else await ctx.clients.get(pending.client_id)
     if pending is None or client is None:
@@ -200,72 +224,54 @@ async def authorization(request: Request) -> Response:
     )
 
 
-async def pick_patient(request: Request) -> Response:
-    ctx = _ctx(request)
-    found = await _signed_in(request)
-    if found is None:
-        return _forbidden()
-    session, user = found
-    try:
-        form = await _checked_form(request, session)
-    except Forbidden:
-        return _forbidden()
+async def _pending(ctx: EhrContext, request: Request, session: Session) -> Pending:
     pending = await PendingStore(ctx.engine).get(request.path_params["rid"], session.digest)
     if pending is None:
-        return error_page("This authorization request is unknown or has expired.")
-    choice = str(form.get("patient", ""))
+        raise Forbidden("This authorization request is unknown or has expired.")
+    return pending
+
+
+@form
+async def pick_patient(
+    request: Request, ctx: EhrContext, session: Session, user: User, fields: FormData
+) -> Response:
+    pending = await _pending(ctx, request, session)
+    choice = str(fields.get("patient", ""))
     if pending.patient is not None or choice not in {pid for pid, _ in await patients_for(ctx.store, user)}:
-        return _forbidden("You may not act for that patient.")
+        raise Forbidden("You may not act for that patient.")
     await PendingStore(ctx.engine).set_patient(pending.id, choice)
     return render.secure(RedirectResponse(f"/ui/authorize/{pending.id}", status_code=303))
 
 
-async def consent(request: Request) -> Response:
-    ctx = _ctx(request)
-    found = await _signed_in(request)
-    if found is None:
-        return _forbidden()
-    session, user = found
-    try:
-        form = await _checked_form(request, session)
-    except Forbidden:
-        return _forbidden()
-    pending = await PendingStore(ctx.engine).get(request.path_params["rid"], session.digest)
-    if pending is None:
-        return error_page("This authorization request is unknown or has expired.")
-    if form.get("decision") != "allow":
+@form
+async def consent(
+    request: Request, ctx: EhrContext, session: Session, user: User, fields: FormData
+) -> Response:
+    pending = await _pending(ctx, request, session)
+    if fields.get("decision") != "allow":
         await PendingStore(ctx.engine).finish(pending.id)
         return render.secure(pending.redirect(ctx.settings.fhir_base, error="access_denied"))
     offered = pending.scope.split()
-    chosen = [str(s) for s in form.getlist("scope")]
-    if not set(chosen) <= set(offered) or "patient" in form:
-        return _forbidden("The form asked for more than this application requested.")
+    chosen = [str(s) for s in fields.getlist("scope")]
+    if not set(chosen) <= set(offered) or "patient" in fields:
+        raise Forbidden("The form asked for more than this application requested.")
     if not chosen:
         await PendingStore(ctx.engine).finish(pending.id)
         return render.secure(pending.redirect(ctx.settings.fhir_base, error="access_denied"))
     if needs_patient(" ".join(chosen)) and pending.patient is None:
-        return _forbidden("No patient was chosen.")
+        raise Forbidden("No patient was chosen.")
     return render.secure(await approve(ctx, pending, user, " ".join(s for s in offered if s in chosen)))
 
 
-async def patient_list(request: Request) -> Response:
-    found = await _signed_in(request)
-    if found is None:
-        return _to_login(request)
-    _, user = found
+@page
+async def patient_list(request: Request, ctx: EhrContext, session: Session, user: User) -> Response:
     if not user.is_clinician:
         return _forbidden("Only clinicians can open charts.")
-    return render.page(
-        "patients.html", {"patients": await patients_for(_ctx(request).store, user), "user": user}
-    )
+    return render.page("patients.html", {"patients": await patients_for(ctx.store, user), "user": user})
 
 
-async def chart(request: Request) -> Response:
-    ctx = _ctx(request)
-    found = await _signed_in(request)
-    if found is None:
-        return _to_login(request)
-    session, user = found
+@page
+async def chart(request: Request, ctx: EhrContext, session: Session, user: User) -> Response:
     patient_id = request.path_params["pid"]
     patient = await ctx.store.read("Patient", patient_id) if user.is_clinician else None
     if patient is None:
@@ -283,19 +289,13 @@ async def chart(request: Request) -> Response:
     )
 
 
-async def launch(request: Request) -> Response:
+@form
+async def launch(
+    request: Request, ctx: EhrContext, session: Session, user: User, fields: FormData
+) -> Response:
     """EHR launch: send the app to its launch URL with ``iss`` and a fresh single-use ``launch``."""
-    ctx = _ctx(request)
-    found = await _signed_in(request)
-    if found is None:
-        return _forbidden()
-    session, user = found
-    try:
-        form = await _checked_form(request, session)
-    except Forbidden:
-        return _forbidden()
     patient_id = request.path_params["pid"]
-    client = await ctx.clients.get(str(form.get("client_id", "")))
+    client = await ctx.clients.get(str(fields.get("client_id", "")))
     if (
         not user.is_clinician
         or client is None
@@ -303,19 +303,15 @@ async def launch(request: Request) -> Response:
         or not client.launch_url
         or await ctx.store.read("Patient", patient_id) is None
     ):
-        return _forbidden("This app cannot be launched for this chart.")
+        raise Forbidden("This app cannot be launched for this chart.")
     handle = await LaunchStore(ctx.engine).issue(session.digest, client.client_id, patient_id)
     sep = "&" if "?" in client.launch_url else "?"
     target = f"{client.launch_url}{sep}{urlencode({'iss': ctx.settings.fhir_base, 'launch': handle})}"
     return render.secure(RedirectResponse(target, status_code=303))
 
 
-async def connected_apps(request: Request) -> Response:
-    ctx = _ctx(request)
-    found = await _signed_in(request)
-    if found is None:
-        return _to_login(request)
-    session, user = found
+@page
+async def connected_apps(request: Request, ctx: EhrContext, session: Session, user: User) -> Response:
     grants = []
     for family, client_id, scope in await ctx.grants.families_of(user.username):
         client = await ctx.clients.get(client_id)
@@ -323,19 +319,13 @@ async def connected_apps(request: Request) -> Response:
     return render.page("apps.html", {"csrf": session.csrf, "grants": grants, "user": user})
 
 
-async def revoke_app(request: Request) -> Response:
-    ctx = _ctx(request)
-    found = await _signed_in(request)
-    if found is None:
-        return _forbidden()
-    session, user = found
-    try:
-        form = await _checked_form(request, session)
-    except Forbidden:
-        return _forbidden()
-    family = str(form.get("family", ""))
+@form
+async def revoke_app(
+    request: Request, ctx: EhrContext, session: Session, user: User, fields: FormData
+) -> Response:
+    family = str(fields.get("family", ""))
     if family not in {f for f, _, _ in await ctx.grants.families_of(user.username)}:
-        return _forbidden("That grant is not yours.")
+        raise Forbidden("That grant is not yours.")
     await ctx.grants.revoke_family(family)
     return render.secure(RedirectResponse("/ui/apps", status_code=303))
 

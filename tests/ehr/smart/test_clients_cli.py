@@ -1,0 +1,72 @@
+"""``imagebridge ehr clients add|list|show|disable`` run as a subprocess against the running EHR's
+database, then checked over HTTP: the registered backend service gets a token until disabled."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import httpx
+from tests.conftest import RunningStack
+from tests.ehr.smart.fixtures import ehr_cli
+
+from imagebridge.apps.smart_client import BackendClient, backend_token
+from imagebridge.common import jose
+
+
+def test_backend_client_added_listed_shown_and_disabled(
+    ehr: RunningStack, fhir_base: str, tmp_path: Path
+) -> None:
+    client_id = f"pipeline-{secrets.token_hex(3)}"
+    key = jose.generate_private_jwk("ES384")
+    jwks_file = tmp_path / "pipeline.jwks.json"
+    jwks_file.write_text(json.dumps(jose.public_jwks(key)))
+    added = ehr_cli(
+        ehr,
+        "clients",
+        "add",
+        client_id,
+        "--kind",
+        "backend",
+        "--scope",
+        "system/Patient.rs",
+        "--jwks-file",
+        str(jwks_file),
+    )
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["scope"] == "system/Patient.rs"
+    assert (
+        f"{client_id}\tbackend\tenabled\tsystem/Patient.rs"
+        in ehr_cli(ehr, "clients", "list").stdout.splitlines()
+    )
+    assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["kind"] == "backend"
+
+    with httpx.Client(timeout=30) as http:
+        token = backend_token(fhir_base, BackendClient(client_id, key), "system/Patient.rs", http)
+    assert token["scope"] == "system/Patient.rs"
+
+    assert ehr_cli(ehr, "clients", "disable", client_id).returncode == 0
+    auth = {"Authorization": f"Bearer {token['access_token']}"}
+    assert httpx.get(f"{fhir_base}/Patient/alice", headers=auth).status_code == 401
+    assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["enabled"] is False
+
+
+def test_add_refuses_bad_clients(ehr: RunningStack) -> None:
+    no_keys = ehr_cli(
+        ehr,
+        "clients",
+        "add",
+        f"keyless-{secrets.token_hex(3)}",
+        "--kind",
+        "backend",
+        "--scope",
+        "system/*.rs",
+    )
+    assert no_keys.returncode == 2
+    assert "needs a JWKS" in no_keys.stderr
+    taken = ehr_cli(ehr, "clients", "add", "demo-app", "--kind", "public", "--scope", "patient/*.rs")
+    assert taken.returncode == 2
+    assert "registered already" in taken.stderr
+    assert ehr_cli(ehr, "clients", "show", "no-such-client").returncode == 1
+    assert ehr_cli(ehr, "clients", "disable", "no-such-client").returncode == 1
