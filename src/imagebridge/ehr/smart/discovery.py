@@ -42,6 +42,20 @@ SCOPES_SUPPORTED = [
 
 CORS = {"Access-Control-Allow-Origin": "*"}
 
+#: Members of both discovery documents. Each one is said even where RFC 8414 or OpenID Connect
+#: Discovery have a default, because their defaults (``implicit`` grants, ``fragment`` responses,
+#: ``client_secret_basic``, ``request_uri`` support) would be false here.
+OAUTH_METADATA: dict[str, Any] = {
+    "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+    "response_types_supported": ["code"],
+    "response_modes_supported": ["query"],
+    "code_challenge_methods_supported": ["S256"],
+    "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+    "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+    "revocation_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+    "authorization_response_iss_parameter_supported": True,
+}
+
 
 def smart_configuration_document(ctx: EhrContext) -> dict[str, Any]:
     origin = ctx.settings.origin
@@ -53,12 +67,8 @@ def smart_configuration_document(ctx: EhrContext) -> dict[str, Any]:
         "introspection_endpoint": f"{origin}/auth/introspect",
         "revocation_endpoint": f"{origin}/auth/revoke",
         "registration_endpoint": f"{origin}/auth/register",
-        "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
-        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        **OAUTH_METADATA,
         "scopes_supported": SCOPES_SUPPORTED,
-        "response_types_supported": ["code"],
-        "code_challenge_methods_supported": ["S256"],
         "capabilities": [
             "launch-ehr",
             "launch-standalone",
@@ -97,12 +107,13 @@ async def openid_configuration(request: Request) -> Response:
             "token_endpoint": smart["token_endpoint"],
             "jwks_uri": smart["jwks_uri"],
             "registration_endpoint": smart["registration_endpoint"],
-            "response_types_supported": ["code"],
+            "revocation_endpoint": smart["revocation_endpoint"],
+            **OAUTH_METADATA,
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "scopes_supported": ["openid", "fhirUser", "profile"],
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
-            "code_challenge_methods_supported": ["S256"],
+            "request_uri_parameter_supported": False,
         },
         headers=CORS,
     )
