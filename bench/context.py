@@ -90,6 +90,8 @@ class BenchContext:
     work: Path
     only: str = ""
     started: list[Stoppable] = field(default_factory=list)
+    #: Versions and settings the scenarios found (e.g. ``Orthanc``), shown in the report.
+    meta: dict[str, str] = field(default_factory=dict)
 
     def wants(self, scenario: str) -> bool:
         """Whether ``--only`` selects ``scenario`` (a substring match; everything by default)."""
@@ -165,3 +167,22 @@ def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
             if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     raise LookupError(f"{field_name} not in /proc/{pid}/status")
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s children (every thread's), from ``/proc``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (e.g. ``--workers`` processes); 0 if gone."""
+    try:
+        return rss_kib(pid) * 1024 + sum(tree_rss(c) for c in children(pid))
+    except (FileNotFoundError, ProcessLookupError, LookupError):
+        return 0
