@@ -8,9 +8,10 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
+from pydicom.pixels.utils import pack_bits
 from tests.imaging.dicomweb.pixel_stack import STUDY_UID, PixelStack, split_multipart
 
-from imagebridge.imaging.dicomweb.transcode import can_transcode
+from imagebridge.imaging.dicomweb.transcode import _BitPacker, _encapsulated_end, can_transcode
 
 Client = tuple[httpx.Client, dict[str, str]]
 DICOM = 'multipart/related; type="application/dicom"'
@@ -88,3 +89,23 @@ def test_can_transcode() -> None:
     assert can_transcode("1.2.840.10008.1.2.4.90")
     assert not can_transcode("1.2.840.10008.1.2.4.100")  # MPEG-2: no decoder
     assert not can_transcode("1.2.3.4")
+
+
+def test_bits_run_on_across_frames() -> None:
+    """1-bit frames whose size is not a multiple of 8 pack as one bit stream (PS3.5 §8.1.1)."""
+    frames = [np.random.default_rng(n).integers(0, 2, (3, 5), dtype=np.uint8) for n in range(4)]
+    packer = _BitPacker()
+    packed = b"".join(packer.pack(frame) for frame in frames) + packer.flush()
+    assert packed == pack_bits(np.concatenate([f.ravel() for f in frames]), pad=False)
+
+
+@pytest.mark.parametrize("offsets", [[], [0, 12], [0, 9999]])  # none, right, pointing nowhere
+def test_encapsulated_end_with_any_basic_offset_table(offsets: list[int]) -> None:
+    fragments = [b"abcd", b"efgh"]
+    table = b"".join(o.to_bytes(4, "little") for o in offsets)
+    item = b"\xfe\xff\x00\xe0"
+    data = b"HEAD" + item + len(table).to_bytes(4, "little") + table
+    data += b"".join(item + len(f).to_bytes(4, "little") + f for f in fragments)
+    end = len(data) + 8
+    data += b"\xfe\xff\xdd\xe0" + bytes(4) + b"trailing elements"
+    assert _encapsulated_end(io.BufferedReader(io.BytesIO(data)), 4) == end

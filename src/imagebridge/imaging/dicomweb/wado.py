@@ -26,10 +26,10 @@ from imagebridge.imaging.dicomweb.media import (
 )
 from imagebridge.imaging.dicomweb.multipart import boundary, content_type_related, related_stream
 from imagebridge.imaging.dicomweb.transcode import (
+    Transcoding,
     can_transcode,
-    chunks,
     explicit_little_endian_stream,
-    transcoded,
+    start,
 )
 
 DICOM = "application/dicom"
@@ -61,20 +61,20 @@ def choose_representation(accept: str | None, rows: Sequence[InstanceRow]) -> tu
 
 
 async def retrieve(blobs: BlobStore, rows: Sequence[InstanceRow], accept: str | None) -> Response:
-    """The multipart response; a single instance needing transcoding is transcoded before the
-    first byte, so that a decoding failure is a clean 4xx rather than a cut stream."""
+    """The multipart response; a single instance needing transcoding is opened and its first frame
+    decoded before the first byte, so that a decoding failure is a clean 4xx, not a cut stream."""
     offer, as_stored = choose_representation(accept, rows)
     transcoding = not as_stored and offer.transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN
-    ready: dict[str, bytes] = {}
+    ready: dict[str, Transcoding] = {}
     if transcoding and len(rows) == 1 and rows[0].transfer_syntax_uid != EXPLICIT_VR_LITTLE_ENDIAN:
-        ready[rows[0].sop_uid] = await transcoded(blobs, rows[0])
+        ready[rows[0].sop_uid] = await start(blobs, rows[0])
     mark = boundary()
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         for row in rows:
             if row.sop_uid in ready:
                 headers = {"Content-Type": f"{DICOM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"}
-                yield headers, chunks(ready.pop(row.sop_uid))
+                yield headers, ready.pop(row.sop_uid).stream()
             elif transcoding:
                 headers = {"Content-Type": f"{DICOM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"}
                 yield headers, explicit_little_endian_stream(blobs, row)
