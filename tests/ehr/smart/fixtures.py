@@ -10,11 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from tests.conftest import RunningStack
 
 from imagebridge.apps.seed import seed_ehr
+from imagebridge.apps.smart_client import BackendClient, backend_token
 from imagebridge.apps.stack import LocalStack, settings_env, start_service
+from imagebridge.common import jose
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +33,16 @@ def origin(ehr: RunningStack) -> str:
 @pytest.fixture(scope="session")
 def fhir_base(ehr: RunningStack) -> str:
     return ehr.fhir_base
+
+
+@pytest.fixture(scope="session")
+def introspector(ehr: RunningStack) -> str:
+    """The imaging system's own backend token with the introspection scope (RFC 7662 caller)."""
+    settings = ehr.stack.imaging_settings
+    client = BackendClient(settings.client_id, jose.load_or_create_private_jwk(settings.private_key_file))
+    with httpx.Client() as http:
+        token: str = backend_token(ehr.fhir_base, client, "introspection", http)["access_token"]
+    return token
 
 
 @contextmanager

@@ -127,6 +127,12 @@ def exchange(origin: str, app: App, code: str, verifier: str, **extra: str) -> h
     return httpx.post(f"{origin}/auth/token", data=form)
 
 
+def introspect(origin: str, token: str, caller: str | None, method: str = "POST") -> httpx.Response:
+    """RFC 7662 introspection of ``token``, authenticated with the bearer token ``caller``."""
+    headers = {"Authorization": f"Bearer {caller}"} if caller else {}
+    return httpx.request(method, f"{origin}/auth/introspect", data={"token": token}, headers=headers)
+
+
 def refresh(origin: str, app: App, token: str, **extra: str) -> httpx.Response:
     return httpx.post(
         f"{origin}/auth/token",

@@ -23,6 +23,8 @@ from tests.ehr.smart.flow import (
     code_for,
     csrf_of,
     exchange,
+    introspect,
+    offered_scopes,
     pkce,
     query_of,
     refresh,
@@ -116,7 +118,9 @@ def test_as04_confidential_client_needs_pkce_too(alice: UserAgent, origin: str, 
     assert params["error"] == "invalid_request"
 
 
-def test_as05_code_reuse_revokes_tokens(alice: UserAgent, app: App, fhir_base: str, origin: str) -> None:
+def test_as05_code_reuse_revokes_tokens(
+    alice: UserAgent, app: App, fhir_base: str, origin: str, ehr: RunningStack, introspector: str
+) -> None:
     code, verifier = code_for(alice, app, fhir_base, SCOPE)
     first = exchange(origin, app, code, verifier)
     assert first.status_code == 200
@@ -127,15 +131,9 @@ def test_as05_code_reuse_revokes_tokens(alice: UserAgent, app: App, fhir_base: s
     assert second.status_code == 400
     assert second.json()["error"] == "invalid_grant"
     assert httpx.get(f"{fhir_base}/Patient/alice", headers=auth).status_code == 401
-    refreshed = httpx.post(
-        f"{origin}/auth/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": first.json()["refresh_token"],
-            "client_id": app.client_id,
-        },
-    )
-    assert refreshed.status_code == 400
+    assert introspect(origin, token, introspector).json() == {"active": False}
+    assert httpx.get(f"{ehr.dicomweb_base}/studies", headers=auth).status_code == 401
+    assert refresh(origin, app, first.json()["refresh_token"]).status_code == 400
 
 
 def test_as06_bad_expired_and_unknown_client(
@@ -316,6 +314,12 @@ def test_as15_consent_tampering(alice: UserAgent, app: App, fhir_base: str, orig
         page = elena.authorize(app, SCOPE, aud=fhir_base, challenge=challenge)
         assert "Maya" in page.text
         assert elena.submit(page, {"patient": "alice"}).status_code == 403
+    verifier, challenge = pkce()
+    page = alice.authorize(app, SCOPE, aud=fhir_base, challenge=challenge)
+    done = alice.consent(page, [s for s in offered_scopes(page) if s != "offline_access"])
+    body = exchange(origin, app, query_of(done.headers["location"])["code"], verifier).json()
+    assert "offline_access" not in body["scope"].split()
+    assert "refresh_token" not in body  # the user withheld offline_access
 
 
 def test_as16_headers(origin: str, app: App, fhir_base: str) -> None:
@@ -331,8 +335,11 @@ def test_as16_headers(origin: str, app: App, fhir_base: str) -> None:
         done = ua.consent(consent)
         assert done.status_code == 303
         token = exchange(origin, app, query_of(done.headers["location"])["code"], verifier)
-        assert token.headers["cache-control"] == "no-store"
-        assert token.headers["pragma"] == "no-cache"
+        refreshed = refresh(origin, app, token.json()["refresh_token"])
+        assert refreshed.status_code == 200
+        for response in (token, refreshed):
+            assert response.headers["cache-control"] == "no-store"
+            assert response.headers["pragma"] == "no-cache"
 
 
 def test_as17_guessing_is_rejected_and_rate_limited(app: App, origin: str, fhir_base: str) -> None:
@@ -379,9 +386,15 @@ def test_as18_refresh_scope_and_client(alice: UserAgent, app: App, fhir_base: st
     stolen = refresh(origin, other, body["refresh_token"])
     assert stolen.status_code == 400
     assert stolen.json()["error"] == "invalid_grant"
+    wider = refresh(origin, app, body["refresh_token"], scope=SCOPE + " patient/Observation.rs")
+    assert wider.status_code == 400
+    assert wider.json()["error"] == "invalid_scope"
     same = refresh(origin, app, body["refresh_token"])
     assert same.status_code == 200
     assert set(same.json()["scope"].split()) == set(body["scope"].split())
+    narrower = refresh(origin, app, same.json()["refresh_token"], scope="patient/Patient.rs offline_access")
+    assert narrower.status_code == 200
+    assert set(narrower.json()["scope"].split()) == {"patient/Patient.rs", "offline_access"}
 
 
 def test_as19_concurrent_refresh_has_one_winner(
@@ -392,6 +405,7 @@ def test_as19_concurrent_refresh_has_one_winner(
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(lambda _: refresh(origin, app, rt), range(10)))
     assert sum(r.status_code == 200 for r in results) <= 1
+    assert {r.json()["error"] for r in results if r.status_code != 200} <= {"invalid_grant"}
 
 
 def test_as20_revocation(alice: UserAgent, app: App, fhir_base: str, origin: str) -> None:
@@ -407,7 +421,9 @@ def test_as20_revocation(alice: UserAgent, app: App, fhir_base: str, origin: str
     assert unknown.status_code == 200
 
 
-def test_as20_revoke_refresh_kills_family(alice: UserAgent, app: App, fhir_base: str, origin: str) -> None:
+def test_as20_revoke_refresh_kills_family(
+    alice: UserAgent, app: App, fhir_base: str, origin: str, ehr: RunningStack
+) -> None:
     code, verifier = code_for(alice, app, fhir_base, SCOPE)
     body = exchange(origin, app, code, verifier).json()
     revoked = httpx.post(
@@ -418,6 +434,7 @@ def test_as20_revoke_refresh_kills_family(alice: UserAgent, app: App, fhir_base:
     assert refresh(origin, app, body["refresh_token"]).status_code == 400
     auth = {"Authorization": f"Bearer {body['access_token']}"}
     assert httpx.get(f"{fhir_base}/Patient/alice", headers=auth).status_code == 401
+    assert httpx.get(f"{ehr.dicomweb_base}/studies", headers=auth).status_code == 401
 
 
 def test_as20_connected_apps_page_revokes(app: App, fhir_base: str, origin: str) -> None:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from tests.ehr.smart.flow import App, UserAgent, exchange, register_public, standalone
 
 SCOPE = "launch/patient openid fhirUser offline_access patient/Patient.rs patient/ImagingStudy.rs"
-
-
-def introspect(origin: str, token: str, caller: str) -> dict[str, object]:
-    response = httpx.post(
-        f"{origin}/auth/introspect", data={"token": token}, headers={"Authorization": f"Bearer {caller}"}
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
 
 
 def test_alice_withholds_imaging_and_gets_patient_context(origin: str, fhir_base: str) -> None:
@@ -45,6 +38,7 @@ def test_alice_withholds_imaging_and_gets_patient_context(origin: str, fhir_base
 
 
 def test_id_token_is_rs256_with_published_kid(origin: str, fhir_base: str) -> None:
+    """AS-30 (ID token checks): RS256, ``kid`` in the JWKS, ``iss``/``aud``/``exp``/``nonce`` right."""
     app = register_public(origin)
     with UserAgent(origin) as ua:
         done = standalone(ua, app, fhir_base, "bob", "bob-demo-2024", SCOPE, nonce="n-123")
@@ -57,6 +51,7 @@ def test_id_token_is_rs256_with_published_kid(origin: str, fhir_base: str) -> No
     assert claims["iss"] == fhir_base
     assert claims["aud"] == app.client_id
     assert claims["nonce"] == "n-123"
+    assert claims["iat"] <= time.time() < claims["exp"] <= claims["iat"] + 3600
     assert claims["fhirUser"] == f"{fhir_base}/Patient/bob"
     assert body["patient"] == "bob"
 
@@ -73,6 +68,8 @@ def test_elena_picks_maya_and_only_maya(origin: str, fhir_base: str) -> None:
 
 
 def test_refresh_rotates_and_replay_revokes_the_family(origin: str, fhir_base: str) -> None:
+    """AS-18 (wider scope refused, narrower kept) and AS-19 (a replayed refresh token revokes RT2
+    and its access tokens: the whole family)."""
     app = register_public(origin)
     with UserAgent(origin) as ua:
         done = standalone(ua, app, fhir_base, "alice", "alice-demo-2024", SCOPE)
