@@ -21,6 +21,10 @@ JSON_ACCEPT = "application/dicom+json"
 class BadAnswer(RuntimeError):
     """A server answered something other than 200: the scenario fails (it is not measured)."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 @dataclass
 class Fetched:
@@ -41,7 +45,9 @@ def fetch(http: httpx.Client, url: str, headers: dict[str, str]) -> Fetched:
     with http.stream("GET", url, headers=headers) as response:
         if response.status_code != 200:
             response.read()
-            raise BadAnswer(f"GET {url} answered {response.status_code}: {response.text[:200]}")
+            raise BadAnswer(
+                f"GET {url} answered {response.status_code}: {response.text[:200]}", response.status_code
+            )
         for chunk in response.iter_raw():
             if not first:
                 first = time.perf_counter()

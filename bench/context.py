@@ -92,6 +92,11 @@ class BenchContext:
     started: list[Stoppable] = field(default_factory=list)
     #: Versions and settings the scenarios found (e.g. ``Orthanc``), shown in the report.
     meta: dict[str, str] = field(default_factory=dict)
+    clock: float = field(default_factory=time.monotonic)
+
+    def say(self, text: str) -> None:
+        """Progress on stdout, with the minutes since the run began."""
+        print(f"[{(time.monotonic() - self.clock) / 60:5.1f} min] {text}", flush=True)
 
     def wants(self, scenario: str) -> bool:
         """Whether ``--only`` selects ``scenario`` (a substring match; everything by default)."""

@@ -32,7 +32,16 @@ from bench.context import BenchContext, alternate
 from bench.data import CT_PATIENT, FULL, QUICK, DataSet, big_spec, generated, huge_spec, samples, small_specs
 from bench.load import percentile
 from bench.result import Result, Samples, Target, failed
-from bench.servers import Ours, Side, imagebridge, orthanc_direct, static_server, stow, sync_upstream
+from bench.servers import (
+    Ours,
+    Side,
+    imagebridge,
+    orthanc_direct,
+    static_server,
+    stow,
+    stow_parallel,
+    sync_upstream,
+)
 from tests.pg import temporary_database
 from tests.s3 import seaweedfs
 
@@ -45,6 +54,10 @@ SCALED = " — PostgreSQL + S3, 2 workers"
 PERCENTILES = (50, 75, 90, 95, 99)
 CLIENTS = 16
 MEMORY_CLIENTS = 8
+#: Concurrent STOW-RS clients loading the small studies (both servers).
+STOW_CONNECTIONS = 4
+#: At most this many ``/frames/1`` requests per concurrency run.
+FRAME_REQUESTS = 256
 
 
 @dataclass
@@ -75,7 +88,7 @@ class Bench:
         """Run ``scenario`` if ``--only`` selects it; a failure becomes a failed Result."""
         if not self.ctx.wants(name):
             return
-        print(f"  {name} …", flush=True)
+        self.ctx.say(f"  {name}")
         try:
             scenario()
         except Exception as exc:
@@ -89,6 +102,10 @@ class Bench:
 
 def _failure(name: str, exc: Exception) -> Result:
     return failed(name, "—", "", "higher", f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _refused(exc: BadAnswer) -> str:
+    return f"the peer does not serve this (it answered {exc.status}): imagebridge alone"
 
 
 def _study_url(side: Side, uid: str) -> str:
@@ -259,15 +276,22 @@ def latency(
     a, c = one(ours_side, "ours", ours_auth), one(peer_side, "peer", peer_auth)
     try:
         c()
-    except BadAnswer as exc:  # the peer does not implement it: ours alone, and the report says so
+    except BadAnswer as exc:  # the peer does not serve it: ours alone, and the report says so
         a()
         alone = Samples.of([a() for _ in range(b.ctx.repeats)])
         b.results.append(
-            Result(name, "latency p50", "ms", "lower", alone, None, peer_name, target, note=f"peer: {exc}")
+            Result(
+                name, "latency p50", "ms", "lower", alone, None, peer_name, target, note=f"peer: {exc.status}"
+            )
         )
         return
     ours_s, peer_s = b.pair(a, c)
     timed = {k: v[len(v) - b.ctx.repeats * b.batch :] for k, v in every.items()}  # not the warm-ups
+    rows = {}
+    if accept == JSON_ACCEPT:  # the same answer on both sides? (row counts, shown in the report)
+        for key, (side, auth) in (("ours", (ours_side, ours_auth)), ("peer", (peer_side, peer_auth))):
+            body = b.http.get(f"{side.base}/{path}", headers={**auth, "Accept": accept}).json()
+            rows[key] = len(body) if isinstance(body, list) else 1
     b.results.append(
         Result(
             name,
@@ -278,7 +302,9 @@ def latency(
             peer_s,
             peer_name,
             target,
+            note=f"rows: {rows['ours']} (imagebridge), {rows['peer']} (peer)" if rows else "",
             extra={
+                "rows": rows,
                 "p95": {k: percentile(v, 95) for k, v in timed.items()},
                 "percentiles": {k: [percentile(v, q) for q in PERCENTILES] for k, v in timed.items()},
                 "percentile_points": list(PERCENTILES),
@@ -318,8 +344,9 @@ def compressed(b: Bench, data: DataSet) -> None:
 
 
 def concurrency(b: Bench) -> None:
-    """16 clients retrieving ``/frames/1`` of every instance of the big study."""
-    paths = [f"{_instance_path(b.big, i)}/frames/1" for i in range(len(b.big.instances))]
+    """16 clients retrieving ``/frames/1`` of the big study's instances (at most ``FRAME_REQUESTS``)."""
+    count = min(len(b.big.instances), FRAME_REQUESTS)
+    paths = [f"{_instance_path(b.big, i)}/frames/1" for i in range(count)]
     p95: dict[str, list[float]] = {"ours": [], "peer": []}
 
     def one(side: Side, key: str, auth: dict[str, str]) -> Callable[[], float]:
@@ -331,7 +358,7 @@ def concurrency(b: Bench) -> None:
         return measure
 
     ours, peer = b.pair(one(b.ours.side, "ours", b.ours.side.read), one(b.peer, "peer", {}))
-    name = f"concurrency: {CLIENTS} clients, /frames/1 of every instance"
+    name = f"concurrency: {CLIENTS} clients, /frames/1 of one study"
     b.results += [
         Result(
             name, "throughput", "req/s", "higher", ours, peer, ORTHANC, note=f"{len(paths)} requests per run"
@@ -439,8 +466,9 @@ def proxy(b: Bench) -> None:
 
 
 def load_small(b: Bench, small: DataSet) -> None:
-    """STOW-RS of the small studies into both servers, one after the other (one run each)."""
-    rates = [len(small.instances) / stow(b.http, side, small)[1] for side in (b.ours.side, b.peer)]
+    """STOW-RS of the small studies into both servers over 4 connections each (one run each)."""
+    count = len(small.instances)
+    rates = [count / stow_parallel(side, small, STOW_CONNECTIONS) for side in (b.ours.side, b.peer)]
     b.expected += len(small.studies)
     b.results.append(
         Result(
@@ -451,7 +479,7 @@ def load_small(b: Bench, small: DataSet) -> None:
             Samples.of(rates[:1]),
             Samples.of(rates[1:]),
             ORTHANC,
-            note="one run each (not alternated); one 64x64 instance per study, 100 per request",
+            note=f"one run each, not alternated; one 64x64 instance per study, {STOW_CONNECTIONS} clients",
         )
     )
 
@@ -522,7 +550,7 @@ def scale(b: Bench, small: DataSet, patients: list[PatientSpec]) -> None:
     """The WADO-RS and QIDO scenarios on PostgreSQL + S3 with 2 workers, next to SQLite + folder."""
     with scaled_stack(b, patients) as pg:
         for data in (b.big, small):
-            _, seconds = stow(b.http, pg.side, data)
+            seconds = stow_parallel(pg.side, data, STOW_CONNECTIONS)
             b.results.append(
                 Result(
                     f"ingest: STOW-RS of the {data.name} data set{SCALED}",
@@ -530,7 +558,7 @@ def scale(b: Bench, small: DataSet, patients: list[PatientSpec]) -> None:
                     "inst/s",
                     "higher",
                     Samples.of([len(data.instances) / seconds]),
-                    note="one run",
+                    note=f"one run, {STOW_CONNECTIONS} clients",
                 )
             )
         pg.wait_published(1 + len(small.studies))
@@ -584,7 +612,7 @@ def measure(ctx: BenchContext) -> list[Result]:
     """Every imaging scenario, against one Orthanc and one imagebridge on SQLite + folder (and, for
     proxy mode and scale, the further imagebridge stacks they need)."""
     sizes = QUICK if ctx.quick else FULL
-    print("generating (or reusing) the data sets …", flush=True)
+    ctx.say("generating (or reusing) the data sets")
     big = generated(ctx.work, "big", [big_spec(sizes.big_slices)])
     huge = generated(ctx.work, "huge", [huge_spec(sizes.huge_slices)])
     small = generated(ctx.work, "small", small_specs(sizes.patients, sizes.studies_per_patient))
@@ -596,12 +624,12 @@ def measure(ctx: BenchContext) -> list[Result]:
         ctx.meta["Orthanc"] = f"{system['Version']} (DICOMweb plugin from Debian)"
         b = Bench(ctx, ours, peer, big, skipped)
         try:
-            print("loading the big study, the 1 GB study and the samples into both …", flush=True)
+            ctx.say("loading the big study, the 1 GB study and the samples into both")
             b.store(big)
             b.run("ingest: STOW-RS of the big study", lambda: ingest(b))
             b.store(huge)
             b.store(sample)
-            ours.wait_published(b.expected)
+            ctx.say(f"published after {ours.wait_published(b.expected):.0f} s more")
             b.run("WADO-RS full study (big)", lambda: wado_full(b))
             b.run("limit", lambda: limits(b))
             wado_small(b)
@@ -610,9 +638,9 @@ def measure(ctx: BenchContext) -> list[Result]:
             b.run("memory", lambda: memory(b, huge))
             b.run("proxy mode", lambda: proxy(b))
             if any(ctx.wants(n) for n in ("small studies", "QIDO", "PostgreSQL")):
-                print(f"loading {len(small.studies):,} small studies into both …", flush=True)
+                ctx.say(f"loading {len(small.studies):,} small studies into both")
                 load_small(b, small)
-                ours.wait_published(b.expected)
+                ctx.say(f"published after {ours.wait_published(b.expected):.0f} s more")
                 middle = small_patients[len(small_patients) // 2].patient_id
                 qido(b, small, middle)
                 if ctx.wants("PostgreSQL"):

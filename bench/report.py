@@ -49,6 +49,7 @@ def table(results: Sequence[Result]) -> str:
         "| scenario | metric | imagebridge | peer | peer is | ratio | target | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    notes: list[str] = []
     for r in results:
         ratio = r.ratio()
         target = ""
@@ -57,6 +58,8 @@ def table(results: Sequence[Result]) -> str:
             what = "ratio" if r.target.kind == "ratio" else f"{r.unit}"
             target = f"{what} {sign} {_number(r.target.value)} (issue {r.target.issue})"
         note = f" — {r.note}" if r.note and r.status != "ok" else ""
+        if r.note and r.status == "ok":
+            notes.append(f"* **{r.scenario}** ({r.metric}): {_cell(r.note)}")
         rows.append(
             "| "
             + " | ".join(
@@ -76,7 +79,7 @@ def table(results: Sequence[Result]) -> str:
             )
             + " |"
         )
-    return "\n".join(rows)
+    return "\n".join(rows) + ("\n\nNotes:\n\n" + "\n".join(notes) if notes else "")
 
 
 def limits_table(results: Sequence[Result]) -> str:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -242,6 +243,30 @@ def stow(http: httpx.Client, side: Side, data: DataSet, number: int = 0) -> tupl
         if answer.status_code != 200:
             raise RuntimeError(f"STOW-RS to {side.name} answered {answer.status_code}: {answer.text[:300]}")
     return sent, time.perf_counter() - start
+
+
+def stow_parallel(side: Side, data: DataSet, connections: int) -> float:
+    """Store ``data`` over ``connections`` concurrent STOW-RS clients (each a share of the instances);
+    returns the wall-clock seconds."""
+    shares = [DataSet(data.name, data.directory, data.instances[n::connections]) for n in range(connections)]
+    errors: list[Exception] = []
+
+    def client(share: DataSet) -> None:
+        try:
+            with httpx.Client(timeout=600) as http:
+                stow(http, side, share)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start
 
 
 def static_server(ctx: BenchContext, directory: Path, port: int) -> Any:
