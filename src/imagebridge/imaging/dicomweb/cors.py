@@ -8,7 +8,9 @@ Allowed origins come from ``ImagingSettings.cors_allowed_origins``: ``*`` (the d
 cookies); a list answers the matching origin and ``Vary: Origin``.
 
 Every DICOMweb response also carries ``Cross-Origin-Resource-Policy: cross-origin`` so that a
-cross-origin-isolated page (COEP ``require-corp``) may load frames and rendered images.
+cross-origin-isolated page (COEP ``require-corp``) may load frames and rendered images, and
+``X-Content-Type-Options: nosniff`` so that no browser reads DICOM JSON carrying markup (a
+PatientName of ``<script>…``) as HTML (security.md DI-11).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ MAX_AGE = "600"
 
 
 class DicomwebCors:
-    """ASGI middleware adding CORS and CORP to responses under ``prefix``."""
+    """ASGI middleware adding CORS, CORP and ``nosniff`` to responses under ``prefix``."""
 
     def __init__(self, app: ASGIApp, allowed_origins: Collection[str], prefix: str = "/dicom-web") -> None:
         self.app = app
@@ -68,6 +70,7 @@ class DicomwebCors:
             if message["type"] == "http.response.start":
                 out = MutableHeaders(scope=message)
                 out["Cross-Origin-Resource-Policy"] = "cross-origin"
+                out["X-Content-Type-Options"] = "nosniff"
                 if allowed is not None:
                     out["Access-Control-Allow-Origin"] = allowed
                     out["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
