@@ -121,9 +121,15 @@ def warm_up(stack: LocalStack, attempts: int = 20) -> None:
 
 
 def start_gate_stack(
-    tmp: pytest.TempPathFactory, name: str, *, with_studies: bool = True, **imaging_env: str
+    tmp: pytest.TempPathFactory,
+    name: str,
+    *,
+    with_studies: bool = True,
+    imaging_args: tuple[str, ...] = (),
+    **imaging_env: str,
 ) -> Iterator[GateStack]:
-    """Start, seed and finally stop a gate stack (``with_studies=False``: clients and FHIR data only)."""
+    """Start, seed and finally stop a gate stack (``with_studies=False``: clients and FHIR data only;
+    ``imaging_args`` go to ``imaging serve``, e.g. ``--workers 2``)."""
     data_dir = tmp.mktemp(name)
     stack = LocalStack(data_dir)
     proxy = FaultProxy(f"http://127.0.0.1:{stack.ehr_port}/auth/introspect")
@@ -138,7 +144,7 @@ def start_gate_stack(
     try:
         stack.provision()
         try:
-            stack.start()
+            stack.start(imaging_args)
             warm_up(stack)
             seeded = (
                 seed_all(stack, scale=GATE_SCALE)

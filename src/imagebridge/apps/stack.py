@@ -25,7 +25,7 @@ from imagebridge.common import jose
 from imagebridge.common.settings import EhrSettings, ImagingSettings
 
 #: What the imaging system is registered for at the EHR.
-IMAGING_CLIENT_SCOPE = "introspection system/ImagingStudy.cru system/Endpoint.cru"
+IMAGING_CLIENT_SCOPE = "introspection system/ImagingStudy.cru system/Endpoint.cru system/AuditEvent.c"
 
 
 def free_port() -> int:

@@ -23,6 +23,7 @@ from imagebridge.imaging.dicomweb import routes as dicomweb_routes
 from imagebridge.imaging.dicomweb.cors import DicomwebCors
 from imagebridge.imaging.gate import redis_cache
 from imagebridge.imaging.gate.audit import AuditLog
+from imagebridge.imaging.gate.audit_publish import AuditPublisher
 from imagebridge.imaging.gate.capability import Capabilities, load_or_create_key
 from imagebridge.imaging.gate.ehr_client import EhrClient
 from imagebridge.imaging.gate.gate import Gate
@@ -32,8 +33,9 @@ from imagebridge.imaging.upstream.client import UpstreamClient
 from imagebridge.imaging.upstream.sync import Scanner, UpstreamSummaries
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-#: What this system asks the EHR for with its own registration: introspection and publishing.
-OWN_SCOPE = "introspection system/ImagingStudy.cru system/Endpoint.cru"
+#: What this system asks the EHR for with its own registration: introspection, publishing and
+#: its audit records (AuditEvent create).
+OWN_SCOPE = "introspection system/ImagingStudy.cru system/Endpoint.cru system/AuditEvent.c"
 
 
 def migrate(settings: ImagingSettings) -> None:
@@ -86,6 +88,17 @@ def build_context(settings: ImagingSettings) -> ImagingContext:
     )
 
 
+def audit_publisher(ctx: ImagingContext) -> AuditPublisher:
+    """The background publisher of the audit trail to the EHR (gate/audit_publish.py)."""
+    return AuditPublisher(
+        ctx.engine,
+        ctx.publisher.ehr,
+        source=ctx.settings.dicomweb_base,
+        mrn_system=ctx.settings.mrn_system,
+        written=ctx.audit.written,
+    )
+
+
 def scanner(ctx: ImagingContext) -> Scanner | None:
     """Proxy mode's scanner of the upstream for studies to publish (None for the archive)."""
     if ctx.upstream is None:
@@ -104,7 +117,7 @@ def create_app(settings: ImagingSettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(ctx.publisher.run())]
+        tasks = [asyncio.create_task(ctx.publisher.run()), asyncio.create_task(audit_publisher(ctx).run())]
         scan = scanner(ctx)
         if scan is not None:
             tasks.append(asyncio.create_task(scan.run(settings.upstream_sync_interval, ctx.publisher.wakeup)))

@@ -1,4 +1,4 @@
-"""The imaging system's index (SQLAlchemy Core): studies, series, instances, publishing, audit.
+"""The imaging system's index (SQLAlchemy Core): studies, series, instances, publishing, audit, leases.
 
 The index holds what QIDO-RS matches and returns (PS3.18 §10.6.3.3 required attributes) and a
 pointer to each instance's blob; the original bytes live only in the blob store.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -118,6 +120,22 @@ audit = Table(
     Column("detail", Text),
     Column("bytes_sent", BigInteger, nullable=False, default=0),
     Column("request_path", String(400)),
+    # Milliseconds from the request reaching the gate to this record being written (FT-01/FT-02).
+    Column("elapsed_ms", Float),
+    # True while a streamed body is still being sent (bytes_sent is final once it is False).
+    Column("streaming", Boolean, nullable=False, default=False, server_default=false()),
+    # Delivered to the EHR as an AuditEvent (gate/audit_publish.py): the spool is the unpublished rows.
+    Column("published", Boolean, nullable=False, default=False, server_default=false()),
 )
 Index("ix_audit_at", audit.c.at)
 Index("ix_audit_patient", audit.c.patient)
+Index("ix_audit_published", audit.c.published, audit.c.id)
+
+#: Named leases with an expiry: one holder at a time among workers sharing the database.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("until", Float, nullable=False),
+)

@@ -5,6 +5,7 @@ Every route runs behind the gate: there is no second way in (ARCHITECTURE.md inv
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -33,6 +34,7 @@ def gated(handler: Handler, operation: str = "read") -> Callable[[Request], Awai
     """
 
     async def endpoint(request: Request) -> Response:
+        started = time.monotonic()
         ctx: ImagingContext = request.app.state.ctx
         access: Access | None = None
         detail: str | None = None
@@ -49,7 +51,7 @@ def gated(handler: Handler, operation: str = "read") -> Callable[[Request], Awai
             response, detail = unavailable(str(exc)).response, str(exc)
         except DicomwebError as exc:
             response, detail = exc.response(), exc.message
-        return await ctx.audit.record(request, access, response, detail)
+        return await ctx.audit.record(request, access, response, detail, started=started)
 
     return endpoint
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -48,6 +48,7 @@ class AuditRecord:
     bytes_sent: int
     request_path: str | None
     detail: str | None
+    elapsed_ms: float | None
 
 
 def outcome_of(status: int) -> str:
@@ -85,12 +86,25 @@ class AuditLog:
     def __init__(self, engine: AsyncEngine, mrn_system: str) -> None:
         self.engine = engine
         self.mrn_system = mrn_system
+        #: Set whenever a record is final (the EHR publisher's wakeup).
+        self.written = asyncio.Event()
 
     async def record(
-        self, request: Request, access: Access | None, response: Response, detail: str | None = None
+        self,
+        request: Request,
+        access: Access | None,
+        response: Response,
+        detail: str | None = None,
+        *,
+        started: float | None = None,
     ) -> Response:
-        """Commit the record of this decision, then return ``response`` counting what it sends."""
+        """Commit the record of this decision, then return ``response`` counting what it sends.
+
+        ``started`` (``time.monotonic()`` when the request reached the gate) gives the record's
+        ``elapsed_ms``: how long the decision took, up to this write (FT-01/FT-02 bound).
+        """
         params = request.path_params
+        streaming = isinstance(response, StreamingResponse)
         study = params.get("study")
         patient = access.info.patient if access else None
         async with self.engine.begin() as conn:
@@ -113,14 +127,18 @@ class AuditLog:
                         sop_uid=params.get("instance"),
                         outcome=outcome_of(response.status_code),
                         status=response.status_code,
-                        bytes_sent=0 if isinstance(response, StreamingResponse) else len(response.body),
+                        bytes_sent=0 if streaming else len(response.body),
                         request_path=request.url.path[:400],
                         detail=detail[:2000] if detail else None,
+                        streaming=streaming,
+                        elapsed_ms=(time.monotonic() - started) * 1000 if started is not None else None,
                     )
                 )
             ).inserted_primary_key
         if isinstance(response, StreamingResponse):
             self._count_stream(response, int(row_id[0]) if row_id else 0)
+        else:
+            self.written.set()
         return response
 
     def _count_stream(self, response: StreamingResponse, row_id: int) -> None:
@@ -135,7 +153,10 @@ class AuditLog:
 
         async def store_count() -> None:
             async with self.engine.begin() as conn:
-                await conn.execute(update(audit).where(audit.c.id == row_id).values(bytes_sent=sent))
+                await conn.execute(
+                    update(audit).where(audit.c.id == row_id).values(bytes_sent=sent, streaming=False)
+                )
+            self.written.set()
 
         previous = response.background
 
@@ -156,9 +177,14 @@ class AuditLog:
             stmt = stmt.where(audit.c.at >= since)
         if patient is not None:
             stmt = stmt.where(audit.c.patient == patient)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).mappings().all()
-        return [AuditRecord(**{k: row[k] for k in AuditRecord.__dataclass_fields__}) for row in rows]
+        return await fetch_records(self.engine, stmt)
+
+
+async def fetch_records(engine: AsyncEngine, stmt: Select[Any]) -> list[AuditRecord]:
+    """The audit rows ``stmt`` selects, as records."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).mappings().all()
+    return [AuditRecord(**{k: row[k] for k in AuditRecord.__dataclass_fields__}) for row in rows]
 
 
 def parse_since(value: str) -> float:

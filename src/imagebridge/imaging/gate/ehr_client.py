@@ -137,14 +137,36 @@ class EhrClient:
 
     async def fhir_put(self, path: str, params: dict[str, str], resource: dict[str, Any]) -> dict[str, Any]:
         """A conditional update with this system's own token (publishing)."""
+        return await self._own_write("PUT", path, resource, params=params)
+
+    async def fhir_create(self, resource_type: str, resource: dict[str, Any], if_none_exist: str) -> None:
+        """A conditional create (FHIR R4 §3.1.0.8 ``If-None-Exist``) with this system's own token:
+        a retry after a lost response matches the first copy instead of adding a second."""
+        await self._own_write("POST", resource_type, resource, headers={"If-None-Exist": if_none_exist})
+
+    async def _own_write(
+        self,
+        method: str,
+        path: str,
+        resource: dict[str, Any],
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         own = await self.own_token()
         response = await self._send(
-            "PUT",
+            method,
             f"{self.fhir_base}/{path}",
             params=params,
             json=resource,
-            headers={"Authorization": f"Bearer {own}", "Content-Type": "application/fhir+json"},
+            headers={
+                "Authorization": f"Bearer {own}",
+                "Content-Type": "application/fhir+json",
+                **(headers or {}),
+            },
         )
+        if response.status_code == 401:
+            self._token = None  # our own token was revoked or expired early: renewed next time
         body = _json_body(response, accept_4xx=True)
         if response.status_code >= 400:
             raise PublishRefused(response.status_code, str(body.get("issue", body))[:500])

@@ -1,0 +1,255 @@
+"""The imaging audit trail published to the EHR as FHIR AuditEvents (security.md AU-06, AU-07).
+
+The ``audit`` table is the durable spool: a record is published once it is final (a streamed
+body has finished, or was abandoned long enough ago) and marked ``published`` only after the EHR
+accepted it, so an EHR outage delays records and loses none. Each record becomes one
+``POST [base]/AuditEvent`` with this system's own Backend Services token
+(``system/AuditEvent.c``), shaped as an IHE BALP event for a DICOMweb access (DICOM PS3.15 A.5
+event codes, the DICOMweb operation as subtype). The record's id goes into the event as an
+identifier and into ``If-None-Exist`` (FHIR R4 §3.1.0.8), so an EHR that honors conditional
+create keeps one copy when a retry follows a lost response.
+
+Several worker processes share one database: a lease (``leases`` table) lets one publisher drain
+at a time; the others wait for it to lapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagebridge.imaging.gate.audit import AuditRecord, fetch_records
+from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable, PublishRefused
+from imagebridge.imaging.tables import audit, leases
+
+log = logging.getLogger(__name__)
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+#: The same identifier systems the EHR's own AuditEvents use (ehr/audit.py).
+CLIENT_ID = "urn:imagebridge:client-id"
+GRANT_URN = "urn:imagebridge:token-id:"
+#: Identifier system of a published imaging audit record: ``<imaging client_id>/<row id>``.
+RECORD_SYSTEM = "urn:imagebridge:imaging-audit"
+OPERATION_SYSTEM = "urn:imagebridge:dicomweb-operation"
+_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+LEASE = "audit-publisher"
+LEASE_SECONDS = 30.0
+#: Seconds between looks at the spool when idle (another worker's records do not wake this one).
+IDLE_POLL = 2.0
+#: Backoff while the EHR is unavailable or refuses: from RETRY_FIRST doubling up to RETRY_MAX seconds.
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
+BATCH = 50
+#: A streamed response whose end was never recorded (client gone) is published after this long.
+ABANDONED_STREAM_SECONDS = 600.0
+
+
+def _event_type(operation: str) -> tuple[dict[str, str], str]:
+    """DICOM PS3.15 A.5.3 event and FHIR action: Query (E), Instances Transferred in (C), Accessed (R)."""
+    if operation == "search":
+        return {"system": DCM, "code": "110112", "display": "Query"}, "E"
+    if operation == "store":
+        return {"system": DCM, "code": "110104", "display": "DICOM Instances Transferred"}, "C"
+    return {"system": DCM, "code": "110103", "display": "DICOM Instances Accessed"}, "R"
+
+
+def _outcome(record: AuditRecord) -> str:
+    """AuditEvent.outcome: 0 success, 4 minor failure (refused), 8 serious failure (503, errors)."""
+    if record.outcome == "allow":
+        return "0"
+    return "4" if record.outcome == "deny" else "8"
+
+
+def _entity(what: dict[str, Any], kind: tuple[str, str], role: tuple[str, str]) -> dict[str, Any]:
+    return {
+        "what": what,
+        "type": {"system": _ENTITY_TYPE, "code": kind[0], "display": kind[1]},
+        "role": {"system": _ROLE, "code": role[0], "display": role[1]},
+    }
+
+
+def _patient(patient: str, mrn_system: str) -> dict[str, Any]:
+    """The audit row names the patient as a FHIR id (from the token) or ``system|MRN`` (from the study)."""
+    system, bar, value = patient.partition("|")
+    if bar:
+        return {"identifier": {"system": system or mrn_system, "value": value}}
+    return {"reference": f"Patient/{patient}"}
+
+
+def record_key(client_id: str, record: AuditRecord) -> str:
+    return f"{client_id}/{record.id}"
+
+
+def audit_event(record: AuditRecord, *, client_id: str, source: str, mrn_system: str) -> dict[str, Any]:
+    """One IHE BALP-shaped AuditEvent (FHIR R4) for one imaging audit record."""
+    event_type, action = _event_type(record.operation)
+    agents: list[dict[str, Any]] = []
+    if record.client_id:
+        agent: dict[str, Any] = {
+            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+            "who": {"identifier": {"system": CLIENT_ID, "value": record.client_id}},
+            "requestor": True,
+        }
+        if record.token_id:
+            agent["policy"] = [f"{GRANT_URN}{record.token_id}"]
+        agents.append(agent)
+    elif record.token_id:
+        agents.append(
+            {
+                "who": {"display": "unidentified bearer"},
+                "policy": [f"{GRANT_URN}{record.token_id}"],
+                "requestor": True,
+            }
+        )
+    if record.user:
+        who = {"reference": record.user} if "/" in record.user else {"display": record.user}
+        agents.append({"who": who, "requestor": True})
+    if not agents:
+        agents.append({"who": {"display": "anonymous"}, "requestor": True})
+    entities = [
+        _entity(
+            {"identifier": {"system": RECORD_SYSTEM, "value": record_key(client_id, record)}},
+            ("2", "System Object"),
+            ("13", "Security Resource"),
+        )
+    ]
+    if record.patient:
+        entities.append(_entity(_patient(record.patient, mrn_system), ("1", "Person"), ("1", "Patient")))
+    if record.study_uid:
+        study = _entity(
+            {"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{record.study_uid}"}},
+            ("2", "System Object"),
+            ("4", "Domain Resource"),
+        )
+        details = [("SeriesInstanceUID", record.series_uid), ("SOPInstanceUID", record.sop_uid)]
+        study["detail"] = [{"type": t, "valueString": v} for t, v in details if v]
+        if not study["detail"]:
+            del study["detail"]
+        entities.append(study)
+    request = _entity({"display": record.request_path or ""}, ("2", "System Object"), ("24", "Query"))
+    request["detail"] = [
+        {"type": "status", "valueString": str(record.status)},
+        {"type": "bytes", "valueString": str(record.bytes_sent)},
+    ]
+    entities.append(request)
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": event_type,
+        "subtype": [{"system": OPERATION_SYSTEM, "code": record.operation}],
+        "action": action,
+        "recorded": datetime.fromtimestamp(record.at, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "outcome": _outcome(record),
+        "agent": agents,
+        "source": {
+            "observer": {"display": "imagebridge imaging", "identifier": {"value": source}},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
+        },
+        "entity": entities,
+    }
+    if record.detail:
+        event["outcomeDesc"] = record.detail[:2000]
+    return event
+
+
+class AuditPublisher:
+    """Drains unpublished audit records into the EHR, in order, while holding the lease."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        ehr: EhrClient,
+        *,
+        source: str,
+        mrn_system: str,
+        written: asyncio.Event,
+    ) -> None:
+        self.engine = engine
+        self.ehr = ehr
+        self.source = source
+        self.mrn_system = mrn_system
+        self.written = written
+        self.holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+    async def run(self) -> None:
+        """Publish forever (the app's background task), backing off while the EHR is unavailable."""
+        delay = RETRY_FIRST
+        while True:
+            self.written.clear()
+            try:
+                await self.drain()
+            except (EhrUnavailable, PublishRefused) as exc:
+                log.warning("audit publication to the EHR deferred %.0f s: %s", delay, exc)
+                await asyncio.sleep(delay)  # new records do not hasten a retry against a failing EHR
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            delay = RETRY_FIRST
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.written.wait(), timeout=IDLE_POLL)
+
+    async def drain(self) -> int:
+        """Publish every final, unpublished record while this process holds the lease; return how many."""
+        published = 0
+        while True:
+            lease_until = await self._lease()
+            if lease_until is None:
+                return published
+            batch = await self._batch()
+            if not batch:
+                return published
+            for record in batch:
+                if time.time() > lease_until - 5:
+                    break  # renew before another worker could take over
+                event = audit_event(
+                    record, client_id=self.ehr.client_id, source=self.source, mrn_system=self.mrn_system
+                )
+                key = record_key(self.ehr.client_id, record)
+                await self.ehr.fhir_create("AuditEvent", event, f"entity:identifier={RECORD_SYSTEM}|{key}")
+                async with self.engine.begin() as conn:
+                    await conn.execute(update(audit).where(audit.c.id == record.id).values(published=True))
+                published += 1
+
+    async def _batch(self) -> list[AuditRecord]:
+        final = or_(audit.c.streaming.is_(False), audit.c.at < time.time() - ABANDONED_STREAM_SECONDS)
+        stmt = select(audit).where(audit.c.published.is_(False), final).order_by(audit.c.id).limit(BATCH)
+        return await fetch_records(self.engine, stmt)
+
+    async def _lease(self) -> float | None:
+        """Take or renew the publisher lease; its expiry, or None while another process holds it."""
+        now = time.time()
+        until = now + LEASE_SECONDS
+        async with self.engine.begin() as conn:
+            taken = await conn.execute(
+                update(leases)
+                .where(leases.c.name == LEASE, or_(leases.c.holder == self.holder, leases.c.until < now))
+                .values(holder=self.holder, until=until)
+            )
+            if taken.rowcount == 1:
+                return until
+            exists = (await conn.execute(select(leases.c.name).where(leases.c.name == LEASE))).first()
+        if exists is not None:
+            return None
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(leases).values(name=LEASE, holder=self.holder, until=until))
+        except IntegrityError:
+            return None
+        return until

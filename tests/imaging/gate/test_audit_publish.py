@@ -1,0 +1,163 @@
+"""The imaging audit trail published to the EHR as AuditEvents (security.md AU-06, AU-07).
+
+Against a stack of its own whose imaging system runs two worker processes sharing the spool:
+records reach the patient's access report at the EHR, each exactly once; with the EHR stopped
+they stay in the spool and arrive after it returns, none lost and none twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import func, select
+from tests.gate_stack import GateStack, start_gate_stack
+from tests.imaging.gate.uids import first_instance
+
+from imagebridge.apps.stack import start_service
+from imagebridge.common import db
+from imagebridge.common.tokens import token_id
+from imagebridge.imaging.gate.audit_publish import GRANT_URN, RECORD_SYSTEM
+from imagebridge.imaging.tables import audit
+
+
+@pytest.fixture(scope="module")
+def spool_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateStack]:
+    yield from start_gate_stack(tmp_path_factory, "audit-spool", imaging_args=("--workers", "2"))
+
+
+def _metadata(stack: GateStack, token: str) -> httpx.Response:
+    study = first_instance("ACC-1002").study  # Alice's
+    with httpx.Client(timeout=60) as http:
+        return http.get(
+            f"{stack.dicomweb_base}/studies/{study}/metadata",
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"},
+        )
+
+
+def _spool(stack: GateStack, since_id: int = 0) -> dict[int, bool]:
+    """Audit row id → published, straight from the imaging database."""
+
+    async def run() -> dict[int, bool]:
+        engine = db.create_engine(stack.stack.imaging_settings.resolved_database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                rows = await conn.execute(select(audit.c.id, audit.c.published).where(audit.c.id > since_id))
+                return {int(r.id): bool(r.published) for r in rows}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _last_id(stack: GateStack) -> int:
+    async def run() -> int:
+        engine = db.create_engine(stack.stack.imaging_settings.resolved_database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(select(func.coalesce(func.max(audit.c.id), 0)))).scalar_one())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _report(stack: GateStack) -> list[dict[str, Any]]:
+    """Alice's access report at the EHR, every page (AU-07)."""
+    token = stack.patient_token("alice", "patient/AuditEvent.rs")
+    events: list[dict[str, Any]] = []
+    url: str | None = f"{stack.fhir_base}/AuditEvent?patient=alice&_count=500"
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
+        while url:
+            bundle = http.get(url).json()
+            events += [e["resource"] for e in bundle.get("entry", [])]
+            url = next((link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None)
+    return events
+
+
+def _record_keys(events: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(
+        str(x["what"]["identifier"]["value"])
+        for e in events
+        for x in e["entity"]
+        if x.get("what", {}).get("identifier", {}).get("system") == RECORD_SYSTEM
+    )
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the spool did not drain in time"
+        time.sleep(0.5)
+
+
+def _published(stack: GateStack, ids: set[int]) -> bool:
+    spool = _spool(stack, min(ids) - 1)
+    return all(spool.get(i) for i in ids)
+
+
+def test_au07_imaging_records_join_the_patients_access_report(spool_stack: GateStack) -> None:
+    before = _last_id(spool_stack)
+    token = spool_stack.patient_token("alice")
+    assert _metadata(spool_stack, token).status_code == 200
+    ids = set(_spool(spool_stack, before))
+    assert ids
+    _wait(lambda: _published(spool_stack, ids))
+    keys = {f"imaging/{i}" for i in ids}
+    events = [e for e in _report(spool_stack) if set(_record_keys([e])) & keys]
+    assert len(events) == len(ids)
+    event = events[0]
+    assert event["type"]["code"] == "110103"  # DICOM Instances Accessed
+    assert event["subtype"][0]["code"] == "metadata"
+    assert event["action"] == "R"
+    assert event["outcome"] == "0"
+    client = next(a for a in event["agent"] if "identifier" in a["who"])
+    assert client["who"]["identifier"]["value"] == "demo-app"
+    assert client["policy"] == [f"{GRANT_URN}{token_id(token)}"]
+    named = {x["what"].get("reference") for x in event["entity"]}
+    assert "Patient/alice" in named
+    assert any(str(r).startswith("ImagingStudy/") for r in named)  # the EHR resolved the study UID
+    assert token not in orjson.dumps(event).decode()  # AU-03: the token's id only
+
+
+def test_au06_ehr_down_spools_then_delivers_each_record_once(spool_stack: GateStack) -> None:
+    stack = spool_stack.stack
+    assert stack.ehr is not None
+    before = _last_id(spool_stack)
+    token = spool_stack.patient_token("alice")
+    stack.ehr.stop()
+    try:
+        answers = [_metadata(spool_stack, token).status_code for _ in range(6)]
+        assert answers == [503] * 6  # fail closed, and each refusal is a record to publish
+        time.sleep(3)  # the publishers have tried meanwhile
+        spool = _spool(spool_stack, before)
+        assert len(spool) == 6
+        assert not any(spool.values()), "nothing can be published while the EHR is down"
+    finally:
+        stack.ehr = start_service("ehr", stack.ehr_env(), stack.ehr.url, stack.ehr.log_path)
+    ids = set(spool)
+    _wait(lambda: _published(spool_stack, ids))
+    counts = _record_keys(_report(spool_stack))
+    assert {key: counts[key] for key in (f"imaging/{i}" for i in ids)} == {f"imaging/{i}": 1 for i in ids}
+
+
+def test_two_workers_publish_a_burst_exactly_once(spool_stack: GateStack) -> None:
+    """Both worker processes write records; one publisher at a time drains them (the lease)."""
+    before = _last_id(spool_stack)
+    token = spool_stack.patient_token("alice")
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: _metadata(spool_stack, token).status_code, range(40)))
+    assert statuses == [200] * 40
+    ids = set(_spool(spool_stack, before))
+    assert len(ids) == 40
+    _wait(lambda: _published(spool_stack, ids))
+    counts = _record_keys(_report(spool_stack))
+    assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
+    assert all(counts[f"imaging/{i}"] == 1 for i in ids)
