@@ -41,6 +41,8 @@ class FaultProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/introspect"
         self.mode = "forward"
+        #: Mode "skewed": seconds the EHR's clock is ahead (negative: behind) of the imaging host's.
+        self.clock_offset = 0
         self.calls: Counter[str] = Counter()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -66,15 +68,17 @@ class FaultProxy:
             )
         answer: Any = upstream.json()
         if isinstance(answer, dict) and answer.get("active"):
-            answer = self._rewrite(mode, answer)
+            answer = self._rewrite(mode, answer, self.clock_offset)
         return Response(orjson.dumps(answer), upstream.status_code, media_type="application/json")
 
     @staticmethod
-    def _rewrite(mode: str, answer: dict[str, Any]) -> dict[str, Any]:
+    def _rewrite(mode: str, answer: dict[str, Any], offset: int) -> dict[str, Any]:
         if mode == "other_audience":
             return {**answer, "aud": ["https://other-resource-server.example/dicom-web"]}
-        if mode == "expired":
-            return {**answer, "exp": int(time.time()) - 30}
+        if mode == "expired":  # beyond any clock-skew leeway
+            return {**answer, "exp": int(time.time()) - 600}
+        if mode == "skewed":  # an EHR whose clock is off: its times shift, its active decision holds
+            return {**answer, "exp": answer["exp"] + offset, "iat": answer["iat"] + offset}
         if mode == "no_patient":  # as a plain SMART EHR that forgot the launch context would answer
             return {k: v for k, v in answer.items() if k not in ("patient", IMAGING_GRANT)}
         return answer

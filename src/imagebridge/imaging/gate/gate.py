@@ -9,6 +9,7 @@ patterns"). The EHR unreachable means 503 + Retry-After: the gate never guesses.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,12 @@ from imagebridge.imaging.gate.token_info import (
     parse_introspection,
 )
 
+log = logging.getLogger(__name__)
+
 Operation = Literal["read", "write"]
+#: Seconds of clock difference with the EHR absorbed when reading ``exp`` and ``iat`` of an
+#: active token (security.md FT-14: ±30 s is tolerated; OIDF and the SMART test kit allow 60).
+CLOCK_LEEWAY = 60
 #: Identifier system of Study Instance UIDs on ImagingStudy (Argonaut SMART Imaging Access).
 UID_SYSTEM = "urn:dicom:uid"
 #: Study UIDs decided by one FHIR search (keeps the query URL well under common 8 KB limits).
@@ -134,9 +140,20 @@ class Gate:
 
     async def _admit_token(self, token: str, operation: Operation) -> Access:
         info = await self._introspect(token)
-        if not info.active or info.exp <= time.time():
+        if not info.active:
             raise GateRefusal(
                 bearer_challenge("invalid_token", "the access token is not active"), "inactive token"
+            )
+        skew = clock_skew(info, time.time())
+        if skew is not None:
+            log.warning(
+                "clock skew: the EHR calls a token active but its %s is %.0f s off this host's clock "
+                "(more than the %d s leeway); refusing it until the clocks agree (check NTP)",
+                *skew,
+                CLOCK_LEEWAY,
+            )
+            raise GateRefusal(
+                bearer_challenge("invalid_token", "the access token is not active"), f"clock skew ({skew[0]})"
             )
         if info.audiences is not None and self.own_base not in info.audiences:
             raise GateRefusal(
@@ -260,6 +277,20 @@ class Gate:
             return await self.tokens.get(digest(token), ask)
         except EhrUnavailable as exc:
             raise unavailable(str(exc)) from exc
+
+
+def clock_skew(info: TokenInfo, now: float) -> tuple[str, float] | None:
+    """Which claim of an active token lies beyond the leeway from ``now``, and by how much.
+
+    The EHR decides ``active`` by its own clock. An ``exp`` up to :data:`CLOCK_LEEWAY` in our past
+    (its clock is behind) or an ``iat`` up to that far in our future (ahead) is ordinary skew and
+    accepted; beyond it the clocks disagree too much to keep the token's lifetime promise.
+    """
+    if info.exp <= now - CLOCK_LEEWAY:
+        return "exp", info.exp - now
+    if info.iat is not None and info.iat > now + CLOCK_LEEWAY:
+        return "iat", info.iat - now
+    return None
 
 
 def _capability_refused(reason: str) -> GateRefusal:

@@ -24,6 +24,8 @@ class TokenInfo:
     scopes: ScopeSet = field(default_factory=ScopeSet)
     client_id: str = ""
     exp: float = 0.0
+    #: When the EHR says it issued the token (its clock), if it says.
+    iat: float | None = None
     patient: str | None = None
     user: str | None = None
     audiences: tuple[str, ...] | None = None
@@ -49,6 +51,7 @@ class TokenInfo:
             scopes=parse_scopes(data["scope_text"]),
             client_id=data["client_id"],
             exp=data["exp"],
+            iat=data.get("iat"),
             patient=data["patient"],
             user=data["user"],
             audiences=tuple(data["audiences"]) if data["audiences"] is not None else None,
@@ -71,6 +74,9 @@ def parse_introspection(body: dict[str, Any]) -> TokenInfo:
     exp = body.get("exp")
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise MalformedIntrospection("an active token has no integer 'exp'")
+    iat = body.get("iat")
+    if iat is not None and (not isinstance(iat, int) or isinstance(iat, bool)):
+        raise MalformedIntrospection("'iat' is not an integer")
     scope_text = body.get("scope", "")
     if not isinstance(scope_text, str):
         raise MalformedIntrospection("'scope' is not a string")
@@ -100,6 +106,7 @@ def parse_introspection(body: dict[str, Any]) -> TokenInfo:
         scopes=scopes,
         client_id=str(body.get("client_id", "")),
         exp=float(exp),
+        iat=float(iat) if iat is not None else None,
         patient=str(patient) if isinstance(patient, str) and patient else None,
         user=str(user) if isinstance(user, str) else None,
         audiences=audiences,
