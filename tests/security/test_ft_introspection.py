@@ -6,16 +6,21 @@ goes wrong, the imaging system answers 503 + Retry-After or 401, and never a byt
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import select
 from tests.gate_stack import EHR_TIMEOUT, READ_ACCEPT, GateStack
 from tests.imaging.gate.fault_proxy import GARBAGE
 from tests.imaging.gate.uids import first_instance
 
 from imagebridge.apps.stack import start_service
+from imagebridge.common import db
+from imagebridge.common.tokens import token_id
+from imagebridge.imaging.tables import audit
 
 
 @pytest.fixture
@@ -40,12 +45,41 @@ def _assert_unavailable(response: httpx.Response) -> None:
     assert b"DICM" not in response.content
 
 
+def _decision_ms(stack: GateStack, token: str) -> float:
+    """How long the imaging system took to decide the token's latest request, as it recorded it
+    in the audit row (from the request reaching the gate to the record being written)."""
+
+    async def run() -> float:
+        engine = db.create_engine(stack.stack.imaging_settings.resolved_database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                elapsed = await conn.scalar(
+                    select(audit.c.elapsed_ms)
+                    .where(audit.c.token_id == token_id(token))
+                    .order_by(audit.c.id.desc())
+                    .limit(1)
+                )
+        finally:
+            await engine.dispose()
+        assert elapsed is not None
+        return float(elapsed)
+
+    return asyncio.run(run())
+
+
+def _assert_within_bound(stack: GateStack, token: str) -> None:
+    """FT-01/FT-02: the 503 is decided within the configured EHR timeout + 100 ms, measured by the
+    server (a correctness bound of the spec, not a benchmark: the client's clock plays no part)."""
+    assert _decision_ms(stack, token) <= EHR_TIMEOUT * 1000 + 100
+
+
 @pytest.mark.usefixtures("proxy_mode")
 def test_ft01_introspection_endpoint_down_is_503(gate_stack: GateStack) -> None:
     token = gate_stack.patient_token("alice")
     gate_stack.proxy.stop()  # connection refused
     try:
         _assert_unavailable(_get_instance(gate_stack, token))
+        _assert_within_bound(gate_stack, token)
     finally:
         gate_stack.proxy.start()
     assert _get_instance(gate_stack, token).status_code == 200  # recovers on its own
@@ -55,12 +89,10 @@ def test_ft01_introspection_endpoint_down_is_503(gate_stack: GateStack) -> None:
 def test_ft02_slow_introspection_is_503_within_the_bound(gate_stack: GateStack) -> None:
     token = gate_stack.patient_token("alice")
     gate_stack.proxy.mode = "slow"  # the proxy would answer after 30 s
-    started = time.monotonic()
-    response = _get_instance(gate_stack, token)
-    elapsed = time.monotonic() - started
-    _assert_unavailable(response)
-    # Structural, not a benchmark: the gate's deadline applies, not the EHR's pace.
-    assert elapsed < EHR_TIMEOUT + 5
+    _assert_unavailable(_get_instance(gate_stack, token))
+    # The gate's deadline applies, not the EHR's pace; and it was the deadline that answered.
+    assert _decision_ms(gate_stack, token) >= EHR_TIMEOUT * 1000
+    _assert_within_bound(gate_stack, token)
 
 
 @pytest.mark.usefixtures("proxy_mode")
@@ -118,6 +150,7 @@ def test_ft01_ft06_ehr_stopped_then_restarted(gate_stack: GateStack) -> None:
     stack.ehr.stop()
     try:
         _assert_unavailable(_get_instance(gate_stack, token))
+        _assert_within_bound(gate_stack, token)
     finally:
         stack.ehr = start_service("ehr", stack.ehr_env(), stack.ehr.url, stack.ehr.log_path)
     assert _get_instance(gate_stack, token).status_code == 200
