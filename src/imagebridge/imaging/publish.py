@@ -16,8 +16,8 @@ import logging
 import time
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable, PublishRefused
 from imagebridge.imaging.tables import publish_queue
@@ -124,6 +124,20 @@ def imaging_study_resource(summary: dict[str, Any], endpoint_ref: str, mrn_syste
     if study["study_description"]:
         resource["description"] = study["study_description"]
     return resource
+
+
+async def queue_study(conn: AsyncConnection, study_uid: str, now: float) -> None:
+    """Queue a study for publishing in the caller's transaction (again, if already queued: the
+    publisher then sends its latest state)."""
+    queued = (
+        await conn.execute(select(publish_queue.c.study_uid).where(publish_queue.c.study_uid == study_uid))
+    ).first()
+    if queued is None:
+        await conn.execute(insert(publish_queue).values(study_uid=study_uid, queued_at=now, attempts=0))
+    else:
+        await conn.execute(
+            update(publish_queue).where(publish_queue.c.study_uid == study_uid).values(queued_at=now)
+        )
 
 
 class SummarySource(Protocol):

@@ -24,7 +24,8 @@ from imagebridge.imaging.archive.ingest import (
     ParsedInstance,
 )
 from imagebridge.imaging.dicomweb.qido_match import fold_person_name
-from imagebridge.imaging.tables import instances, publish_queue, series, series_requests, studies
+from imagebridge.imaging.publish import queue_study
+from imagebridge.imaging.tables import instances, series, series_requests, studies
 
 
 @dataclass(frozen=True)
@@ -214,15 +215,7 @@ class Index:
                 created_at=now,
             )
         )
-        queued = (
-            await conn.execute(select(publish_queue.c.study_uid).where(publish_queue.c.study_uid == ds_study))
-        ).first()
-        if queued is None:
-            await conn.execute(insert(publish_queue).values(study_uid=ds_study, queued_at=now, attempts=0))
-        else:
-            await conn.execute(
-                update(publish_queue).where(publish_queue.c.study_uid == ds_study).values(queued_at=now)
-            )
+        await queue_study(conn, ds_study, now)
         return Stored(row, duplicate=False)
 
     async def instances_of(

@@ -17,16 +17,12 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-if TYPE_CHECKING:
-    from imagebridge.imaging.publish import Publisher
-
 from imagebridge.imaging.gate.ehr_client import EhrUnavailable
-from imagebridge.imaging.tables import publish_queue
+from imagebridge.imaging.publish import Publisher, queue_study
 from imagebridge.imaging.upstream.client import UpstreamClient, UpstreamError, first_value
 
 log = logging.getLogger(__name__)
@@ -40,15 +36,7 @@ async def enqueue(engine: AsyncEngine, study_uids: Iterable[str]) -> None:
     now = time.time()
     async with engine.begin() as conn:
         for uid in study_uids:
-            queued = (
-                await conn.execute(select(publish_queue.c.study_uid).where(publish_queue.c.study_uid == uid))
-            ).first()
-            if queued is None:
-                await conn.execute(insert(publish_queue).values(study_uid=uid, queued_at=now, attempts=0))
-            else:
-                await conn.execute(
-                    update(publish_queue).where(publish_queue.c.study_uid == uid).values(queued_at=now)
-                )
+            await queue_study(conn, uid, now)
 
 
 def _text(item: dict[str, Any], tag: str) -> str:
