@@ -22,7 +22,9 @@ resource now (the policy engine's AuditEvent rule), whatever labels it had when 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -33,6 +35,8 @@ from imagebridge.ehr.fhir.store import Store
 from imagebridge.ehr.policy.engine import PolicyView, subject_patient
 from imagebridge.ehr.policy.labels import Label
 from imagebridge.ehr.policy.relationships import PatientAccess
+
+log = logging.getLogger(__name__)
 
 DCM: Final = "http://dicom.nema.org/resources/ontology/DCM"
 EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -183,13 +187,21 @@ def _entity(ref: str | None, kind: str, kind_name: str, role: str, role_name: st
 
 
 class AuditTrail:
-    """Writes the EHR's AuditEvents: one transaction per request."""
+    """Writes the EHR's AuditEvents behind the responses, in batches (group commit).
+
+    :meth:`record` queues a request's events and returns at once; one task of this process
+    commits everything queued in one transaction, then whatever arrived meanwhile. A read of
+    AuditEvents first waits for the queue (:meth:`flush`), so a report always shows what this
+    process has already answered. A failed write is retried, never dropped.
+    """
 
     def __init__(self, store: Store, source: str) -> None:
         self.store = store
         self.source = source
+        self._queued: list[dict[str, Any]] = []
+        self._writer: asyncio.Task[None] | None = None
 
-    async def record(
+    def record(
         self,
         kind: Kind,
         actor: Actor,
@@ -197,14 +209,36 @@ class AuditTrail:
         disclosures: Sequence[Disclosure] = (),
         query: str | None = None,
     ) -> None:
-        """One AuditEvent per disclosure (at least one), committed together."""
-        await self.store.create_many(
-            flush=False,
-            created=[
-                audit_event(kind, actor, self.source, status, d, query)
-                for d in (disclosures or [Disclosure(None)])
-            ],
+        """Queue one AuditEvent per disclosure (at least one); they are committed together."""
+        self._queued.extend(
+            audit_event(kind, actor, self.source, status, d, query)
+            for d in (disclosures or [Disclosure(None)])
         )
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def flush(self) -> None:
+        """Wait until every queued event is committed."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    async def _drain(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                await self.store.create_many(batch, flush=False)
+            except Exception:
+                log.exception("%d AuditEvents could not be written yet; retrying", len(batch))
+                self._queued[:0] = batch
+                await asyncio.sleep(1.0)
+
+
+def audit_trail(state: Any, store: Store, source: str) -> AuditTrail:
+    """This process's trail, kept on the application's ``state`` (created on first use)."""
+    trail: AuditTrail | None = getattr(state, "audit_trail", None)
+    if trail is None:
+        trail = state.audit_trail = AuditTrail(store, source)
+    return trail
 
 
 def _hides_anything(access: PatientAccess) -> bool:

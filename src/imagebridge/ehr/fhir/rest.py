@@ -58,11 +58,18 @@ class _Note:
     query: str | None = None
 
 
+def _trail(request: Request) -> audit.AuditTrail:
+    ctx: EhrContext = request.app.state.ctx
+    return audit.audit_trail(request.app.state, ctx.store, ctx.settings.fhir_base)
+
+
 async def _caller(request: Request, kind: audit.Kind) -> tuple[EhrContext, Authenticated, _Note]:
     """The authenticated caller; the request will be audited as ``kind``."""
     ctx: EhrContext = request.app.state.ctx
     note = request.state.audit = _Note(kind)
     auth = await authenticate(ctx, request)
+    if request.path_params.get("type") == "AuditEvent":
+        await _trail(request).flush()  # the report shows every access this process has answered
     token = bearer_token(request)
     note.actor = audit.Actor(
         auth.principal.client_id,
@@ -130,15 +137,17 @@ async def search(request: Request) -> Response:
     if parsed.patient is not None and parsed.patient not in view.patients(scopes):
         note.disclosures = [audit.Disclosure(parsed.patient, why="the patient is outside this authorization")]
         raise FhirError(403, "forbidden", "the patient is outside this authorization")
-    results, total = await ctx.store.search(parsed.query, restrict=view.sql(resource_type, scopes))
+    rules = audit.hiding(view, scopes, [parsed.patient] if parsed.patient else view.patients(scopes))
+    results, total, reached = await ctx.store.search_within(
+        parsed.query,
+        restrict=view.sql(resource_type, scopes),
+        # only where labels or Consents can hide a match is it worth counting (security.md AU-09)
+        reach=view.sql(resource_type, scopes, hiding=False) if rules else None,
+    )
     visible = [r for r in results if view.decide(r, scopes).allowed]
     if len(visible) != len(results):  # the SQL twin must never admit more than decide()
         log.error("policy SQL admitted %d resources decide() refused", len(results) - len(visible))
-    rules = audit.hiding(view, scopes, [parsed.patient] if parsed.patient else view.patients(scopes))
-    hidden = 0
-    if rules:  # only then can labels or Consents have hidden a match (security.md AU-09)
-        reached = await ctx.store.count(parsed.query, view.sql(resource_type, scopes, hiding=False))
-        hidden = reached - total
+    hidden = reached - total
     note.disclosures = audit.search_disclosures(view, scopes, parsed.patient, visible, hidden, rules)
     entries: list[dict[str, Any]] = [
         {
@@ -382,8 +391,7 @@ async def delete(request: Request) -> Response:
 
 
 def handle_errors(endpoint: Any) -> Any:
-    """Errors become OperationOutcomes; then the request's AuditEvents are committed before the
-    response leaves (one transaction); if they cannot be, nothing is delivered (503, AU-06)."""
+    """Errors become OperationOutcomes; then the request's AuditEvents are queued for writing."""
 
     async def wrapped(request: Request) -> Response:
         try:
@@ -396,16 +404,8 @@ def handle_errors(endpoint: Any) -> Any:
             log.exception("unhandled error in %s %s", request.method, request.url.path)
             response = FhirError(500, "exception", "internal error").response()
         note: _Note | None = getattr(request.state, "audit", None)
-        if note is None or note.actor is None:
-            return response
-        trail = audit.AuditTrail(request.app.state.ctx.store, request.app.state.ctx.settings.fhir_base)
-        try:
-            await trail.record(note.kind, note.actor, response.status_code, note.disclosures, note.query)
-        except Exception:
-            log.exception("the audit trail could not be written; nothing is delivered")
-            return FhirError(
-                503, "transient", "the audit trail is unavailable", {"Retry-After": "5"}
-            ).response()
+        if note is not None and note.actor is not None:
+            _trail(request).record(note.kind, note.actor, response.status_code, note.disclosures, note.query)
         return response
 
     return wrapped

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Select, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import Select, and_, delete, func, insert, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -100,7 +100,9 @@ class Store:
             if not flush and conn.dialect.name == "postgresql":
                 await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
             for resource in created:
-                await self._write(conn, {**resource, "id": uuid.uuid4().hex}, version=1, new=True)
+                await self._write(
+                    conn, {**resource, "id": resource.get("id") or uuid.uuid4().hex}, version=1, new=True
+                )
 
     async def put(self, resource: Resource) -> tuple[Resource, bool]:
         """Create or replace ``resource`` by id; returns (stored, created)."""
@@ -195,12 +197,32 @@ class Store:
         self, query: Query, *, restrict: ColumnElement[bool] | None = None
     ) -> tuple[list[Resource], int]:
         """Resources matching every criterion, a page of them, and the total count."""
+        rows, total, _ = await self.search_within(query, restrict=restrict)
+        return rows, total
+
+    async def search_within(
+        self,
+        query: Query,
+        *,
+        restrict: ColumnElement[bool] | None = None,
+        reach: ColumnElement[bool] | None = None,
+    ) -> tuple[list[Resource], int, int]:
+        """:meth:`search`, and how many matches the wider ``reach`` admits (``restrict`` must imply
+        ``reach``: the difference is what ``restrict`` left out). Both counts are one query."""
         async with self.engine.connect() as conn:
-            total = await conn.scalar(
-                select(func.count()).select_from(resources).where(*_where(query, restrict))
-            )
+            if reach is None:
+                total = reached = await conn.scalar(
+                    select(func.count()).select_from(resources).where(*_where(query, restrict))
+                )
+            else:
+                counts = select(
+                    func.count().filter(restrict if restrict is not None else true()), func.count()
+                )
+                total, reached = (
+                    await conn.execute(counts.select_from(resources).where(*_where(query, reach)))
+                ).one()
             rows = await conn.execute(self._select(query, restrict, limit=query.count))
-            return [_load(r.content) for r in rows], int(total or 0)
+            return [_load(r.content) for r in rows], int(total or 0), int(reached or 0)
 
     async def labeled(self, patient: str, labels: Sequence[tuple[str, str]]) -> set[str]:
         """References of the resources of ``patient`` carrying any of ``labels`` in ``meta.security``."""
@@ -220,14 +242,6 @@ class Store:
         )
         async with self.engine.connect() as conn:
             return {f"{row[0]}/{row[1]}" for row in await conn.execute(statement)}
-
-    async def count(self, query: Query, restrict: ColumnElement[bool] | None = None) -> int:
-        """How many resources match ``query`` within ``restrict``."""
-        async with self.engine.connect() as conn:
-            found = await conn.scalar(
-                select(func.count()).select_from(resources).where(*_where(query, restrict))
-            )
-        return int(found or 0)
 
     def _select(self, query: Query, restrict: ColumnElement[bool] | None, *, limit: int) -> Select[Any]:
         """The page of ``query``'s matches, in its sort order (then by id, so pages are stable)."""
