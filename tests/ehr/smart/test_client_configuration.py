@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -96,6 +97,28 @@ def test_wrong_or_missing_token_is_401(origin: str, method: str, headers: dict[s
     assert (
         httpx.get(
             info["registration_client_uri"], headers=bearer(info["registration_access_token"])
+        ).status_code
+        == 200
+    )
+
+
+def test_one_token_one_use_even_concurrently(origin: str) -> None:
+    info = registered(origin)
+    with ThreadPoolExecutor(8) as pool:
+        reads = list(
+            pool.map(
+                lambda _: httpx.get(
+                    info["registration_client_uri"], headers=bearer(info["registration_access_token"])
+                ),
+                range(8),
+            )
+        )
+    winners = [r for r in reads if r.status_code == 200]
+    assert len(winners) == 1
+    assert {r.status_code for r in reads} == {200, 401}
+    assert (
+        httpx.get(
+            info["registration_client_uri"], headers=bearer(winners[0].json()["registration_access_token"])
         ).status_code
         == 200
     )
