@@ -7,6 +7,7 @@ backend client flow (token → EHR search → Endpoint → WADO-RS) runs through
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from tests.conftest import TEST_SCALE
+from tests.imaging.upstream.fake_pacs import FakePacs
 from tests.orthanc import Orthanc, orthanc, unavailable
 from tests.services import missing
 
 from imagebridge.apps import demo_data
 from imagebridge.apps.seed import Seeded, _multipart, label_and_wait, seed_ehr
 from imagebridge.apps.smart_client import backend_token, fetch_study, iter_multipart, study_uid
-from imagebridge.apps.stack import LocalStack
+from imagebridge.apps.stack import LocalStack, free_port, start_service
 from imagebridge.apps.synthetic import dataset_bytes, generate_study, study_uid_for
 
 DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -88,6 +90,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyStack]:
             extra_imaging_env={
                 "IMAGEBRIDGE_IMAGING_UPSTREAM_AUTH": server.auth,
                 "IMAGEBRIDGE_IMAGING_UPSTREAM_SYNC_INTERVAL": "3600",
+                "IMAGEBRIDGE_IMAGING_CAPABILITY_URLS": "true",
             },
         )
         stack.provision()
@@ -361,23 +364,36 @@ def test_a_large_study_streams_both_ways_in_constant_memory(proxy: ProxyStack) -
     assert sampler.peak - baseline < limit, f"RSS grew by {(sampler.peak - baseline) / 2**20:.1f} MB"
 
 
+@contextlib.contextmanager
+def _second_proxy(
+    proxy: ProxyStack, tmp_path_factory: pytest.TempPathFactory, upstream_url: str, **env: str
+) -> Iterator[str]:
+    """Another proxy process (same public URL, so the same token audience) in front of
+    ``upstream_url``; yields its DICOMweb base."""
+    port = free_port()
+    service = start_service(
+        "imaging",
+        {
+            **proxy.stack.imaging_env(),
+            "IMAGEBRIDGE_IMAGING_PORT": str(port),
+            "IMAGEBRIDGE_IMAGING_DATA_DIR": str(tmp_path_factory.mktemp("second-proxy")),
+            "IMAGEBRIDGE_IMAGING_PUBLIC_URL": proxy.stack.imaging_settings.origin,
+            "IMAGEBRIDGE_IMAGING_UPSTREAM_URL": upstream_url,
+            **env,
+        },
+        f"http://127.0.0.1:{port}",
+        proxy.stack.data_dir / f"second-proxy-{port}.log",
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/dicom-web"
+    finally:
+        service.stop()
+
+
 def test_an_unreachable_upstream_is_502_and_hidden_studies_stay_404(
     proxy: ProxyStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A second proxy process (same public URL, so the same token audience) in front of nothing."""
-    from imagebridge.apps.stack import free_port, start_service
-
-    port = free_port()
-    env = {
-        **proxy.stack.imaging_env(),
-        "IMAGEBRIDGE_IMAGING_PORT": str(port),
-        "IMAGEBRIDGE_IMAGING_DATA_DIR": str(tmp_path_factory.mktemp("dead-upstream")),
-        "IMAGEBRIDGE_IMAGING_PUBLIC_URL": proxy.stack.imaging_settings.origin,
-        "IMAGEBRIDGE_IMAGING_UPSTREAM_URL": f"http://127.0.0.1:{free_port()}/dicom-web",
-    }
-    service = start_service("imaging", env, f"http://127.0.0.1:{port}", proxy.stack.data_dir / "dead.log")
-    try:
-        base = f"http://127.0.0.1:{port}/dicom-web"
+    with _second_proxy(proxy, tmp_path_factory, f"http://127.0.0.1:{free_port()}/dicom-web") as base:
         auth = {"Authorization": f"Bearer {proxy.token()}", "Accept": DICOM}
         alice_ct, bob_ct = proxy.seeded.study_uids["ACC-1001"], proxy.seeded.study_uids["ACC-2002"]
         with httpx.Client(timeout=30) as http:
@@ -390,5 +406,106 @@ def test_an_unreachable_upstream_is_502_and_hidden_studies_stay_404(
             unknown = http.get(f"{base}/studies/{UNKNOWN_STUDY}", headers=auth)
         assert hidden.status_code == 404
         assert hidden.content == unknown.content
-    finally:
-        service.stop()
+
+
+_JSON = "application/dicom+json"
+
+
+@pytest.mark.parametrize("mode", ["html", "status_500", "unauthorized", "redirect", "slow"])
+def test_a_failing_or_garbage_pacs_is_502_on_every_kind_of_route(
+    proxy: ProxyStack, tmp_path_factory: pytest.TempPathFactory, mode: str
+) -> None:
+    """Whatever the PACS does wrong (an HTML sign-in page, 5xx, refusing imagebridge's own
+    credentials, redirecting elsewhere, not answering within ``upstream_timeout``) is 502 —
+    never its body, never its redirect — while a study the caller may not see stays 404."""
+    alice, bob = proxy.seeded.study_uids["ACC-1001"], proxy.seeded.study_uids["ACC-2002"]
+    auth = {"Authorization": f"Bearer {proxy.token()}"}
+    with (
+        FakePacs() as pacs,
+        _second_proxy(
+            proxy,
+            tmp_path_factory,
+            pacs.base,
+            IMAGEBRIDGE_IMAGING_UPSTREAM_TIMEOUT="1",
+            IMAGEBRIDGE_IMAGING_UPSTREAM_QUIRKS="",
+        ) as base,
+    ):
+        pacs.mode = mode
+        with httpx.Client(timeout=30) as http:
+            for path, accept in (
+                (f"/studies/{alice}", DICOM),
+                (f"/studies/{alice}/metadata", _JSON),
+                (f"/studies/{alice}/series", _JSON),
+                ("/studies", _JSON),
+                ("/instances", _JSON),
+            ):
+                response = http.get(f"{base}{path}", headers={**auth, "Accept": accept})
+                assert response.status_code == 502, (path, response.status_code, response.text[:200])
+                assert "location" not in response.headers
+                assert b"sign in" not in response.content
+                assert response.json()["message"].startswith("the upstream PACS")
+            hidden = http.get(f"{base}/studies/{bob}", headers={**auth, "Accept": DICOM})
+            unknown = http.get(f"{base}/studies/{UNKNOWN_STUDY}", headers={**auth, "Accept": DICOM})
+    assert hidden.status_code == 404
+    assert hidden.content == unknown.content
+
+
+def test_a_query_the_pacs_refuses_as_such_keeps_its_status(
+    proxy: ProxyStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    alice = proxy.seeded.study_uids["ACC-1001"]
+    auth = {"Authorization": f"Bearer {proxy.token()}", "Accept": _JSON}
+    with (
+        FakePacs() as pacs,
+        _second_proxy(proxy, tmp_path_factory, pacs.base, IMAGEBRIDGE_IMAGING_UPSTREAM_QUIRKS="") as base,
+    ):
+        pacs.mode = "bad_request"
+        with httpx.Client(timeout=30) as http:
+            everywhere = http.get(f"{base}/studies", params={"00291010": "x"}, headers=auth)
+            in_study = http.get(f"{base}/studies/{alice}/series", params={"00291010": "x"}, headers=auth)
+    assert everywhere.status_code == 400
+    assert in_study.status_code == 400
+
+
+def _capability(proxy: ProxyStack, study: str) -> httpx.Response:
+    with httpx.Client(timeout=30) as http:
+        return http.post(
+            f"{proxy.base}/studies/{study}/capability", headers={"Authorization": f"Bearer {proxy.token()}"}
+        )
+
+
+def test_capability_urls_work_the_same_in_proxy_mode(proxy: ProxyStack) -> None:
+    """Issued for a visible study; followed without a token down to frames; bound to its study;
+    the capability itself never reaches the PACS."""
+    alice, bob = proxy.seeded.study_uids["ACC-1001"], proxy.seeded.study_uids["ACC-2002"]
+    issued = _capability(proxy, alice)
+    assert issued.status_code == 200, issued.text
+    assert issued.headers["cache-control"] == "no-store"
+    url = issued.json()["url"]
+    assert url.startswith(f"{proxy.base}/cap/")
+    assert url.endswith(f"/studies/{alice}")
+    capability = url.split("/cap/")[1].split("/")[0]
+    series, instance = _orthanc_uids(proxy, alice)
+    with httpx.Client(timeout=60) as http:  # no Authorization header from here on
+        study = http.get(url, headers={"Accept": DICOM})
+        assert study.status_code == 200
+        digests = {hashlib.sha256(part).hexdigest() for part in iter_multipart(study)}
+        assert digests == _expected("ACC-1001")
+        metadata = http.get(f"{url}/metadata", headers={"Accept": _JSON})
+        assert metadata.status_code == 200
+        assert metadata.json()[0]["0020000D"]["Value"] == [alice]
+        frame = http.get(
+            f"{url}/series/{series}/instances/{instance}/frames/1",
+            headers={"Accept": 'multipart/related; type="*/*"'},
+        )
+        assert frame.status_code == 200
+        widened = http.get(url.replace(alice, bob), headers={"Accept": DICOM})
+        tampered = http.get(url.replace(capability, capability[:-4] + "AAAA"), headers={"Accept": DICOM})
+        everywhere = http.get(f"{proxy.base}/cap/{capability}/studies", headers={"Accept": _JSON})
+    assert widened.status_code == 403
+    assert tampered.status_code == 403
+    assert everywhere.status_code == 404  # searches across studies are not under a capability
+    assert capability not in proxy.orthanc.log()
+    assert capability not in proxy.stack.imaging.log()  # type: ignore[union-attr]
+    assert _capability(proxy, bob).status_code == 404  # the EHR hides Bob's study from this client
+    assert _capability(proxy, UNKNOWN_STUDY).status_code == 404

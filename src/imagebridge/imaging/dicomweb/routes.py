@@ -6,7 +6,7 @@ Every route runs behind the gate: there is no second way in (ARCHITECTURE.md inv
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -118,26 +118,37 @@ routes += [
 
 
 async def issue_capability(ctx: ImagingContext, access: Access, request: Request) -> Response:
-    """``POST {base}/studies/{study}/capability``: a capability URL for a study this token may see."""
+    """``POST {base}/studies/{study}/capability``: a capability URL for a study this token may see.
+
+    In proxy mode the PACS holds the study: the EHR's decision (which names only published
+    studies) is the whole check; the archive also requires the study in its index.
+    """
     study, _, _ = _uids(request)
-    if not await ctx.index.instances_of(study, None, None) or not await ctx.gate.may_see_study(access, study):
+    held = ctx.upstream is not None or bool(await ctx.index.instances_of(study, None, None))
+    if not held or not await ctx.gate.may_see_study(access, study):
         return not_found()
     sealed, expires_at = ctx.gate.issue_capability(access, study)
     url = f"{ctx.settings.dicomweb_base}/cap/{sealed}/studies/{study}"
     return JSONResponse({"url": url, "study": study, "expires_at": int(expires_at)}, headers=NO_STORE)
 
 
-def _capability_routes() -> list[BaseRoute]:
-    """Every GET route under one study, again under ``{base}/cap/{capability}`` (spec.md §1.7)."""
+def capability_routes(study_routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """Issuing capability URLs, and every GET route of ``study_routes`` under one study again under
+    ``{base}/cap/{capability}`` (spec.md §1.7); the archive and proxy mode share them."""
     return [
-        Route(route.path.removeprefix(BASE), route.endpoint, methods=["GET"])
-        for route in routes
-        if isinstance(route, Route) and route.path.startswith(_STUDY) and "GET" in (route.methods or ())
+        Route(f"{_STUDY}/capability", gated(issue_capability), methods=["POST"]),
+        Mount(
+            f"{BASE}/cap/{{capability}}",
+            routes=[
+                Route(route.path.removeprefix(BASE), route.endpoint, methods=["GET"])
+                for route in study_routes
+                if isinstance(route, Route)
+                and route.path.startswith(_STUDY)
+                and "GET" in (route.methods or ())
+            ],
+        ),
     ]
 
 
 # Capability URLs (keep these last: the mount repeats the study routes defined above).
-routes += [
-    Route(f"{_STUDY}/capability", gated(issue_capability), methods=["POST"]),
-    Mount(f"{BASE}/cap/{{capability}}", routes=_capability_routes()),
-]
+routes += capability_routes(routes)

@@ -65,6 +65,25 @@ class UpstreamError(Exception):
     """The upstream PACS could not be reached or answered with a server error."""
 
 
+class UpstreamRefusal(Exception):
+    """The upstream PACS refused the request as the caller made it (a 4xx about the query itself)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def upstream_fault(status: int, content_type: str | None) -> bool:
+    """Whether an upstream answer is the PACS's (or imagebridge's) fault, never the caller's: 5xx;
+    401/403/407 (imagebridge's own credentials refused: reading as the caller's token being
+    invalid would mislead); a redirect (its target is the PACS's business; 304 is an answer);
+    a success that is an HTML page (a login portal or error page, not DICOMweb)."""
+    if status >= 500 or status in (401, 403, 407) or (300 <= status < 400 and status != 304):
+        return True
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return 200 <= status < 300 and status != 204 and (not media or media == "text/html")
+
+
 def auth_header(upstream_auth: str) -> dict[str, str]:
     """The ``Authorization`` header for ``basic:user:password`` or ``bearer:TOKEN`` (RFC 7617, 6750)."""
     if not upstream_auth:
@@ -149,6 +168,8 @@ class UpstreamClient:
             await response.aclose()
         if response.status_code in (204, 404):
             return []
+        if 400 <= response.status_code < 500 and not upstream_fault(response.status_code, None):
+            raise UpstreamRefusal(response.status_code, f"the upstream PACS refused the query ({path})")
         if response.status_code != 200:
             raise UpstreamError(f"the upstream PACS answered QIDO-RS {path} with {response.status_code}")
         try:

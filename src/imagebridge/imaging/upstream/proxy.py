@@ -19,18 +19,20 @@ import httpx
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
-from imagebridge.imaging.dicomweb.routes import BASE, gated
+from imagebridge.imaging.dicomweb.routes import BASE, capability_routes, gated
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 from imagebridge.imaging.gate.gate import Access
 from imagebridge.imaging.upstream.client import (
     DROPPED_RESPONSE_HEADERS,
     UpstreamClient,
     UpstreamError,
+    UpstreamRefusal,
     first_value,
+    upstream_fault,
 )
 from imagebridge.imaging.upstream.sync import enqueue
 
@@ -106,13 +108,6 @@ def _response_headers(
     return headers
 
 
-def _failed(status: int) -> bool:
-    """Upstream answers that are this system's fault or the PACS's, never the caller's: a 401 or
-    403 there means imagebridge's own credentials were refused, and must not read as the
-    caller's token being invalid (ARCHITECTURE.md status codes)."""
-    return status >= 500 or status in (401, 403, 407)
-
-
 def _is_json(response: httpx.Response) -> bool:
     return "json" in response.headers.get("content-type", "")
 
@@ -123,6 +118,8 @@ async def forward(
     """Stream the upstream's answer to the same DICOMweb path (JSON rewritten when ``rewrite``)."""
     upstream = _upstream(ctx)
     path = request.url.path.removeprefix(BASE)
+    if "capability" in request.path_params:  # the capability is ours: never sent to the PACS
+        path = path.removeprefix(f"/cap/{request.path_params['capability']}")
     headers = await upstream.request_headers(request.headers, identity=rewrite)
     if query is None:
         query = await upstream.query_string(request.query_params.multi_items())
@@ -130,7 +127,7 @@ async def forward(
     if response.status_code == 404:
         await response.aclose()
         return not_found()
-    if _failed(response.status_code):
+    if upstream_fault(response.status_code, response.headers.get("content-type")):
         await response.aclose()
         raise DicomwebError(502, f"the upstream PACS answered {response.status_code}")
     body: AsyncIterator[bytes] = response.aiter_raw(CHUNK)
@@ -234,7 +231,7 @@ async def store(ctx: ImagingContext, access: Access, request: Request) -> Respon
     finally:
         await response.aclose()
     body = b"".join(chunks)
-    if _failed(response.status_code):
+    if upstream_fault(response.status_code, response.headers.get("content-type")):
         raise DicomwebError(502, f"the upstream PACS answered STOW-RS with {response.status_code}")
     studies = sorted(set(_STUDY_IN_URL.findall(body.decode("utf-8", "replace"))))
     if studies:
@@ -245,13 +242,16 @@ async def store(ctx: ImagingContext, access: Access, request: Request) -> Respon
 
 
 def _upstream_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """An unreachable upstream is a 502 (ARCHITECTURE.md: the EHR's faults are 503, not this)."""
+    """The PACS unreachable, failing or answering garbage is a 502 (the EHR's faults are 503, not
+    this); a PACS refusing the caller's query as such (400, 413, …) answers that status."""
 
     async def wrapped(ctx: ImagingContext, access: Access, request: Request) -> Response:
         try:
             response: Response = await handler(ctx, access, request)
         except UpstreamError as exc:
             raise DicomwebError(502, str(exc)) from exc
+        except UpstreamRefusal as exc:
+            raise DicomwebError(exc.status, str(exc)) from exc
         return response
 
     return wrapped
@@ -263,7 +263,7 @@ _INSTANCE = f"{_SERIES}/instances/{{instance}}"
 _FRAMES = f"{_INSTANCE}/frames/{{frames}}"
 _read = gated(_upstream_errors(retrieve))
 
-routes = [
+routes: list[BaseRoute] = [
     Route(f"{BASE}/studies", gated(_upstream_errors(search_everywhere)), methods=["GET"]),
     Route(f"{BASE}/series", gated(_upstream_errors(search_everywhere)), methods=["GET"]),
     Route(f"{BASE}/instances", gated(_upstream_errors(search_everywhere)), methods=["GET"]),
@@ -293,3 +293,4 @@ routes = [
         )
     ),
 ]
+routes += capability_routes(routes)

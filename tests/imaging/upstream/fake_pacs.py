@@ -1,0 +1,62 @@
+"""A DICOMweb "PACS" that misbehaves on demand, for the proxy's error statuses (docs/proxy.md).
+
+Every request is answered according to ``mode``: an HTML page with 200, a 500, a 401 (the
+proxy's own credentials refused), a redirect elsewhere, a 400 (the query refused as such), or a
+reply slower than the proxy's upstream timeout. It runs in a thread of the test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imagebridge.apps.stack import free_port
+
+ANSWERS: dict[str, tuple[int, bytes, dict[str, str]]] = {
+    "html": (200, b"<html><body>Please sign in</body></html>", {"content-type": "text/html"}),
+    "status_500": (500, b"internal error", {"content-type": "text/plain"}),
+    "unauthorized": (401, b"", {"www-authenticate": 'Basic realm="pacs"'}),
+    "redirect": (302, b"", {"location": "http://evil.example/dicom-web/studies"}),
+    "bad_request": (400, b'{"error": "unsupported attribute"}', {"content-type": "application/json"}),
+}
+
+
+class FakePacs:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/dicom-web"
+        self.mode = "html"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    async def _answer(self, request: Request) -> Response:
+        if self.mode == "slow":
+            await asyncio.sleep(30)
+        status, body, headers = ANSWERS[self.mode]
+        return Response(body, status, headers=headers)
+
+    def __enter__(self) -> FakePacs:
+        app = Starlette(routes=[Route("/{path:path}", self._answer, methods=["GET", "POST"])])
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fake PACS did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
+            self._thread.join(10)
