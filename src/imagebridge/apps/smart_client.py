@@ -12,9 +12,12 @@ from typing import Any
 import httpx
 
 from imagebridge.common import jose
+from imagebridge.common.multipart import iter_related
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: Largest part accepted in a response: a DICOM value length is at most 4 GiB.
+MAX_PART_BYTES = 2**32
 
 
 @dataclass(frozen=True)
@@ -83,30 +86,15 @@ def wado_base(study: dict[str, Any], bundle: dict[str, Any]) -> str:
 
 
 def iter_multipart(response: httpx.Response) -> Iterator[bytes]:
-    """The parts of a streamed ``multipart/related`` response, one whole part at a time."""
-    content_type = response.headers["content-type"]
-    boundary = next(
-        p.split("=", 1)[1].strip().strip('"')
-        for p in content_type.split(";")
-        if p.strip().startswith("boundary=")
-    )
-    delimiter = b"\r\n--" + boundary.encode()
-    buffer = b"\r\n"
-    for chunk in response.iter_bytes():
-        buffer += chunk
-        while True:
-            start = buffer.find(delimiter)
-            if start < 0:
-                break
-            end = buffer.find(delimiter, start + len(delimiter))
-            if end < 0:
-                break
-            part = buffer[start + len(delimiter) : end]
-            buffer = buffer[end:]
-            if part.startswith(b"--"):
-                return
-            _, _, body = part.partition(b"\r\n\r\n")
-            yield body
+    """The parts of a streamed ``multipart/related`` response, one whole part at a time.
+
+    A response cut short (no closing delimiter) raises ``MultipartError`` (common.multipart): a
+    server ends a body early when it cannot finish it; a shorter study must not pass for whole.
+    """
+    for _, body in iter_related(
+        response.headers["content-type"], response.iter_bytes(), max_part_bytes=MAX_PART_BYTES
+    ):
+        yield body
 
 
 def fetch_study(

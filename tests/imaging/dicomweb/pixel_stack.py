@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid
 from imagebridge.apps.smart_client import BackendClient, backend_token
 from imagebridge.apps.stack import LocalStack
 from imagebridge.common import jose
+from imagebridge.common.multipart import iter_related
 from imagebridge.ehr.admin import Admin
 
 MRN = "PX-0001"
@@ -217,23 +218,4 @@ def wait_published(stack: LocalStack, token: str, http: httpx.Client, timeout: f
 
 def split_multipart(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
     """The parts of a whole ``multipart/related`` response: (headers lower-cased, body)."""
-    content_type = response.headers["content-type"]
-    mark = next(
-        p.split("=", 1)[1].strip().strip('"')
-        for p in content_type.split(";")
-        if p.strip().startswith("boundary=")
-    )
-    delimiter = b"--" + mark.encode()
-    pieces = (b"\r\n" + response.content).split(b"\r\n" + delimiter)
-    parts = []
-    for piece in pieces[1:]:
-        if piece.startswith(b"--"):
-            break
-        head, _, body = piece.partition(b"\r\n\r\n")
-        headers = {}
-        for line in head.decode("latin-1").split("\r\n"):
-            if ":" in line:
-                key, _, value = line.partition(":")
-                headers[key.strip().lower()] = value.strip()
-        parts.append((headers, body))
-    return parts
+    return list(iter_related(response.headers["content-type"], [response.content], max_part_bytes=2**32))

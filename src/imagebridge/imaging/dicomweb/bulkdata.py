@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from imagebridge.common.multipart import boundary, related_stream
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import dicom_json
 from imagebridge.imaging.dicomweb.bulkdata_locate import BlobReader, Unlocatable, locate
@@ -31,7 +32,6 @@ from imagebridge.imaging.dicomweb.media import (
     Offer,
     negotiate,
 )
-from imagebridge.imaging.dicomweb.multipart import boundary, related_stream
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 from imagebridge.imaging.gate.gate import Access
 

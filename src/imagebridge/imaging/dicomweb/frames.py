@@ -27,6 +27,7 @@ from pydicom.encaps import get_frame
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from imagebridge.common.multipart import boundary, related_stream
 from imagebridge.imaging.archive.blobs import BlobStore
 from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.context import ImagingContext
@@ -40,7 +41,6 @@ from imagebridge.imaging.dicomweb.media import (
     negotiate,
     pixel_media_type,
 )
-from imagebridge.imaging.dicomweb.multipart import boundary, related_stream
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 from imagebridge.imaging.gate.gate import Access
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from imagebridge.imaging.dicomweb.multipart import MultipartError, content_type_related, validate_boundary
+from imagebridge.common.multipart import MultipartError, content_type_related, validate_boundary
 
 MULTIPART_RELATED = "multipart/related"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"

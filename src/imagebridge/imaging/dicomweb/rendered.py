@@ -32,6 +32,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from imagebridge.common.multipart import boundary, related_stream
 from imagebridge.imaging.archive.blobs import BlobStore
 from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.context import ImagingContext
@@ -39,7 +40,6 @@ from imagebridge.imaging.dicomweb import pixels
 from imagebridge.imaging.dicomweb.errors import DicomwebError
 from imagebridge.imaging.dicomweb.frames import admitted_rows, once, parse_frame_list
 from imagebridge.imaging.dicomweb.media import MULTIPART_RELATED, NotAcceptable, Offer, negotiate
-from imagebridge.imaging.dicomweb.multipart import boundary, related_stream
 from imagebridge.imaging.gate.gate import Access
 
 OFFERS = (Offer("image/jpeg"), Offer("image/png"), Offer("image/gif"))

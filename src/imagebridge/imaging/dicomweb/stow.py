@@ -22,6 +22,7 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from imagebridge.common.multipart import MultipartError, PartTooLarge, iter_parts
 from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.archive.ingest import (
     CANNOT_UNDERSTAND,
@@ -40,7 +41,6 @@ from imagebridge.imaging.dicomweb import dicom_json
 from imagebridge.imaging.dicomweb.errors import DicomwebError
 from imagebridge.imaging.dicomweb.levels import level_json
 from imagebridge.imaging.dicomweb.media import UnsupportedMediaType, parse_stow_content_type
-from imagebridge.imaging.dicomweb.multipart import MultipartError, PartTooLarge, iter_parts
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 
 DICOM_JSON = "application/dicom+json"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from starlette.responses import Response, StreamingResponse
 
+from imagebridge.common.multipart import boundary, content_type_related, related_stream
 from imagebridge.imaging.archive.blobs import BlobStore
 from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.dicomweb.errors import DicomwebError
@@ -24,7 +25,6 @@ from imagebridge.imaging.dicomweb.media import (
     negotiate,
     parse_accept,
 )
-from imagebridge.imaging.dicomweb.multipart import boundary, content_type_related, related_stream
 from imagebridge.imaging.dicomweb.transcode import (
     Transcoding,
     can_transcode,

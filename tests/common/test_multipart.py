@@ -1,4 +1,4 @@
-"""Tests for imagebridge.imaging.dicomweb.multipart (RFC 2046 §5.1, security.md DI-13)."""
+"""Tests for imagebridge.common.multipart (RFC 2046 §5.1, security.md DI-13)."""
 
 import asyncio
 import itertools
@@ -9,12 +9,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from imagebridge.imaging.dicomweb.multipart import (
+from imagebridge.common.multipart import (
     MultipartError,
     PartTooLarge,
     boundary,
     content_type_related,
     iter_parts,
+    iter_related,
     related_stream,
     validate_boundary,
 )
@@ -332,3 +333,34 @@ def test_content_type_related() -> None:
     assert content_type_related("application/octet-stream", 'q"\\').endswith('boundary="q\\"\\\\"')
     with pytest.raises(MultipartError):
         content_type_related("application/dicom", "")
+
+
+# --- the synchronous reader (clients of WADO-RS) ---------------------------------------------
+
+
+@given(
+    parts=st.lists(st.tuples(_headers, _bodies), max_size=5),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
+)
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+def test_sync_reader_agrees_with_the_async_one(
+    parts: list[tuple[dict[str, str], bytes]], cuts: list[int]
+) -> None:
+    for _, body in parts:
+        assume(not _REAL_DELIMITER.search(b"\r\n" + body + b"\r\n"))
+    data = _write(parts)
+    content_type = content_type_related("application/dicom", B)
+    assert list(iter_related(content_type, _split(data, cuts), max_part_bytes=MB)) == _parse(
+        _split(data, cuts)
+    )
+
+
+def test_sync_reader_refuses_a_cut_body_and_finds_quoted_boundaries() -> None:
+    data = _write([({}, b"one"), ({}, b"two")], "a:b")
+    content_type = content_type_related("application/dicom", "a:b")
+    assert 'boundary="a:b"' in content_type
+    assert [body for _, body in iter_related(content_type, [data], max_part_bytes=MB)] == [b"one", b"two"]
+    with pytest.raises(MultipartError, match="no closing delimiter"):
+        list(iter_related(content_type, [data[:-8]], max_part_bytes=MB))
+    with pytest.raises(MultipartError, match="no multipart boundary"):
+        list(iter_related("multipart/related", [data], max_part_bytes=MB))
