@@ -316,13 +316,18 @@ def has_token(
     """SQL: the resource has an index row for ``param`` matching any ``(system, code)``.
 
     The subquery names ``resource_type`` as a constant (not correlated with the outer row), so the
-    database evaluates it once and uses the ``ix_search_tokens_lookup`` index.
+    database evaluates it once and uses the ``ix_search_tokens_lookup`` index. Codes are grouped by
+    system into ``IN`` lists: one ``OR`` branch per code would exceed SQLite's expression depth
+    (1,000) for a Group of more than about a thousand patients.
     """
+    by_system: dict[str | None, list[str]] = {}
+    for system, code in alternatives:
+        by_system.setdefault(system, []).append(code)
     options = [
-        search_tokens.c.code == code
+        search_tokens.c.code.in_(codes)
         if system is None
-        else and_(search_tokens.c.system == system, search_tokens.c.code == code)
-        for system, code in alternatives
+        else and_(search_tokens.c.system == system, search_tokens.c.code.in_(codes))
+        for system, codes in by_system.items()
     ]
     return resources.c.id.in_(
         select(search_tokens.c.id).where(
