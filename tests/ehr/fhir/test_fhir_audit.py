@@ -4,13 +4,14 @@ AuditEvents added by the imaging system (``system/AuditEvent.c`` only), against 
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import accessions, add_client, get, issue, study_id
+from tests.ehr.fhir.ehr_access import accessions, add_client, get, issue, study_id, unique
 
 from imagebridge.apps.demo_data import MAYA, MRN_SYSTEM
 from imagebridge.common.tokens import token_id
@@ -118,11 +119,17 @@ def _event(patient_mrn: str, study_uid: str) -> dict[str, Any]:
     }
 
 
-def _post(running: RunningStack, token: str, body: dict[str, Any]) -> httpx.Response:
+def _post(
+    running: RunningStack, token: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> httpx.Response:
     return httpx.post(
         f"{running.fhir_base}/AuditEvent",
         json=body,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/fhir+json",
+            **(headers or {}),
+        },
     )
 
 
@@ -136,6 +143,25 @@ def test_imaging_posts_audit_records_that_join_the_patients_report(running: Runn
     assert _named(stored) == {"Patient/maya", sensitive}
     assert stored["id"] in {e["id"] for e in _report(running, "maya", "Patient/maya")}
     assert stored["id"] not in {e["id"] for e in _report(running, "maya", "RelatedPerson/elena")}
+
+
+def test_a_retried_record_is_kept_once(running: RunningStack) -> None:
+    """``If-None-Exist`` on the record's identifier (FHIR R4 §3.1.0.8 conditional create): retries,
+    even concurrent ones, keep one copy."""
+    scope = "system/AuditEvent.c"
+    writer = issue(running, add_client(running, "backend", scope), scope)
+    key = unique("imaging")
+    event = _event(MAYA.mrn, running.seeded.study_uids["ACC-3001"])
+    event["entity"].append(
+        {"what": {"identifier": {"system": "urn:imagebridge:imaging-audit", "value": key}}}
+    )
+    condition = {"If-None-Exist": f"entity:identifier=urn:imagebridge:imaging-audit|{key}"}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: _post(running, writer, event, condition), range(6)))
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [201]
+    assert len({a.json()["id"] for a in answers}) == 1
+    copies = [e for e in _report(running, "maya", "Patient/maya") if e["id"] == answers[0].json()["id"]]
+    assert len(copies) == 1
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ def capability_statement(ctx: EhrContext) -> dict[str, Any]:
                 for code in ("read", "search-type", "create", "update")
                 if not (audit and code == "update")
             ],
+            "conditionalCreate": True,
             "conditionalUpdate": not audit,
             "updateCreate": not audit,
             "conditionalDelete": "not-supported",

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from starlette.requests import Request
@@ -254,23 +254,34 @@ def _may_write(view: PolicyView, resource: dict[str, Any], scopes: list[Scope]) 
 
 
 async def create(request: Request) -> Response:
+    """``POST [type]`` (FHIR R4 §3.1.0.8); with ``If-None-Exist: [search]`` a conditional create:
+    a match is returned unchanged (200), more than one is 412, none creates (201), atomically."""
     ctx, auth, note = await _caller(request, audit.CREATE)
     resource_type = _resource_type(request)
     scopes = _require_scope(auth, resource_type, "c")
     if resource_type == "AuditEvent":
         scopes = _audit_writer(scopes)
+        request.state.audit = None  # an added record is its own audit (a refusal is audited below)
     resource = await resolve_subject(ctx, await _body(request, resource_type))
     resource.pop("id", None)
-    note.disclosures = [audit.Disclosure(subject_patient(resource), [resource_type])]
-    _may_write(await ctx.policy.view(auth.principal), resource, scopes)
-    stored = await ctx.store.create(resource)
-    if resource_type == "AuditEvent":
-        request.state.audit = None  # the record is its own audit
-    else:
-        note.disclosures = [audit.Disclosure(subject_patient(stored), [f"{resource_type}/{stored['id']}"])]
-    return fhir_response(
-        stored, 201, {"Location": f"{ctx.settings.fhir_base}/{resource_type}/{stored['id']}/_history/1"}
-    )
+    view = await ctx.policy.view(auth.principal)
+    try:
+        _may_write(view, resource, scopes)
+    except FhirError:
+        request.state.audit = note
+        note.disclosures = [audit.Disclosure(subject_patient(resource), [resource_type])]
+        raise
+    condition = request.headers.get("if-none-exist")
+    if condition is None:
+        return await _stored(ctx, note, ctx.store.put({**resource, "id": uuid.uuid4().hex}))
+    parsed = parse_search(resource_type, parse_qsl(condition, keep_blank_values=True), strict=True)
+    if not parsed.query.criteria:
+        raise FhirError(400, "invalid", "If-None-Exist needs search criteria")
+
+    def build(existing: dict[str, Any] | None) -> dict[str, Any]:
+        return existing if existing is not None else {**resource, "id": uuid.uuid4().hex}
+
+    return await _stored(ctx, note, ctx.store.conditional_put(parsed.query, build))
 
 
 def _keep_ehr_facts(existing: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
@@ -308,7 +319,8 @@ async def _stored(ctx: EhrContext, note: _Note, write: Awaitable[tuple[dict[str,
     except MultipleMatches as exc:
         raise FhirError(412, "multiple-matches", str(exc)) from exc
     ref = f"{stored['resourceType']}/{stored['id']}"
-    note.kind = audit.CREATE if created else audit.UPDATE
+    if created:
+        note.kind = audit.CREATE
     note.disclosures = [audit.Disclosure(subject_patient(stored), [ref])]
     location = (
         f"{ctx.settings.fhir_base}/{stored['resourceType']}/{stored['id']}"

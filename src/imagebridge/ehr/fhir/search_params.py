@@ -93,6 +93,13 @@ def _entity_refs(keep: Callable[[str], bool]) -> Callable[[Resource], Iterator[t
     return extract
 
 
+def _entity_identifiers(resource: Resource) -> Iterator[tuple[str, str]]:
+    for entity in _as_list(resource.get("entity")):
+        what = entity.get("what") if isinstance(entity, dict) else None
+        if isinstance(what, dict):
+            yield from _identifiers("identifier")(what)
+
+
 def _entity_types(resource: Resource) -> Iterator[tuple[str, str]]:
     """The resource types an AuditEvent names (so a Consent withholding a type hides the event)."""
     for kind in sorted({ref.partition("/")[0] for _, ref in _references("entity.what")(resource)}):
@@ -140,6 +147,8 @@ PARAMS: dict[str, tuple[SearchParam, ...]] = {
         SearchParam("patient", "reference", _entity_refs(lambda kind: kind == "Patient")),
         SearchParam("entity", "reference", _entity_refs(lambda kind: True)),
         SearchParam("entity-type", "token", _entity_types),
+        # the reference parameter's :identifier modifier (FHIR R4 §3.1.1.4.9), e.g. a record id
+        SearchParam("entity:identifier", "token", _entity_identifiers),
         SearchParam("agent", "reference", _references("agent.who")),
         SearchParam("date", "date", _dates("recorded")),
     ),

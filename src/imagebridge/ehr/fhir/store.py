@@ -116,7 +116,8 @@ class Store:
         """Conditional update (FHIR R4 §3.1.0.4.3) as one atomic step: the match and the write run
         in one transaction holding a lock on the criteria, so concurrent updates with the same
         criteria never both create. ``build`` turns the match (or None) into what to write and may
-        raise to refuse; returns (stored, created)."""
+        raise to refuse; returning the match itself leaves it unchanged (conditional create, FHIR R4
+        §3.1.0.8). Returns (stored, created)."""
         async with self.engine.begin() as conn:
             await _serialize(conn, f"{query.resource_type}?{query.criteria!r}")
             rows = await conn.execute(self._select(query, None, limit=2))
@@ -124,7 +125,10 @@ class Store:
             if len(matches) > 1:
                 raise MultipleMatches("the criteria match more than one resource")
             existing = matches[0] if matches else None
-            return await self._upsert(conn, existing, build(existing))
+            resource = build(existing)
+            if existing is not None and resource is existing:
+                return existing, False
+            return await self._upsert(conn, existing, resource)
 
     async def _upsert(
         self, conn: AsyncConnection, existing: Resource | None, resource: Resource
