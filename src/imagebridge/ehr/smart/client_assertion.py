@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import heapq
 import json
 import math
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+import orjson
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, KeySet, RSAKey
@@ -274,10 +276,16 @@ async def _client_keys(
         if client.jwks_uri is not None and (jku is not None or client.jwks is None):
             return await fetch_jwks(client.jwks_uri)
         if client.jwks is not None:
-            return key_set_from_jwks(client.jwks)
+            return _inline_keys(orjson.dumps(client.jwks, option=orjson.OPT_SORT_KEYS))
     except JwksError as exc:
         raise InvalidClient(f"the client's JWKS is unusable: {exc}") from exc
     raise InvalidClient("the client has no registered keys")
+
+
+@functools.lru_cache(maxsize=256)
+def _inline_keys(jwks: bytes) -> KeySet:
+    """A registered inline JWK Set, imported once per distinct document (not on every assertion)."""
+    return key_set_from_jwks(orjson.loads(jwks))
 
 
 def _select_key(keys: KeySet, kid: str, alg: str) -> Key:

@@ -14,6 +14,7 @@ import orjson
 from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagebridge.common import db
 from imagebridge.common.tokens import digest, new_secret
 from imagebridge.ehr.tables import tokens
 
@@ -48,7 +49,7 @@ class GrantStore:
 
     async def issue(self, grant: Grant) -> str:
         secret = new_secret()
-        async with self.engine.begin() as conn:
+        async with db.begin(self.engine) as conn:
             await conn.execute(
                 insert(tokens).values(
                     digest=digest(secret),

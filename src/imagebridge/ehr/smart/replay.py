@@ -7,12 +7,17 @@ second worker or after a restart.
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from sqlalchemy import delete, insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagebridge.common import db
 from imagebridge.ehr.tables import assertion_jtis
+
+#: Seconds between deletions of expired keys (an expired key never blocks a new use meanwhile).
+PRUNE_INTERVAL = 60.0
 
 
 class DatabaseReplayStore:
@@ -20,12 +25,27 @@ class DatabaseReplayStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._next_prune = 0.0
 
     async def first_use(self, key: str, expires_at: float) -> bool:
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(delete(assertion_jtis).where(assertion_jtis.c.expires_at < time.time()))
-                await conn.execute(insert(assertion_jtis).values(key=key, expires_at=expires_at))
-        except IntegrityError:
-            return False
-        return True
+        """Record ``key`` until ``expires_at``; False if it is recorded and unexpired.
+
+        One statement decides: insert the key, or take over its row only if that has expired.
+        """
+        now = time.time()
+        insert: Any = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
+        statement = (
+            insert(assertion_jtis)
+            .values(key=key, expires_at=expires_at)
+            .on_conflict_do_update(
+                index_elements=[assertion_jtis.c.key],
+                set_={"expires_at": expires_at},
+                where=assertion_jtis.c.expires_at < now,
+            )
+        )
+        async with db.begin(self.engine) as conn:
+            if now >= self._next_prune:
+                self._next_prune = now + PRUNE_INTERVAL
+                await conn.execute(delete(assertion_jtis).where(assertion_jtis.c.expires_at < now))
+            recorded = await conn.execute(statement)
+        return recorded.rowcount == 1

@@ -67,8 +67,13 @@ async def authenticate_client(ctx: EhrContext, form: dict[str, str]) -> Client:
     if form.get("client_assertion_type") != JWT_BEARER or not form.get("client_assertion"):
         raise OAuthError("invalid_client", f"client_assertion_type must be {JWT_BEARER}", status=401)
 
+    resolved: dict[str, Client] = {}
+
     async def resolve(client_id: str) -> Client | None:
-        return await ctx.clients.get(client_id)
+        client = await ctx.clients.get(client_id)
+        if client is not None:
+            resolved[client_id] = client
+        return client
 
     try:
         verified = await verify_client_assertion(
@@ -81,7 +86,7 @@ async def authenticate_client(ctx: EhrContext, form: dict[str, str]) -> Client:
         )
     except InvalidClient as exc:
         raise OAuthError("invalid_client", exc.error_description, status=401) from exc
-    client = await ctx.clients.get(verified.client_id)
+    client = resolved.get(verified.client_id)  # the registration the assertion was verified against
     if client is None or not client.enabled:
         raise OAuthError("invalid_client", "unknown or disabled client", status=401)
     return client
