@@ -1,0 +1,73 @@
+"""EHR migration 0002 brings a database created before users had roles, clients had registration
+access tokens and tokens had online_access sessions up to date, keeping its users able to sign in
+in the roles they had (Practitioners stay clinicians)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from sqlalchemy import Connection, inspect, text
+
+from imagebridge.common import db
+from imagebridge.ehr.app import MIGRATIONS
+from imagebridge.ehr.smart.users import UserStore
+from imagebridge.ehr.tables import metadata
+
+ADDED = (("users", "roles"), ("users", "enabled"), ("clients", "registration_token"), ("tokens", "session"))
+
+
+def _schema(conn: Connection) -> tuple[set[str], dict[str, set[str]]]:
+    """(index names of ``tokens``, column names of each table 0002 changes)."""
+    found = inspect(conn)
+    indexes = {str(index["name"]) for index in found.get_indexes("tokens")}
+    return indexes, {table: {c["name"] for c in found.get_columns(table)} for table, _ in ADDED}
+
+
+def test_0002_upgrades_a_database_from_before_it(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ehr.sqlite3'}"
+
+    async def as_0001_left_it() -> None:
+        engine = db.create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+                await conn.execute(text("DROP INDEX ix_tokens_session"))
+                for table, column in ADDED:
+                    await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+                await conn.execute(
+                    text(
+                        "INSERT INTO users (username, password_hash, fhir_user, display_name, created_at)"
+                        " VALUES"
+                        " ('chen', 'x', 'Practitioner/dr-chen', 'Dr. Chen', 0),"
+                        " ('elena', 'x', 'RelatedPerson/elena', 'Elena', 0),"
+                        " ('alice', 'x', 'Patient/alice', 'Alice', 0)"
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(as_0001_left_it())
+    command.stamp(db.alembic_config(MIGRATIONS, url), "0001")
+    db.upgrade(MIGRATIONS, url)
+
+    async def read() -> tuple[dict[str, tuple[tuple[str, ...], bool]], set[str]]:
+        engine = db.create_engine(url)
+        try:
+            users = {u.username: (u.roles, u.enabled) for u in await UserStore(engine).all()}
+            async with engine.connect() as conn:
+                indexes, columns = await conn.run_sync(_schema)
+            assert all(column in columns[table] for table, column in ADDED)
+            return users, indexes
+        finally:
+            await engine.dispose()
+
+    users, indexes = asyncio.run(read())
+    assert users == {
+        "chen": (("clinician",), True),
+        "elena": (("proxy",), True),
+        "alice": (("patient",), True),
+    }
+    assert "ix_tokens_session" in indexes
+    db.upgrade(MIGRATIONS, url)  # already at head: nothing to do, nothing fails
