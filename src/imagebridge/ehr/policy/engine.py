@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from sqlalchemy import and_, false, not_, or_, true
+from sqlalchemy import and_, exists, false, not_, or_, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from imagebridge.common.smart_scopes import Interaction, Level, Scope, ScopeSet
@@ -32,7 +32,7 @@ from imagebridge.ehr.policy import constraints
 from imagebridge.ehr.policy.consent import withheld_from
 from imagebridge.ehr.policy.labels import labels_of
 from imagebridge.ehr.policy.relationships import PatientAccess, Reach, Relationships, with_consent
-from imagebridge.ehr.tables import resources
+from imagebridge.ehr.tables import resources, search_tokens
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class PolicyView:
                 else has_token("patient", [(None, f"Patient/{p}") for p in sorted(patients)], resource_type)
             ]
             if labels:
-                parts.append(not_(has_token("_security", sorted(labels), resource_type)))
+                parts.append(_lacks_labels(sorted(labels), resource_type))
             parts.extend(_withheld_sql(resource_type, withheld, withheld_types))
             options.append(and_(*parts))
         return or_(false(), *options)
@@ -216,6 +216,27 @@ def _withheld_sql(
         ]
     ids = sorted(r.partition("/")[2] for r in withheld if r.startswith(f"{resource_type}/"))
     return [resources.c.id.not_in(ids)] if ids else []
+
+
+def _lacks_labels(labels: Sequence[tuple[str | None, str]], resource_type: str) -> ColumnElement[bool]:
+    """SQL: the row carries none of the security ``labels``.
+
+    Probed per candidate row through the ``ix_search_tokens_owner`` index (resource type, id), so
+    the cost follows the rows the other criteria admit, not the number of labeled resources in the
+    whole database (an uncorrelated ``NOT IN`` would list every one of those for each search).
+    """
+    options = [
+        search_tokens.c.code == code
+        if system is None
+        else and_(search_tokens.c.system == system, search_tokens.c.code == code)
+        for system, code in labels
+    ]
+    return ~exists().where(
+        search_tokens.c.resource_type == resource_type,
+        search_tokens.c.id == resources.c.id,
+        search_tokens.c.param == "_security",
+        or_(*options),
+    )
 
 
 class PolicyEngine:
