@@ -149,6 +149,8 @@ def _routes(study: str, series: str, instance: str) -> list[tuple[str, str]]:
         (f"/studies/{study}/series/{series}/metadata", "application/dicom+json"),
         (f"{inst}/metadata", "application/dicom+json"),
         (f"{inst}/frames/1", 'multipart/related; type="application/octet-stream"; transfer-syntax=*'),
+        (f"/studies/{study}/rendered", "image/jpeg"),
+        (f"/studies/{study}/series/{series}/rendered", "image/jpeg"),
         (f"{inst}/rendered", "image/jpeg"),
         (f"{inst}/thumbnail", "image/jpeg"),
         (f"{inst}/bulkdata/7FE00010", "multipart/related; type=application/octet-stream"),
@@ -253,6 +255,12 @@ def test_json_points_at_the_proxy_and_frames_accept_any_type(proxy: ProxyStack) 
         assert rendered.status_code == 200
         assert rendered.headers["content-type"].startswith("image/jpeg")
         assert rendered.content.startswith(b"\xff\xd8")
+        # Rendered Series is relayed as the PACS answers it (Orthanc: one image, not one per instance)
+        series_rendered = http.get(
+            f"{proxy.base}/studies/{study}/series/{series}/rendered", headers={**auth, "Accept": "image/jpeg"}
+        )
+        assert series_rendered.status_code == 200, series_rendered.text
+        assert series_rendered.headers["content-type"].startswith("image/jpeg")
 
 
 def test_the_callers_token_never_reaches_orthanc(proxy: ProxyStack) -> None:

@@ -284,6 +284,8 @@ routes: list[BaseRoute] = [
             f"{_INSTANCE}/bulkdata/{{tagpath:path}}",
             f"{_INSTANCE}/bulk/{{tagpath:path}}",  # Orthanc's BulkDataURI spelling
             _FRAMES,
+            f"{_STUDY}/rendered",
+            f"{_SERIES}/rendered",
             f"{_INSTANCE}/rendered",
             f"{_FRAMES}/rendered",
             f"{_STUDY}/thumbnail",
