@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from tests.gate_stack import READ_ACCEPT, GateStack
-from tests.imaging.gate.uids import first_instance
+from tests.gate_stack import GateStack
+from tests.imaging.gate.uids import get_instance
 
 from imagebridge.apps.smart_client import discover
 from imagebridge.common import jose
@@ -30,22 +30,13 @@ def skewed(gate_stack: GateStack) -> Iterator[GateStack]:
     gate_stack.proxy.clock_offset = 0
 
 
-def _get_instance(stack: GateStack, token: str) -> httpx.Response:
-    uids = first_instance("ACC-1002")
-    with httpx.Client(timeout=60) as http:
-        return http.get(
-            f"{stack.dicomweb_base}/studies/{uids.study}/series/{uids.series}/instances/{uids.instance}",
-            headers={"Authorization": f"Bearer {token}", "Accept": READ_ACCEPT},
-        )
-
-
 @pytest.mark.parametrize("offset", [-30, 30])
 def test_ft14_thirty_seconds_of_ehr_skew_is_tolerated(skewed: GateStack, offset: int) -> None:
     """A token with 20 s left: an EHR 30 s behind reports its ``exp`` 10 s in our past; one 30 s
     ahead reports ``iat`` 30 s in our future. Both are the EHR's ordinary answer: served."""
     skewed.proxy.clock_offset = offset
     token = skewed.patient_token("alice", lifetime=20)
-    response = _get_instance(skewed, token)
+    response = get_instance(skewed, token)
     assert response.status_code == 200, response.text
     assert b"DICM" in response.content
 
@@ -55,7 +46,7 @@ def test_ft14_ten_minutes_of_ehr_skew_is_refused_with_an_alert(skewed: GateStack
     skewed.proxy.clock_offset = offset
     log_before = len(skewed.imaging_log())
     token = skewed.patient_token("alice")
-    response = _get_instance(skewed, token)
+    response = get_instance(skewed, token)
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
     assert b"DICM" not in response.content

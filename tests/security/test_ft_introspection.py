@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from sqlalchemy import select
-from tests.gate_stack import EHR_TIMEOUT, READ_ACCEPT, GateStack
+from tests.gate_stack import EHR_TIMEOUT, GateStack
 from tests.imaging.gate.fault_proxy import GARBAGE
-from tests.imaging.gate.uids import first_instance
+from tests.imaging.gate.uids import get_instance
 
 from imagebridge.apps.stack import start_service
 from imagebridge.common import db
@@ -28,15 +28,6 @@ def proxy_mode(gate_stack: GateStack) -> Iterator[None]:
     """Restore the proxy to plain forwarding after each test."""
     yield
     gate_stack.proxy.mode = "forward"
-
-
-def _get_instance(stack: GateStack, token: str) -> httpx.Response:
-    uids = first_instance("ACC-1002")
-    with httpx.Client(timeout=60) as http:
-        return http.get(
-            f"{stack.dicomweb_base}/studies/{uids.study}/series/{uids.series}/instances/{uids.instance}",
-            headers={"Authorization": f"Bearer {token}", "Accept": READ_ACCEPT},
-        )
 
 
 def _assert_unavailable(response: httpx.Response) -> None:
@@ -78,18 +69,18 @@ def test_ft01_introspection_endpoint_down_is_503(gate_stack: GateStack) -> None:
     token = gate_stack.patient_token("alice")
     gate_stack.proxy.stop()  # connection refused
     try:
-        _assert_unavailable(_get_instance(gate_stack, token))
+        _assert_unavailable(get_instance(gate_stack, token))
         _assert_within_bound(gate_stack, token)
     finally:
         gate_stack.proxy.start()
-    assert _get_instance(gate_stack, token).status_code == 200  # recovers on its own
+    assert get_instance(gate_stack, token).status_code == 200  # recovers on its own
 
 
 @pytest.mark.usefixtures("proxy_mode")
 def test_ft02_slow_introspection_is_503_within_the_bound(gate_stack: GateStack) -> None:
     token = gate_stack.patient_token("alice")
     gate_stack.proxy.mode = "slow"  # the proxy would answer after 30 s
-    _assert_unavailable(_get_instance(gate_stack, token))
+    _assert_unavailable(get_instance(gate_stack, token))
     # The gate's deadline applies, not the EHR's pace; and it was the deadline that answered.
     assert _decision_ms(gate_stack, token) >= EHR_TIMEOUT * 1000
     _assert_within_bound(gate_stack, token)
@@ -100,14 +91,14 @@ def test_ft02_slow_introspection_is_503_within_the_bound(gate_stack: GateStack) 
 def test_ft03_garbage_introspection_is_never_permission(gate_stack: GateStack, mode: str) -> None:
     token = gate_stack.patient_token("alice")
     gate_stack.proxy.mode = mode
-    _assert_unavailable(_get_instance(gate_stack, token))
+    _assert_unavailable(get_instance(gate_stack, token))
 
 
 @pytest.mark.usefixtures("proxy_mode")
 def test_ft03_patient_token_without_patient_is_refused(gate_stack: GateStack) -> None:
     token = gate_stack.patient_token("alice")
     gate_stack.proxy.mode = "no_patient"
-    response = _get_instance(gate_stack, token)
+    response = get_instance(gate_stack, token)
     assert response.status_code == 401
     assert b"DICM" not in response.content
 
@@ -116,7 +107,7 @@ def test_ft03_patient_token_without_patient_is_refused(gate_stack: GateStack) ->
 def test_rs08_active_answer_with_past_exp_is_401(gate_stack: GateStack) -> None:
     token = gate_stack.patient_token("alice")
     gate_stack.proxy.mode = "expired"
-    response = _get_instance(gate_stack, token)
+    response = get_instance(gate_stack, token)
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
@@ -125,7 +116,7 @@ def test_rs08_active_answer_with_past_exp_is_401(gate_stack: GateStack) -> None:
 def test_rs03_token_for_another_resource_server_is_401(gate_stack: GateStack) -> None:
     token = gate_stack.patient_token("alice")
     gate_stack.proxy.mode = "other_audience"
-    response = _get_instance(gate_stack, token)
+    response = get_instance(gate_stack, token)
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
@@ -133,11 +124,11 @@ def test_rs03_token_for_another_resource_server_is_401(gate_stack: GateStack) ->
 def test_ft03_no_stale_cache_past_the_bound_when_the_ehr_fails(gate_stack: GateStack) -> None:
     """A cached positive answer expires at the window; afterwards an EHR fault means 503."""
     token = gate_stack.patient_token("alice")
-    assert _get_instance(gate_stack, token).status_code == 200
+    assert get_instance(gate_stack, token).status_code == 200
     gate_stack.proxy.mode = "status_500"
     try:
         time.sleep(2.2)  # past the 2 s revocation window
-        _assert_unavailable(_get_instance(gate_stack, token))
+        _assert_unavailable(get_instance(gate_stack, token))
     finally:
         gate_stack.proxy.mode = "forward"
 
@@ -149,8 +140,8 @@ def test_ft01_ft06_ehr_stopped_then_restarted(gate_stack: GateStack) -> None:
     token = gate_stack.patient_token("alice")
     stack.ehr.stop()
     try:
-        _assert_unavailable(_get_instance(gate_stack, token))
+        _assert_unavailable(get_instance(gate_stack, token))
         _assert_within_bound(gate_stack, token)
     finally:
         stack.ehr = start_service("ehr", stack.ehr_env(), stack.ehr.url, stack.ehr.log_path)
-    assert _get_instance(gate_stack, token).status_code == 200
+    assert get_instance(gate_stack, token).status_code == 200

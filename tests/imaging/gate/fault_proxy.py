@@ -8,18 +8,17 @@ to misbehave (security.md FT-02, FT-03, RS-03, RS-08) or stop it (FT-01: connect
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from typing import Any
 
 import httpx
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from tests.threaded_app import ThreadedApp
 
 from imagebridge.apps.stack import free_port
 from imagebridge.common.tokens import digest
@@ -44,8 +43,9 @@ class FaultProxy:
         #: Mode "skewed": seconds the EHR's clock is ahead (negative: behind) of the imaging host's.
         self.clock_offset = 0
         self.calls: Counter[str] = Counter()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._app = ThreadedApp(
+            Starlette(routes=[Route("/introspect", self._introspect, methods=["POST"])]), self.port
+        )
 
     async def _introspect(self, request: Request) -> Response:
         body = await request.body()
@@ -84,20 +84,7 @@ class FaultProxy:
         return answer
 
     def start(self) -> None:
-        app = Starlette(routes=[Route("/introspect", self._introspect, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the fault proxy did not start")
-            time.sleep(0.02)
+        self._app.start()
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-            self._thread.join(10)
-            self._server = None
+        self._app.stop()

@@ -8,14 +8,12 @@ reply slower than the proxy's upstream timeout. It runs in a thread of the test 
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from tests.threaded_app import ThreadedApp
 
 from imagebridge.apps.stack import free_port
 
@@ -33,8 +31,9 @@ class FakePacs:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/dicom-web"
         self.mode = "html"
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._app = ThreadedApp(
+            Starlette(routes=[Route("/{path:path}", self._answer, methods=["GET", "POST"])]), self.port
+        )
 
     async def _answer(self, request: Request) -> Response:
         if self.mode == "slow":
@@ -43,20 +42,8 @@ class FakePacs:
         return Response(body, status, headers=headers)
 
     def __enter__(self) -> FakePacs:
-        app = Starlette(routes=[Route("/{path:path}", self._answer, methods=["GET", "POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the fake PACS did not start")
-            time.sleep(0.02)
+        self._app.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
-            self._thread.join(10)
+        self._app.stop()
