@@ -28,8 +28,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+from weakref import WeakKeyDictionary
+
+from starlette.requests import Request
 
 from imagebridge.common.smart_scopes import Scope
+from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.dates import now_instant
 from imagebridge.ehr.fhir.store import Store
 from imagebridge.ehr.policy.engine import PolicyView, subject_patient
@@ -233,12 +237,32 @@ class AuditTrail:
                 await asyncio.sleep(1.0)
 
 
-def audit_trail(state: Any, store: Store, source: str) -> AuditTrail:
-    """This process's trail, kept on the application's ``state`` (created on first use)."""
-    trail: AuditTrail | None = getattr(state, "audit_trail", None)
-    if trail is None:
-        trail = state.audit_trail = AuditTrail(store, source)
-    return trail
+_TRAILS: WeakKeyDictionary[Store, AuditTrail] = WeakKeyDictionary()
+
+
+def trail(ctx: EhrContext) -> AuditTrail:
+    """This process's trail for the EHR of ``ctx`` (created on first use)."""
+    found = _TRAILS.get(ctx.store)
+    if found is None:
+        found = _TRAILS[ctx.store] = AuditTrail(ctx.store, ctx.settings.fhir_base)
+    return found
+
+
+def authorization_event(
+    ctx: EhrContext,
+    kind: Kind,
+    request: Request | None,
+    client_id: str,
+    *,
+    user: str | None = None,
+    patient: str | None = None,
+    why: str = "",
+    grant_id: str | None = None,
+) -> None:
+    """Record an authorization event (security.md AU-08): a grant, a refusal, a revocation, a
+    registration change. Scopes go in ``why``; never a token or code."""
+    actor = Actor(client_id, user, grant_id, request.client.host if request and request.client else None)
+    trail(ctx).record(kind, actor, 200, [Disclosure(patient, why=why)])
 
 
 def _hides_anything(access: PatientAccess) -> bool:

@@ -58,18 +58,13 @@ class _Note:
     query: str | None = None
 
 
-def _trail(request: Request) -> audit.AuditTrail:
-    ctx: EhrContext = request.app.state.ctx
-    return audit.audit_trail(request.app.state, ctx.store, ctx.settings.fhir_base)
-
-
 async def _caller(request: Request, kind: audit.Kind) -> tuple[EhrContext, Authenticated, _Note]:
     """The authenticated caller; the request will be audited as ``kind``."""
     ctx: EhrContext = request.app.state.ctx
     note = request.state.audit = _Note(kind)
     auth = await authenticate(ctx, request)
     if request.path_params.get("type") == "AuditEvent":
-        await _trail(request).flush()  # the report shows every access this process has answered
+        await audit.trail(ctx).flush()  # the report shows every access this process has answered
     token = bearer_token(request)
     note.actor = audit.Actor(
         auth.principal.client_id,
@@ -417,7 +412,9 @@ def handle_errors(endpoint: Any) -> Any:
             response = FhirError(500, "exception", "internal error").response()
         note: _Note | None = getattr(request.state, "audit", None)
         if note is not None and note.actor is not None:
-            _trail(request).record(note.kind, note.actor, response.status_code, note.disclosures, note.query)
+            audit.trail(request.app.state.ctx).record(
+                note.kind, note.actor, response.status_code, note.disclosures, note.query
+            )
         return response
 
     return wrapped

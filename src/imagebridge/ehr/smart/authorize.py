@@ -24,6 +24,7 @@ from starlette.responses import RedirectResponse, Response
 
 from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
 from imagebridge.common.tokens import new_secret
+from imagebridge.ehr import audit
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.smart import online
 from imagebridge.ehr.smart.clients import Client
@@ -243,10 +244,19 @@ def needs_patient(scope: str) -> bool:
     return "launch/patient" in scopes.others or any(s.level == "patient" for s in scopes.resource_scopes)
 
 
-async def approve(ctx: EhrContext, pending: Pending, user: User, scope: str) -> Response:
+async def approve(ctx: EhrContext, request: Request, pending: Pending, user: User, scope: str) -> Response:
     """Issue the code for what the user approved and send the browser back to the app (303)."""
     if not await PendingStore(ctx.engine).finish(pending.id):
         return error_page("This authorization was already answered.")
+    audit.authorization_event(
+        ctx,
+        audit.CONSENT_GRANTED,
+        request,
+        pending.client_id,
+        user=user.fhir_user,
+        patient=pending.patient if needs_patient(scope) else None,
+        why=f"granted: {scope}" + ("" if scope == pending.scope else f" (requested: {pending.scope})"),
+    )
     grant = {
         "redirect_uri": pending.redirect_uri,
         "challenge": pending.challenge,

@@ -31,6 +31,7 @@ from starlette.responses import Response
 from imagebridge.common.responses import JSONResponse, bearer_challenge
 from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
 from imagebridge.common.tokens import digest, new_secret, same
+from imagebridge.ehr import audit
 from imagebridge.ehr.bearer import Unauthenticated, bearer_token
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.smart import ratelimit
@@ -87,6 +88,7 @@ async def registration_endpoint(request: Request) -> Response:
     token = new_secret()
     client = replace(client, registration_token=digest(token))
     await ctx.clients.add(client)
+    _registered(ctx, request, client.client_id, f"registered with scope {client.scope!r}")
     return JSONResponse(client_information(ctx, client, token), status_code=201, headers=NO_STORE)
 
 
@@ -109,6 +111,7 @@ async def client_configuration_endpoint(request: Request) -> Response:
         ):
             return bearer_challenge("invalid_token", "the registration access token was just used")
         await ctx.grants.revoke_client(client.client_id)
+        _registered(ctx, request, client.client_id, "registration deleted; its tokens revoked")
         return Response(status_code=204, headers=NO_STORE)
     updated = client
     if request.method == "PUT":
@@ -120,7 +123,13 @@ async def client_configuration_endpoint(request: Request) -> Response:
     updated = replace(updated, registration_token=digest(new_token))
     if not await ctx.clients.replace_registered(updated, stored):
         return bearer_challenge("invalid_token", "the registration access token was just used")
+    if request.method == "PUT":
+        _registered(ctx, request, client.client_id, f"registration updated; scope {updated.scope!r}")
     return JSONResponse(client_information(ctx, updated, new_token), headers=NO_STORE)
+
+
+def _registered(ctx: EhrContext, request: Request, client_id: str, why: str) -> None:
+    audit.authorization_event(ctx, audit.REGISTRATION, request, client_id, why=why)
 
 
 async def _update(ctx: EhrContext, client: Client, metadata: dict[str, Any]) -> Client:

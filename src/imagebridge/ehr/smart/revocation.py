@@ -11,6 +11,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from imagebridge.common.tokens import token_id
+from imagebridge.ehr import audit
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.smart.forms import read_form
 from imagebridge.ehr.smart.oauth_errors import NO_STORE, OAuthError
@@ -38,6 +40,16 @@ async def revocation_endpoint(request: Request) -> Response:
                 await ctx.grants.revoke_family(grant.family)
             else:
                 await ctx.grants.revoke(token)
+            audit.authorization_event(
+                ctx,
+                audit.TOKEN_REVOKED,
+                request,
+                client.client_id,
+                user=grant.fhir_user,
+                patient=grant.patient,
+                why=f"{kind} token revoked{' with its family' if kind == 'refresh' and grant.family else ''}",
+                grant_id=token_id(token),
+            )
             break
     except OAuthError as exc:
         return exc.response()

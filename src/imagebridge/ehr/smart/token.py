@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
-from imagebridge.common.tokens import same
+from imagebridge.common.tokens import same, token_id
+from imagebridge.ehr import audit
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.smart import online, ratelimit
 from imagebridge.ehr.smart.client_assertion import InvalidClient, verify_client_assertion
@@ -147,7 +148,7 @@ async def authorization_code(ctx: EhrContext, form: dict[str, str]) -> dict[str,
     )
     scopes = grant["scope"].split()
     refresh_expiry = await online.refresh_expiry(ctx, base.scope, base.issued_at, base.session)
-    body = await issue_user_tokens(ctx, base, refresh_expiry)
+    body = await issue_user_tokens(ctx, base, refresh_expiry, audit.TOKEN_ISSUED)
     if "openid" in scopes and ("fhirUser" in scopes or "profile" in scopes):
         body["id_token"] = await id_token(
             ctx, client.client_id, grant["sub"], grant["fhir_user"], grant["nonce"]
@@ -155,11 +156,24 @@ async def authorization_code(ctx: EhrContext, form: dict[str, str]) -> dict[str,
     return body
 
 
-async def issue_user_tokens(ctx: EhrContext, base: Grant, refresh_expiry: float | None) -> dict[str, Any]:
-    """An access token (and a rotated refresh token) for ``base``; the SMART token response."""
+async def issue_user_tokens(
+    ctx: EhrContext, base: Grant, refresh_expiry: float | None, event: audit.Kind
+) -> dict[str, Any]:
+    """An access token (and a rotated refresh token) for ``base``; the SMART token response.
+    Audited as ``event`` (security.md AU-08)."""
     lifetime = ctx.settings.access_token_lifetime
     now = time.time()
     access = await ctx.grants.issue(replace(base, kind="access", issued_at=now, expires_at=now + lifetime))
+    audit.authorization_event(
+        ctx,
+        event,
+        None,
+        base.client_id,
+        user=base.fhir_user,
+        patient=base.patient,
+        why=f"scope: {base.scope}",
+        grant_id=token_id(access),
+    )
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "Bearer",
@@ -202,7 +216,7 @@ async def refresh_token(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]
             await ctx.grants.revoke_family(old.family)
         raise OAuthError("invalid_grant", "the refresh token was already used")
     base = replace(old, scope=narrowed.to_string(), revoked=False)
-    return await issue_user_tokens(ctx, base, deadline)
+    return await issue_user_tokens(ctx, base, deadline, audit.TOKEN_REFRESHED)
 
 
 async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]:
@@ -224,6 +238,14 @@ async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str,
     lifetime = min(ctx.settings.backend_token_lifetime, 300)
     token = await ctx.grants.issue(
         Grant(client_id=client.client_id, scope=granted.to_string(), issued_at=now, expires_at=now + lifetime)
+    )
+    audit.authorization_event(
+        ctx,
+        audit.TOKEN_ISSUED,
+        None,
+        client.client_id,
+        why=f"scope: {granted.to_string()}",
+        grant_id=token_id(token),
     )
     return {
         "access_token": token,

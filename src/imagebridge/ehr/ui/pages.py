@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from imagebridge.common.responses import JSONResponse
+from imagebridge.ehr import audit
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.smart import ratelimit
 from imagebridge.ehr.smart.authorize import Pending, PendingStore, approve, error_page, needs_patient
@@ -209,7 +210,7 @@ async def authorization(request: Request, ctx: EhrContext, session: Session, use
         pending = await PendingStore(ctx.engine).get(pending.id, session.digest)
         assert pending is not None
     if pending.launched and client.zero_click:
-        return render.secure(await approve(ctx, pending, user, pending.scope))
+        return render.secure(await approve(ctx, request, pending, user, pending.scope))
     patient = await ctx.store.read("Patient", pending.patient) if pending.patient else None
     return render.page(
         "consent.html",
@@ -248,19 +249,27 @@ async def consent(
     request: Request, ctx: EhrContext, session: Session, user: User, fields: FormData
 ) -> Response:
     pending = await _pending(ctx, request, session)
-    if fields.get("decision") != "allow":
-        await PendingStore(ctx.engine).finish(pending.id)
-        return render.secure(pending.redirect(ctx.settings.fhir_base, error="access_denied"))
     offered = pending.scope.split()
-    chosen = [str(s) for s in fields.getlist("scope")]
+    chosen = [str(s) for s in fields.getlist("scope")] if fields.get("decision") == "allow" else []
     if not set(chosen) <= set(offered) or "patient" in fields:
         raise Forbidden("The form asked for more than this application requested.")
     if not chosen:
-        await PendingStore(ctx.engine).finish(pending.id)
+        if await PendingStore(ctx.engine).finish(pending.id):
+            audit.authorization_event(
+                ctx,
+                audit.CONSENT_DENIED,
+                request,
+                pending.client_id,
+                user=user.fhir_user,
+                patient=pending.patient,
+                why=f"denied: {pending.scope}",
+            )
         return render.secure(pending.redirect(ctx.settings.fhir_base, error="access_denied"))
     if needs_patient(" ".join(chosen)) and pending.patient is None:
         raise Forbidden("No patient was chosen.")
-    return render.secure(await approve(ctx, pending, user, " ".join(s for s in offered if s in chosen)))
+    return render.secure(
+        await approve(ctx, request, pending, user, " ".join(s for s in offered if s in chosen))
+    )
 
 
 @page
