@@ -13,7 +13,8 @@ Memory is bounded by one frame (the frame budget of :mod:`pixels`), whatever the
 Each step runs in a worker thread under :data:`pixels.DECODERS`. Two cases are still re-encoded
 whole, within :data:`pixels.MAX_INSTANCE_BYTES` (413 naming ``transfer-syntax=*`` beyond it):
 Deflated data sets (the Pixel Data cannot be located without inflating everything before it) and
-instances whose pixel data is not a located (7FE0,0010) element (no pixels, float pixel data).
+instances whose pixel data is not a located (7FE0,0010) element with Rows, Columns and Bits
+Allocated (no pixels, float pixel data, a data set encoded otherwise than its transfer syntax).
 """
 
 from __future__ import annotations
@@ -253,7 +254,8 @@ def _streamed(blobs: BlobStore, row: InstanceRow) -> Iterator[bytes]:
     fp = pixels.open_blob(blobs, row.blob_key, row.size)
     header = pixels.read_header(fp)
     ts = header.transfer_syntax
-    stored_vr = None if ts.is_deflated or header.value_offset is None else _stored_vr(fp, header)
+    streamable = header.has_pixels and not ts.is_deflated and header.value_offset is not None
+    stored_vr = _stored_vr(fp, header) if streamable else None
     if stored_vr is None:
         yield _whole(blobs, row)
         return
