@@ -126,12 +126,14 @@ def start_gate_stack(
     *,
     with_studies: bool = True,
     imaging_args: tuple[str, ...] = (),
+    ehr_port: int = 0,
     **imaging_env: str,
 ) -> Iterator[GateStack]:
     """Start, seed and finally stop a gate stack (``with_studies=False``: clients and FHIR data only;
-    ``imaging_args`` go to ``imaging serve``, e.g. ``--workers 2``)."""
+    ``imaging_args`` go to ``imaging serve``, e.g. ``--workers 2``; ``ehr_port`` chosen in advance
+    lets a test put something between the imaging system and the EHR)."""
     data_dir = tmp.mktemp(name)
-    stack = LocalStack(data_dir)
+    stack = LocalStack(data_dir, ehr_port=ehr_port)
     proxy = FaultProxy(f"http://127.0.0.1:{stack.ehr_port}/auth/introspect")
     stack.extra_imaging_env = {
         "IMAGEBRIDGE_IMAGING_INTROSPECTION_ENDPOINT": proxy.url,

@@ -18,19 +18,84 @@ import httpx
 import orjson
 import pytest
 from sqlalchemy import func, select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from tests.gate_stack import GateStack, start_gate_stack
 from tests.imaging.gate.uids import first_instance
+from tests.threaded_app import ThreadedApp
 
-from imagebridge.apps.stack import start_service
+from imagebridge.apps.stack import free_port, start_service
 from imagebridge.common import db
 from imagebridge.common.tokens import token_id
 from imagebridge.imaging.gate.audit_publish import GRANT_URN, RECORD_SYSTEM
 from imagebridge.imaging.tables import audit
 
 
+class FhirProxy:
+    """Between the imaging system and the EHR's FHIR API: forwards every call, and can lose the
+    EHR's answer to the next ``lose`` AuditEvent creates after the EHR committed them (what a
+    connection cut at that instant looks like to the imaging system: no answer, here a 502)."""
+
+    def __init__(self, ehr_port: int) -> None:
+        self.ehr_port = ehr_port
+        self.target = f"http://127.0.0.1:{ehr_port}/fhir"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/fhir"
+        self.lose = 0
+        self.lost = 0
+        routes = [Route("/fhir/{path:path}", self._forward, methods=["GET", "POST", "PUT"])]
+        self._app = ThreadedApp(Starlette(routes=routes), self.port)
+
+    def start(self) -> None:
+        self._app.start()
+
+    def stop(self) -> None:
+        self._app.stop()
+
+    async def _forward(self, request: Request) -> Response:
+        path = request.path_params["path"]
+        headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
+        try:
+            async with httpx.AsyncClient(timeout=30) as http:
+                answer = await http.request(
+                    request.method,
+                    f"{self.target}/{path}",
+                    params=request.query_params.multi_items(),
+                    content=await request.body(),
+                    headers=headers,
+                )
+        except httpx.HTTPError:
+            return Response(b"", 502)  # the EHR is stopped
+        if request.method == "POST" and path == "AuditEvent" and answer.status_code == 201 and self.lose:
+            self.lose -= 1
+            self.lost += 1
+            return Response(b"", 502)
+        kept = {k: v for k, v in answer.headers.items() if k in ("content-type", "location")}
+        return Response(answer.content, answer.status_code, headers=kept)
+
+
 @pytest.fixture(scope="module")
-def spool_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateStack]:
-    yield from start_gate_stack(tmp_path_factory, "audit-spool", imaging_args=("--workers", "2"))
+def fhir_proxy() -> Iterator[FhirProxy]:
+    proxy = FhirProxy(free_port())
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def spool_stack(tmp_path_factory: pytest.TempPathFactory, fhir_proxy: FhirProxy) -> Iterator[GateStack]:
+    """Two imaging workers whose FHIR calls to the EHR pass through ``fhir_proxy``."""
+    yield from start_gate_stack(
+        tmp_path_factory,
+        "audit-spool",
+        imaging_args=("--workers", "2"),
+        ehr_port=fhir_proxy.ehr_port,
+        IMAGEBRIDGE_IMAGING_EHR_FHIR_BASE=fhir_proxy.url,
+    )
 
 
 def _metadata(stack: GateStack, token: str) -> httpx.Response:
@@ -161,3 +226,20 @@ def test_two_workers_publish_a_burst_exactly_once(spool_stack: GateStack) -> Non
     counts = _record_keys(_report(spool_stack))
     assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
     assert all(counts[f"imaging/{i}"] == 1 for i in ids)
+
+
+def test_a_lost_answer_is_retried_without_a_second_copy(
+    spool_stack: GateStack, fhir_proxy: FhirProxy
+) -> None:
+    """The EHR committed the AuditEvent but its answer never arrived: the imaging system retries
+    with ``If-None-Exist`` on the record's identifier, and the EHR keeps the one copy."""
+    before = _last_id(spool_stack)
+    token = spool_stack.patient_token("alice")
+    fhir_proxy.lose, fhir_proxy.lost = 3, 0
+    assert [_metadata(spool_stack, token).status_code for _ in range(3)] == [200] * 3
+    ids = set(_spool(spool_stack, before))
+    assert len(ids) == 3
+    _wait(lambda: _published(spool_stack, ids))
+    assert fhir_proxy.lost == 3, "the answers were lost after the EHR had committed"
+    counts = _record_keys(_report(spool_stack))
+    assert {key: counts[key] for key in (f"imaging/{i}" for i in ids)} == {f"imaging/{i}": 1 for i in ids}
