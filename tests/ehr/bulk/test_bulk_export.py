@@ -10,7 +10,10 @@ import httpx
 import orjson
 import pytest
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import issue
+from tests.ehr.fhir.ehr_access import get, issue
+
+from imagebridge.common.tokens import token_id
+from imagebridge.ehr.audit import GRANT_URN
 
 SCOPE = "system/ImagingStudy.rs system/Patient.rs system/DiagnosticReport.rs"
 ASYNC = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
@@ -64,6 +67,19 @@ def test_group_export_end_to_end(running: RunningStack) -> None:
     assert {p["id"] for p in by_type["Patient"]} == {"alice"}
     assert {s["subject"]["reference"] for s in by_type["ImagingStudy"]} == {"Patient/alice"}
     assert len(by_type["ImagingStudy"]) == 4
+    # AU-01/AU-07: each download is in Alice's access report, naming what left in it
+    reader = issue(running, "demo-app", "patient/AuditEvent.rs", patient="alice", fhir_user="Patient/alice")
+    report = get(running, "AuditEvent", reader, patient="alice", _count="1000").json()
+    mark = f"{GRANT_URN}{token_id(token)}"
+    downloads = [
+        e["resource"]
+        for e in report["entry"]
+        if e["resource"]["type"]["code"] == "110106" and mark in e["resource"]["agent"][0].get("policy", [])
+    ]
+    named = {
+        x["what"]["reference"] for e in downloads for x in e["entity"] if "reference" in x.get("what", {})
+    }
+    assert named == {"Patient/alice", *(f"ImagingStudy/{s['id']}" for s in by_type["ImagingStudy"])}
 
 
 def test_patient_export_filters_by_policy(running: RunningStack) -> None:

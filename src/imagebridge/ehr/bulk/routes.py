@@ -16,12 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from imagebridge.ehr import audit
 from imagebridge.ehr.bearer import Authenticated, authenticate
 from imagebridge.ehr.bulk.jobs import BulkExports, ExportRequest, Job
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.dates import InvalidDate, date_range, now_instant
 from imagebridge.ehr.fhir.outcome import FhirError, fhir_response, operation_outcome
-from imagebridge.ehr.fhir.rest import SUPPORTED_TYPES, handle_errors
+from imagebridge.ehr.fhir.rest import SUPPORTED_TYPES, Note, audited_caller, handle_errors
+from imagebridge.ehr.policy.engine import subject_patient
 
 NDJSON: Final = "application/fhir+ndjson"
 OUTPUT_FORMATS: Final = frozenset({NDJSON, "application/ndjson", "ndjson"})
@@ -29,8 +31,12 @@ RETRY_AFTER: Final = "1"
 
 
 async def _caller(request: Request) -> tuple[EhrContext, BulkExports, Authenticated]:
-    ctx: EhrContext = request.app.state.ctx
-    return ctx, request.app.state.bulk, await authenticate(ctx, request)
+    """The caller of a kick-off, audited as an export request (security.md AU-01)."""
+    ctx, auth, note = await audited_caller(request, audit.EXPORT)
+    note.query = f"{request.url.path}?{request.url.query}"
+    if "id" in request.path_params:
+        note.disclosures = [audit.Disclosure(None, [f"Group/{request.path_params['id']}"])]
+    return ctx, request.app.state.bulk, auth
 
 
 def _types(auth: Authenticated, value: str | None) -> tuple[str, ...]:
@@ -118,16 +124,24 @@ async def group_export(request: Request) -> Response:
     return await _kickoff(request, members)
 
 
-async def _own_job(request: Request) -> tuple[EhrContext, BulkExports, Job]:
-    ctx, bulk, auth = await _caller(request)
+async def _own_job(request: Request, kind: audit.Kind | None = None) -> tuple[BulkExports, Job, Note | None]:
+    """The caller's job (404 for anyone else's); audited as ``kind`` when given."""
+    ctx: EhrContext = request.app.state.ctx
+    note: Note | None = None
+    if kind is None:
+        auth = await authenticate(ctx, request)
+    else:
+        _, auth, note = await audited_caller(request, kind)
+    bulk: BulkExports = request.app.state.bulk
     job = await bulk.get(str(request.path_params["job"]))
     if job is None or job.client_id != auth.principal.client_id or job.status == "cancelled":
         raise FhirError(404, "not-found", "no such export job")
-    return ctx, bulk, job
+    return bulk, job, note
 
 
 async def status(request: Request) -> Response:
-    ctx, bulk, job = await _own_job(request)
+    bulk, job, _ = await _own_job(request)
+    ctx: EhrContext = request.app.state.ctx
     if job.status in ("accepted", "running"):
         return Response(
             status_code=202, headers={"Retry-After": RETRY_AFTER, "X-Progress": job.progress[:99]}
@@ -148,16 +162,30 @@ async def status(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    _, bulk, job = await _own_job(request)
+    bulk, job, _ = await _own_job(request)
     await bulk.cancel(job.id)
     return fhir_response(operation_outcome("informational", "export cancelled", severity="information"), 202)
 
 
 async def output_file(request: Request) -> Response:
-    _, bulk, job = await _own_job(request)
-    content = await bulk.file(job.id, str(request.path_params["name"])) if job.status == "done" else None
+    """An output file: the moment of disclosure, audited with one AuditEvent per patient in it."""
+    bulk, job, note = await _own_job(request, audit.EXPORT)
+    assert note is not None
+    note.query = job.request
+    name = str(request.path_params["name"])
+    content = await bulk.file(job.id, name) if job.status == "done" else None
     if content is None:
         raise FhirError(404, "not-found", "no such export file")
+    by_patient: dict[str | None, list[str]] = {}
+    for line in content.splitlines():
+        resource = orjson.loads(line)
+        by_patient.setdefault(subject_patient(resource), []).append(
+            f"{resource['resourceType']}/{resource['id']}"
+        )
+    note.disclosures = [
+        audit.Disclosure(patient, refs, why=f"Bulk Data output file {name}")
+        for patient, refs in by_patient.items()
+    ]
     return Response(content, media_type=NDJSON)
 
 

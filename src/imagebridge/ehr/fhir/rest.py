@@ -49,7 +49,7 @@ async def metadata(request: Request) -> Response:
 
 
 @dataclass
-class _Note:
+class Note:
     """What the request did, for its AuditEvents (written by :func:`handle_errors`)."""
 
     kind: audit.Kind
@@ -58,10 +58,10 @@ class _Note:
     query: str | None = None
 
 
-async def _caller(request: Request, kind: audit.Kind) -> tuple[EhrContext, Authenticated, _Note]:
+async def audited_caller(request: Request, kind: audit.Kind) -> tuple[EhrContext, Authenticated, Note]:
     """The authenticated caller; the request will be audited as ``kind``."""
     ctx: EhrContext = request.app.state.ctx
-    note = request.state.audit = _Note(kind)
+    note = request.state.audit = Note(kind)
     auth = await authenticate(ctx, request)
     if request.path_params.get("type") == "AuditEvent":
         await audit.trail(ctx).flush()  # the report shows every access this process has answered
@@ -100,7 +100,7 @@ def _not_found(resource_type: str, resource_id: str) -> FhirError:
 
 
 async def read(request: Request) -> Response:
-    ctx, auth, note = await _caller(request, audit.READ)
+    ctx, auth, note = await audited_caller(request, audit.READ)
     resource_type = _resource_type(request)
     scopes = _require_scope(auth, resource_type, "r")
     resource_id = str(request.path_params["id"])
@@ -122,7 +122,7 @@ async def search(request: Request) -> Response:
     token searching without ``patient`` is restricted to its patient: the policy filter admits
     nothing else.
     """
-    ctx, auth, note = await _caller(request, audit.SEARCH)
+    ctx, auth, note = await audited_caller(request, audit.SEARCH)
     resource_type = _resource_type(request)
     note.query = f"{resource_type}?{request.url.query}"
     scopes = _require_scope(auth, resource_type, "s")
@@ -251,7 +251,7 @@ def _may_write(view: PolicyView, resource: dict[str, Any], scopes: list[Scope]) 
 async def create(request: Request) -> Response:
     """``POST [type]`` (FHIR R4 §3.1.0.8); with ``If-None-Exist: [search]`` a conditional create:
     a match is returned unchanged (200), more than one is 412, none creates (201), atomically."""
-    ctx, auth, note = await _caller(request, audit.CREATE)
+    ctx, auth, note = await audited_caller(request, audit.CREATE)
     resource_type = _resource_type(request)
     scopes = _require_scope(auth, resource_type, "c")
     if resource_type == "AuditEvent":
@@ -306,7 +306,7 @@ def _checked(
     return resource
 
 
-async def _stored(ctx: EhrContext, note: _Note, write: Awaitable[tuple[dict[str, Any], bool]]) -> Response:
+async def _stored(ctx: EhrContext, note: Note, write: Awaitable[tuple[dict[str, Any], bool]]) -> Response:
     try:
         stored, created = await write
     except ResourceConflict as exc:
@@ -330,7 +330,7 @@ async def conditional_update(request: Request) -> Response:
     The match and the write are one atomic step (:meth:`Store.conditional_put`): publishers that
     retry or run in parallel never create the same study twice.
     """
-    ctx, auth, note = await _caller(request, audit.UPDATE)
+    ctx, auth, note = await audited_caller(request, audit.UPDATE)
     resource_type = _not_audit(_resource_type(request))
     _require_scope(auth, resource_type, "u")
     resource = await resolve_subject(ctx, await _body(request, resource_type))
@@ -351,7 +351,7 @@ async def conditional_update(request: Request) -> Response:
 
 async def update(request: Request) -> Response:
     """``PUT [type]/[id]`` (FHIR R4 §3.1.0.4): update, or create with the client's id."""
-    ctx, auth, note = await _caller(request, audit.UPDATE)
+    ctx, auth, note = await audited_caller(request, audit.UPDATE)
     resource_type = _not_audit(_resource_type(request))
     resource_id = str(request.path_params["id"])
     if not _ID.fullmatch(resource_id):
@@ -410,7 +410,7 @@ def handle_errors(endpoint: Any) -> Any:
         except Exception:  # an error of ours: still an OperationOutcome, never a stack trace
             log.exception("unhandled error in %s %s", request.method, request.url.path)
             response = FhirError(500, "exception", "internal error").response()
-        note: _Note | None = getattr(request.state, "audit", None)
+        note: Note | None = getattr(request.state, "audit", None)
         if note is not None and note.actor is not None:
             audit.trail(request.app.state.ctx).record(
                 note.kind, note.actor, response.status_code, note.disclosures, note.query
