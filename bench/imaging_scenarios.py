@@ -75,6 +75,7 @@ class Bench:
 
     def store(self, data: DataSet) -> None:
         """STOW-RS ``data`` into both servers, untimed (the EHR knows every patient of it)."""
+        self.ours.fresh()
         for side in (self.ours.side, self.peer):
             stow(self.http, side, data)
         self.expected += len(data.studies)
@@ -85,11 +86,13 @@ class Bench:
         return 5 if self.ctx.quick else 10
 
     def run(self, name: str, scenario: Callable[[], None]) -> None:
-        """Run ``scenario`` if ``--only`` selects it; a failure becomes a failed Result."""
+        """Run ``scenario`` if ``--only`` selects it (with backend tokens good for the next two
+        minutes at least); a failure becomes a failed Result."""
         if not self.ctx.wants(name):
             return
         self.ctx.say(f"  {name}")
         try:
+            self.ours.fresh()
             scenario()
         except Exception as exc:
             self.results.append(_failure(name, exc))
@@ -468,6 +471,7 @@ def proxy(b: Bench) -> None:
 def load_small(b: Bench, small: DataSet) -> None:
     """STOW-RS of the small studies into both servers over 4 connections each (one run each)."""
     count = len(small.instances)
+    b.ours.fresh()
     rates = [count / stow_parallel(side, small, STOW_CONNECTIONS) for side in (b.ours.side, b.peer)]
     b.expected += len(small.studies)
     b.results.append(
@@ -506,7 +510,7 @@ def qido(b: Bench, small: DataSet, patient: str, scaled: Ours | None = None) -> 
             continue
         for stack in (b.ours, scaled):
             if stack is not None:
-                stack.refresh_search_token()
+                stack.fresh()
         ours = (scaled or b.ours).side
         peer = (b.ours.side, b.ours.side.search) if scaled else None
         b.run(
@@ -550,6 +554,7 @@ def scale(b: Bench, small: DataSet, patients: list[PatientSpec]) -> None:
     """The WADO-RS and QIDO scenarios on PostgreSQL + S3 with 2 workers, next to SQLite + folder."""
     with scaled_stack(b, patients) as pg:
         for data in (b.big, small):
+            pg.fresh()
             seconds = stow_parallel(pg.side, data, STOW_CONNECTIONS)
             b.results.append(
                 Result(
