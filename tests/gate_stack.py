@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from imagebridge.apps.seed import Seeded, seed_all, seed_ehr
 from imagebridge.apps.smart_client import backend_token
 from imagebridge.apps.stack import LocalStack
 from imagebridge.common import db
+from imagebridge.common.tokens import token_id
 from imagebridge.ehr.smart.grants import Grant, GrantStore
+from imagebridge.imaging.tables import audit
 from tests.imaging.gate.fault_proxy import FaultProxy
 
 GATE_SCALE = 0.05
@@ -99,6 +102,28 @@ class GateStack:
                 await engine.dispose()
 
         asyncio.run(run())
+
+    def decision_ms(self, token: str) -> float:
+        """How long the imaging system took to decide the token's latest request, as it recorded
+        it in the audit row (from the request reaching the gate to the record being written)."""
+
+        async def run() -> float | None:
+            engine = db.create_engine(self.stack.imaging_settings.resolved_database_url, pool_size=1)
+            try:
+                async with engine.connect() as conn:
+                    value: float | None = await conn.scalar(
+                        select(audit.c.elapsed_ms)
+                        .where(audit.c.token_id == token_id(token))
+                        .order_by(audit.c.id.desc())
+                        .limit(1)
+                    )
+                    return value
+            finally:
+                await engine.dispose()
+
+        elapsed = asyncio.run(run())
+        assert elapsed is not None, "no audit record for that token"
+        return float(elapsed)
 
     def imaging_log(self) -> str:
         assert self.stack.imaging is not None

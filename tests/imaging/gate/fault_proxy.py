@@ -40,6 +40,8 @@ class FaultProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/introspect"
         self.mode = "forward"
+        #: Mode "slow": seconds before the real answer is forwarded.
+        self.slow_seconds = 30.0
         #: Mode "skewed": seconds the EHR's clock is ahead (negative: behind) of the imaging host's.
         self.clock_offset = 0
         self.calls: Counter[str] = Counter()
@@ -53,7 +55,7 @@ class FaultProxy:
         self.calls[digest(form.get("token", ""))] += 1
         mode = self.mode
         if mode == "slow":
-            await asyncio.sleep(30)
+            await asyncio.sleep(self.slow_seconds)
         if mode in GARBAGE:
             status, content = GARBAGE[mode]
             return Response(content, status, media_type="application/json")

@@ -17,7 +17,7 @@ from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import bulkdata, frames, metadata, qido, rendered, stow, wado
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
-from imagebridge.imaging.gate.ehr_client import EhrUnavailable
+from imagebridge.imaging.gate.ehr_client import EhrUnavailable, request_budget
 from imagebridge.imaging.gate.gate import Access, GateRefusal, unavailable
 
 BASE = "/dicom-web"
@@ -36,6 +36,7 @@ def gated(handler: Handler, operation: str = "read") -> Callable[[Request], Awai
     async def endpoint(request: Request) -> Response:
         started = time.monotonic()
         ctx: ImagingContext = request.app.state.ctx
+        request_budget(ctx.settings.ehr_timeout)  # every EHR question of this request shares it
         access: Access | None = None
         detail: str | None = None
         try:

@@ -8,18 +8,32 @@ introspection (RFC 7662 §2.1) and FHIR calls the gate and the publisher need.
 The gate's questions (introspection, and FHIR queries with the caller's token) are bounded as a
 whole by ``deadline`` seconds, discovery and token renewal included: an EHR that is down, slow
 or drip-feeding bytes costs at most that long before the gate answers 503 (security.md FT-02).
+Within one request (:func:`request_budget`) the questions share that budget: an introspection
+that took most of it leaves only the rest to the study query.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from imagebridge.common import jose
+
+#: Seconds of EHR waiting the current request has left (None outside a request: each call gets
+#: the full deadline).
+_BUDGET: ContextVar[list[float] | None] = ContextVar("ehr_budget", default=None)
+
+
+def request_budget(seconds: float) -> None:
+    """Give the current request (its task's context) ``seconds`` of EHR waiting in total."""
+    _BUDGET.set([seconds])
 
 
 class EhrUnavailable(Exception):
@@ -93,11 +107,23 @@ class EhrClient:
 
     async def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 §2.1: POST the token, authenticated with this system's own bearer token."""
+        async with self._bounded():
+            return await self._introspect(token)
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[None]:
+        """At most what is left of the request's budget (or ``deadline``), then EhrUnavailable."""
+        budget = _BUDGET.get()
+        allowed = self.deadline if budget is None else min(self.deadline, budget[0])
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(self.deadline):
-                return await self._introspect(token)
+            async with asyncio.timeout(max(allowed, 0.0)):
+                yield
         except TimeoutError as exc:
             raise EhrUnavailable(f"the EHR did not answer within {self.deadline} s") from exc
+        finally:
+            if budget is not None:
+                budget[0] -= time.monotonic() - started
 
     async def _introspect(self, token: str) -> dict[str, Any]:
         endpoints = await self.endpoints()
@@ -117,16 +143,13 @@ class EhrClient:
 
     async def fhir_get(self, path: str, params: dict[str, str], token: str) -> tuple[int, dict[str, Any]]:
         """A FHIR GET with the caller's token (criterion f, channel 1); returns status and body."""
-        try:
-            async with asyncio.timeout(self.deadline):
-                response = await self._send(
-                    "GET",
-                    f"{self.fhir_base}/{path}",
-                    params=params,
-                    headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
-                )
-        except TimeoutError as exc:
-            raise EhrUnavailable(f"the EHR did not answer within {self.deadline} s") from exc
+        async with self._bounded():
+            response = await self._send(
+                "GET",
+                f"{self.fhir_base}/{path}",
+                params=params,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
+            )
         if response.status_code >= 500:
             raise EhrUnavailable(f"the EHR answered {response.status_code}")
         try:
