@@ -81,7 +81,7 @@ class Sizes:
 
 
 FULL = Sizes(big_slices=420, huge_slices=520, patients=1000, studies_per_patient=10)
-QUICK = Sizes(big_slices=100, huge_slices=128, patients=100, studies_per_patient=10)
+QUICK = Sizes(big_slices=60, huge_slices=64, patients=50, studies_per_patient=10)
 
 
 def _ct(description: str, date: str, accession: str, slices: int, side: int, seed: int) -> StudySpec:

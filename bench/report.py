@@ -57,7 +57,7 @@ def table(results: Sequence[Result]) -> str:
             sign = "≥" if r.better == "higher" else "≤"
             what = "ratio" if r.target.kind == "ratio" else f"{r.unit}"
             target = f"{what} {sign} {_number(r.target.value)} (issue {r.target.issue})"
-        note = f" — {r.note}" if r.note and r.status != "ok" else ""
+        note = f" — {r.note[:300]}" if r.note and r.status != "ok" else ""
         if r.note and r.status == "ok":
             notes.append(f"* **{r.scenario}** ({r.metric}): {_cell(r.note)}")
         rows.append(
