@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from weakref import WeakKeyDictionary
@@ -123,6 +123,7 @@ def audit_event(
     status: int,
     disclosure: Disclosure,
     query: str | None = None,
+    recorded: str | None = None,
 ) -> dict[str, Any]:
     """One BALP-shaped AuditEvent (FHIR R4 AuditEvent)."""
     agents: list[dict[str, Any]] = []
@@ -154,7 +155,7 @@ def audit_event(
         "type": _coding(kind.type),
         "subtype": [_coding(kind.subtype)],
         "action": kind.action,
-        "recorded": now_instant(),
+        "recorded": recorded or now_instant(),
         "outcome": outcome_code(status),
         "agent": agents,
         "source": {
@@ -190,19 +191,34 @@ def _entity(ref: str | None, kind: str, kind_name: str, role: str, role_name: st
     return entity
 
 
+#: Disclosures completed after the response (e.g. counting what the policy hid, AU-09).
+Later = Callable[[], Awaitable[Sequence[Disclosure]]]
+
+
+@dataclass
+class _Queued:
+    kind: Kind
+    actor: Actor
+    status: int
+    disclosures: Sequence[Disclosure] | Later
+    query: str | None
+    recorded: str
+
+
 class AuditTrail:
     """Writes the EHR's AuditEvents behind the responses, in batches (group commit).
 
     :meth:`record` queues a request's events and returns at once; one task of this process
-    commits everything queued in one transaction, then whatever arrived meanwhile. A read of
-    AuditEvents first waits for the queue (:meth:`flush`), so a report always shows what this
-    process has already answered. A failed write is retried, never dropped.
+    completes them (:data:`Later`) and commits everything queued in one transaction, then whatever
+    arrived meanwhile. A read of AuditEvents first waits for the queue (:meth:`flush`), so a
+    report always shows what this process has already answered. A failure is retried, never dropped.
     """
 
     def __init__(self, store: Store, source: str) -> None:
         self.store = store
         self.source = source
-        self._queued: list[dict[str, Any]] = []
+        self._queued: list[_Queued] = []
+        self._ready: list[dict[str, Any]] = []
         self._writer: asyncio.Task[None] | None = None
 
     def record(
@@ -210,14 +226,11 @@ class AuditTrail:
         kind: Kind,
         actor: Actor,
         status: int,
-        disclosures: Sequence[Disclosure] = (),
+        disclosures: Sequence[Disclosure] | Later = (),
         query: str | None = None,
     ) -> None:
         """Queue one AuditEvent per disclosure (at least one); they are committed together."""
-        self._queued.extend(
-            audit_event(kind, actor, self.source, status, d, query)
-            for d in (disclosures or [Disclosure(None)])
-        )
+        self._queued.append(_Queued(kind, actor, status, disclosures, query, now_instant()))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
@@ -227,13 +240,30 @@ class AuditTrail:
             await asyncio.shield(self._writer)
 
     async def _drain(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued, []
+        while self._queued or self._ready:
             try:
-                await self.store.create_many(batch, flush=False)
+                while self._queued:
+                    item = self._queued[0]
+                    found = (
+                        item.disclosures
+                        if isinstance(item.disclosures, Sequence)
+                        else await item.disclosures()
+                    )
+                    self._ready.extend(
+                        audit_event(
+                            item.kind, item.actor, self.source, item.status, d, item.query, item.recorded
+                        )
+                        for d in (found or [Disclosure(None)])
+                    )
+                    self._queued.pop(0)
+                batch, self._ready = self._ready, []
+                try:
+                    await self.store.create_many(batch, flush=False)
+                except Exception:
+                    self._ready[:0] = batch
+                    raise
             except Exception:
-                log.exception("%d AuditEvents could not be written yet; retrying", len(batch))
-                self._queued[:0] = batch
+                log.exception("AuditEvents could not be written yet; retrying")
                 await asyncio.sleep(1.0)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -54,7 +54,7 @@ class Note:
 
     kind: audit.Kind
     actor: audit.Actor | None = None
-    disclosures: list[audit.Disclosure] = field(default_factory=list)
+    disclosures: Sequence[audit.Disclosure] | audit.Later = field(default_factory=list)
     query: str | None = None
 
 
@@ -132,18 +132,22 @@ async def search(request: Request) -> Response:
     if parsed.patient is not None and parsed.patient not in view.patients(scopes):
         note.disclosures = [audit.Disclosure(parsed.patient, why="the patient is outside this authorization")]
         raise FhirError(403, "forbidden", "the patient is outside this authorization")
-    rules = audit.hiding(view, scopes, [parsed.patient] if parsed.patient else view.patients(scopes))
-    results, total, reached = await ctx.store.search_within(
-        parsed.query,
-        restrict=view.sql(resource_type, scopes),
-        # only where labels or Consents can hide a match is it worth counting (security.md AU-09)
-        reach=view.sql(resource_type, scopes, hiding=False) if rules else None,
-    )
+    results, total = await ctx.store.search(parsed.query, restrict=view.sql(resource_type, scopes))
     visible = [r for r in results if view.decide(r, scopes).allowed]
     if len(visible) != len(results):  # the SQL twin must never admit more than decide()
         log.error("policy SQL admitted %d resources decide() refused", len(results) - len(visible))
-    hidden = reached - total
-    note.disclosures = audit.search_disclosures(view, scopes, parsed.patient, visible, hidden, rules)
+    rules = audit.hiding(view, scopes, [parsed.patient] if parsed.patient else view.patients(scopes))
+
+    async def disclosures() -> list[audit.Disclosure]:
+        """After the response: how many matches labels or Consents hid (only where they can)."""
+        hidden = 0
+        if rules:
+            hidden = (
+                await ctx.store.count(parsed.query, view.sql(resource_type, scopes, hiding=False)) - total
+            )
+        return audit.search_disclosures(view, scopes, parsed.patient, visible, hidden, rules)
+
+    note.disclosures = disclosures
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"{ctx.settings.fhir_base}/{r['resourceType']}/{r['id']}",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Select, and_, delete, func, insert, or_, select, text, true, update
+from sqlalchemy import Select, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -201,32 +201,20 @@ class Store:
         self, query: Query, *, restrict: ColumnElement[bool] | None = None
     ) -> tuple[list[Resource], int]:
         """Resources matching every criterion, a page of them, and the total count."""
-        rows, total, _ = await self.search_within(query, restrict=restrict)
-        return rows, total
-
-    async def search_within(
-        self,
-        query: Query,
-        *,
-        restrict: ColumnElement[bool] | None = None,
-        reach: ColumnElement[bool] | None = None,
-    ) -> tuple[list[Resource], int, int]:
-        """:meth:`search`, and how many matches the wider ``reach`` admits (``restrict`` must imply
-        ``reach``: the difference is what ``restrict`` left out). Both counts are one query."""
         async with self.engine.connect() as conn:
-            if reach is None:
-                total = reached = await conn.scalar(
-                    select(func.count()).select_from(resources).where(*_where(query, restrict))
-                )
-            else:
-                counts = select(
-                    func.count().filter(restrict if restrict is not None else true()), func.count()
-                )
-                total, reached = (
-                    await conn.execute(counts.select_from(resources).where(*_where(query, reach)))
-                ).one()
+            total = await conn.scalar(
+                select(func.count()).select_from(resources).where(*_where(query, restrict))
+            )
             rows = await conn.execute(self._select(query, restrict, limit=query.count))
-            return [_load(r.content) for r in rows], int(total or 0), int(reached or 0)
+            return [_load(r.content) for r in rows], int(total or 0)
+
+    async def count(self, query: Query, restrict: ColumnElement[bool] | None = None) -> int:
+        """How many resources match ``query`` within ``restrict``."""
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                select(func.count()).select_from(resources).where(*_where(query, restrict))
+            )
+        return int(found or 0)
 
     async def labeled(self, patient: str, labels: Sequence[tuple[str, str]]) -> set[str]:
         """References of the resources of ``patient`` carrying any of ``labels`` in ``meta.security``."""
