@@ -283,9 +283,7 @@ def latency(
         a()
         alone = Samples.of([a() for _ in range(b.ctx.repeats)])
         b.results.append(
-            Result(
-                name, "latency p50", "ms", "lower", alone, None, peer_name, target, note=f"peer: {exc.status}"
-            )
+            Result(name, "latency p50", "ms", "lower", alone, None, peer_name, target, note=_refused(exc))
         )
         return
     ours_s, peer_s = b.pair(a, c)
