@@ -104,6 +104,27 @@ def burst(urls: Sequence[str], headers: dict[str, str], clients: int) -> Burst:
     return asyncio.run(_burst(urls, headers, clients))
 
 
+def concurrently(tasks: Sequence[Callable[[], object]]) -> float:
+    """Run ``tasks`` in threads at once; re-raise the first failure; return the wall-clock seconds."""
+    errors: list[Exception] = []
+
+    def run(task: Callable[[], object]) -> None:
+        try:
+            task()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(task,)) for task in tasks]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start
+
+
 @dataclass
 class RssSampler:
     """Samples ``read()`` (bytes) every ``interval`` seconds in a thread: the series and its peak."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pydicom
@@ -25,6 +25,7 @@ from bench.client import (
     BadAnswer,
     RssSampler,
     burst,
+    concurrently,
     fetch,
     latency_batch,
 )
@@ -395,24 +396,13 @@ def memory(b: Bench, huge: DataSet) -> None:
         return measure
 
     def parallel(side: Side, auth: dict[str, str]) -> Callable[[], float]:
+        def client() -> None:
+            with httpx.Client(timeout=600) as http:
+                fetch(http, _study_url(side, b.big.studies[0]), {**auth, "Accept": WADO_ACCEPT})
+
         def measure() -> float:
-            errors: list[Exception] = []
-
-            def client() -> None:
-                try:
-                    with httpx.Client(timeout=600) as http:
-                        fetch(http, _study_url(side, b.big.studies[0]), {**auth, "Accept": WADO_ACCEPT})
-                except Exception as exc:
-                    errors.append(exc)
-
             with RssSampler(side.rss) as sampler:
-                threads = [threading.Thread(target=client) for _ in range(MEMORY_CLIENTS)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-            if errors:
-                raise errors[0]
+                concurrently([client] * MEMORY_CLIENTS)
             return sampler.peak / 1e6
 
         return measure
@@ -421,43 +411,28 @@ def memory(b: Bench, huge: DataSet) -> None:
     ours, peer = alternate(
         stream(b.ours.side, "ours", b.ours.side.read), stream(b.peer, "peer", {}), repeats, warmup=0
     )
-    b.results.append(
-        Result(
-            f"memory: peak RSS streaming the {huge.bytes / 1e9:.2f} GB study",
-            "peak RSS",
-            "MB",
-            "lower",
-            ours,
-            peer,
-            ORTHANC,
-            note="sum over the server's processes, sampled every 50 ms",
-            extra={"series": {k: [(t, rss / 1e6) for t, rss in v] for k, v in series.items()}},
-        )
+    gb = f"{huge.bytes / 1e9:.2f} GB"
+
+    def rss(name: str, metric: str, ours: Samples, peer: Samples, note: str = "", **extra: Any) -> None:
+        b.results.append(Result(name, metric, "MB", "lower", ours, peer, ORTHANC, note=note, extra=extra))
+
+    rss(
+        f"memory: peak RSS streaming the {gb} study",
+        "peak RSS",
+        ours,
+        peer,
+        "sum over the server's processes, sampled every 50 ms",
+        series={k: [(t, value / 1e6) for t, value in v] for k, v in series.items()},
     )
-    b.results.append(
-        Result(
-            f"memory: RSS growth streaming the {huge.bytes / 1e9:.2f} GB study",
-            "peak RSS − RSS before the request",
-            "MB",
-            "lower",
-            Samples.of(growth["ours"]),
-            Samples.of(growth["peer"]),
-            ORTHANC,
-            note="what the stream itself costs (Orthanc's RSS before it includes what earlier ingest left)",
-        )
+    rss(
+        f"memory: RSS growth streaming the {gb} study",
+        "peak RSS − RSS before the request",
+        Samples.of(growth["ours"]),
+        Samples.of(growth["peer"]),
+        "what the stream itself costs (Orthanc's RSS before it includes what earlier ingest left)",
     )
     ours, peer = alternate(parallel(b.ours.side, b.ours.side.read), parallel(b.peer, {}), repeats, warmup=0)
-    b.results.append(
-        Result(
-            f"memory: peak RSS, {MEMORY_CLIENTS} concurrent retrievals of the big study",
-            "peak RSS",
-            "MB",
-            "lower",
-            ours,
-            peer,
-            ORTHANC,
-        )
-    )
+    rss(f"memory: peak RSS, {MEMORY_CLIENTS} concurrent retrievals of the big study", "peak RSS", ours, peer)
 
 
 def proxy(b: Bench) -> None:

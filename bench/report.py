@@ -105,6 +105,15 @@ def limits_table(results: Sequence[Result]) -> str:
     return "\n".join(rows) if len(rows) > 2 else ""
 
 
+def _save(fig: Any, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _plot_throughput(results: Sequence[Result], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
@@ -130,10 +139,7 @@ def _plot_throughput(results: Sequence[Result], path: Path) -> bool:
     ax.set_xlabel("MB/s (median, bars show min–max)")
     ax.set_title("Throughput")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _plot_latency(results: Sequence[Result], path: Path) -> bool:
@@ -167,10 +173,7 @@ def _plot_latency(results: Sequence[Result], path: Path) -> bool:
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def _plot_rss(results: Sequence[Result], path: Path) -> bool:
@@ -192,10 +195,7 @@ def _plot_rss(results: Sequence[Result], path: Path) -> bool:
     ax.set_xlabel("seconds since the request")
     ax.set_ylabel("RSS (MB)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plots(results: Sequence[Result], directory: Path) -> list[Path]:

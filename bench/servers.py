@@ -16,15 +16,15 @@ import hashlib
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from bench.client import concurrently
 from bench.context import BenchContext, tree_rss
 from bench.data import DataSet, Instance, variant
 from tests.orthanc import orthanc
@@ -258,25 +258,16 @@ def stow(http: httpx.Client, side: Side, data: DataSet, number: int = 0) -> tupl
 def stow_parallel(side: Side, data: DataSet, connections: int) -> float:
     """Store ``data`` over ``connections`` concurrent STOW-RS clients (each a share of the instances);
     returns the wall-clock seconds."""
-    shares = [DataSet(data.name, data.directory, data.instances[n::connections]) for n in range(connections)]
-    errors: list[Exception] = []
 
-    def client(share: DataSet) -> None:
-        try:
+    def client(share: DataSet) -> Callable[[], object]:
+        def run() -> None:
             with httpx.Client(timeout=600) as http:
                 stow(http, side, share)
-        except Exception as exc:
-            errors.append(exc)
 
-    threads = [threading.Thread(target=client, args=(share,)) for share in shares]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - start
+        return run
+
+    shares = [DataSet(data.name, data.directory, data.instances[n::connections]) for n in range(connections)]
+    return concurrently([client(share) for share in shares])
 
 
 def static_server(ctx: BenchContext, directory: Path, port: int) -> Any:
