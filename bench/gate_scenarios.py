@@ -298,7 +298,9 @@ class _AuditNothing:
     def __init__(self) -> None:
         self.written = asyncio.Event()  # the audit publisher waits on it; nothing is ever written
 
-    async def record(self, request: Any, access: Any, response: Any, detail: str | None = None) -> Any:
+    async def record(
+        self, request: Any, access: Any, response: Any, detail: str | None = None, **_: Any
+    ) -> Any:
         return response
 
 
