@@ -119,7 +119,8 @@ def test_iso12_parameters_never_switch_the_proxys_context(running: RunningStack)
 
 def test_iso13_proxy_link_ended_while_the_token_is_live(running: RunningStack) -> None:
     """ISO-13: the policy is evaluated on every request, so ending the RelatedPerson (or a Consent
-    withholding imaging from the app) takes effect on the very next request of a live token."""
+    withholding imaging from the app) takes effect on the very next request of a live token, and
+    the grant can no longer be refreshed."""
     child, proxy = unique("iso13-child"), unique("iso13-proxy")
     study = {
         "resourceType": "ImagingStudy",
@@ -137,10 +138,23 @@ def test_iso13_proxy_link_ended_while_the_token_is_live(running: RunningStack) -
     put(running, {"resourceType": "Patient", "id": child, "birthDate": "1970-01-01"}, related, study)
     app = add_client(running, "public", "patient/ImagingStudy.rs")
     token = issue(running, app, "patient/ImagingStudy.rs", patient=child, fhir_user=f"RelatedPerson/{proxy}")
+    renewal = issue(
+        running,
+        app,
+        "patient/ImagingStudy.rs",
+        patient=child,
+        fhir_user=f"RelatedPerson/{proxy}",
+        kind="refresh",
+    )
     assert get(running, "ImagingStudy", token, patient=child).json()["total"] == 1
+    refreshed = _refresh(running, app, renewal)
+    assert refreshed.status_code == 200, refreshed.text
     put(running, {**related, "period": {"end": "2000-01-01T00:00:00Z"}})
     assert get(running, "ImagingStudy", token, patient=child).status_code == 403
     assert get(running, f"ImagingStudy/{study['id']}", token).status_code == 404
+    refused = _refresh(running, app, refreshed.json()["refresh_token"])  # the refresh is refused too
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_grant"
     own = issue(running, app, "patient/ImagingStudy.rs", patient=child, fhir_user=f"Patient/{child}")
     assert get(running, "ImagingStudy", own, patient=child).json()["total"] == 1
     put(
@@ -222,6 +236,13 @@ def test_iso16_backend_read_only_token_cannot_write(running: RunningStack, metho
     refused = get(running, "ImagingStudy", other, patient="alice")
     assert refused.status_code == 403
     assert 'error="insufficient_scope"' in refused.headers["www-authenticate"]
+
+
+def _refresh(running: RunningStack, client_id: str, token: str) -> httpx.Response:
+    return httpx.post(
+        f"{running.stack.ehr_settings.origin}/auth/token",
+        data={"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id},
+    )
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -26,14 +26,17 @@ def issue(
     *,
     patient: str | None = None,
     fhir_user: str | None = None,
+    kind: str = "access",
 ) -> str:
-    """An access token for ``client_id`` with exactly ``scope`` and context."""
+    """An access (or refresh, in a family of its own) token for ``client_id`` with exactly
+    ``scope`` and context."""
 
     async def run() -> str:
         admin = Admin(running.stack.ehr_settings)
         try:
             now = time.time()
-            grant = Grant(client_id, scope, now + 600, now, patient=patient, fhir_user=fhir_user)
+            family = uuid.uuid4().hex if kind == "refresh" else None
+            grant = Grant(client_id, scope, now + 600, now, kind, patient, fhir_user, family=family)
             return await GrantStore(admin.engine).issue(grant)
         finally:
             await admin.close()

@@ -25,6 +25,7 @@ from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
 from imagebridge.common.tokens import same, token_id
 from imagebridge.ehr import audit
 from imagebridge.ehr.context import EhrContext
+from imagebridge.ehr.fhir.dates import now_instant
 from imagebridge.ehr.smart import online, ratelimit
 from imagebridge.ehr.smart.client_assertion import InvalidClient, verify_client_assertion
 from imagebridge.ehr.smart.clients import Client
@@ -200,6 +201,10 @@ async def refresh_token(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]
         await ctx.grants.revoke_family(old.family)  # RFC 9700 §4.14.2: a replay kills the family
     if not old.active():
         raise OAuthError("invalid_grant", "the refresh token is expired or revoked")
+    if not await still_related(ctx, old):
+        if old.family:
+            await ctx.grants.revoke_family(old.family)
+        raise OAuthError("invalid_grant", "the user may no longer act for the patient of this grant")
     deadline = await online.refresh_deadline(ctx, old)
     if deadline is None:
         raise OAuthError("invalid_grant", "online_access ended: the user signed out of the EHR")
@@ -217,6 +222,15 @@ async def refresh_token(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]
         raise OAuthError("invalid_grant", "the refresh token was already used")
     base = replace(old, scope=narrowed.to_string(), revoked=False)
     return await issue_user_tokens(ctx, base, deadline, audit.TOKEN_REFRESHED)
+
+
+async def still_related(ctx: EhrContext, grant: Grant) -> bool:
+    """Whether the user may still act for the grant's patient (security.md ISO-13: a proxy link that
+    ended, e.g. a RelatedPerson past its period, ends the grant at the next refresh)."""
+    if grant.patient is None or grant.fhir_user in (None, f"Patient/{grant.patient}"):
+        return True
+    reach, _ = await ctx.policy.relationships.of_user(str(grant.fhir_user), now_instant())
+    return grant.patient in reach
 
 
 async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]:
