@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from starlette.routing import Route
 from imagebridge.common import db, http
 from imagebridge.common import settings as settings_mod
 from imagebridge.common.settings import EhrSettings
+from imagebridge.ehr import audit
 from imagebridge.ehr.bulk import routes as bulk_routes
 from imagebridge.ehr.bulk.jobs import BulkExports
 from imagebridge.ehr.context import EhrContext
@@ -35,6 +38,10 @@ from imagebridge.ehr.smart.token import token_endpoint
 from imagebridge.ehr.ui import pages
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: How long shutdown waits for queued AuditEvents to be committed.
+AUDIT_FLUSH_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def migrate(settings: EhrSettings) -> None:
@@ -60,6 +67,14 @@ def build_context(settings: EhrSettings) -> EhrContext:
     )
 
 
+async def _flush_audit(ctx: EhrContext) -> None:
+    """Commit the AuditEvents still queued behind answered requests before the process ends."""
+    try:
+        await asyncio.wait_for(audit.trail(ctx).flush(), AUDIT_FLUSH_SECONDS)
+    except TimeoutError:
+        log.error("shutting down with AuditEvents not yet written (database unavailable)")
+
+
 async def health(_: Request) -> Response:
     return PlainTextResponse("ok")
 
@@ -75,6 +90,7 @@ def create_app(settings: EhrSettings) -> Starlette:
         await bulk.resume()
         yield
         await bulk.stop()
+        await _flush_audit(ctx)
         await ctx.http.aclose()
         await ctx.engine.dispose()
 

@@ -32,6 +32,8 @@ from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
 
+from imagebridge.common import balp
+from imagebridge.common.balp import DCM
 from imagebridge.common.smart_scopes import Scope
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.dates import now_instant
@@ -42,15 +44,10 @@ from imagebridge.ehr.policy.relationships import PatientAccess
 
 log = logging.getLogger(__name__)
 
-DCM: Final = "http://dicom.nema.org/resources/ontology/DCM"
 EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTION: Final = "http://hl7.org/fhir/restful-interaction"
 #: Our own subtype codes for authorization events (no standard code system names them).
 EHR_EVENT: Final = "urn:imagebridge:audit-event"
-CLIENT_ID: Final = "urn:imagebridge:client-id"
-GRANT_URN: Final = "urn:imagebridge:token-id:"
-_ENTITY_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-_ROLE: Final = "http://terminology.hl7.org/CodeSystem/object-role"
 
 
 @dataclass(frozen=True)
@@ -126,28 +123,12 @@ def audit_event(
     recorded: str | None = None,
 ) -> dict[str, Any]:
     """One BALP-shaped AuditEvent (FHIR R4 AuditEvent)."""
-    agents: list[dict[str, Any]] = []
-    if actor.client_id:
-        agent: dict[str, Any] = {
-            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-            "who": {"identifier": {"system": CLIENT_ID, "value": actor.client_id}},
-            "requestor": True,
-        }
-        if actor.grant_id:
-            agent["policy"] = [f"{GRANT_URN}{actor.grant_id}"]
-        if actor.address:
-            agent["network"] = {"address": actor.address, "type": "2"}
-        agents.append(agent)
-    if actor.user:
-        agents.append({"who": {"reference": actor.user}, "requestor": True})
-    if not agents:
-        agents.append({"who": {"display": "anonymous"}, "requestor": True})
     entities: list[dict[str, Any]] = []
     if disclosure.patient:
-        entities.append(_entity(f"Patient/{disclosure.patient}", "1", "Person", "1", "Patient"))
-    entities.extend(_entity(ref, "2", "System Object", "4", "Domain Resource") for ref in disclosure.what)
+        entities.append(balp.entity({"reference": f"Patient/{disclosure.patient}"}, balp.PATIENT))
+    entities.extend(balp.entity({"reference": ref}, balp.RESOURCE) for ref in disclosure.what)
     if query is not None:
-        entity = _entity(None, "2", "System Object", "24", "Query")
+        entity = balp.entity(None, balp.QUERY)
         entity["query"] = base64.b64encode(query.encode()).decode()
         entities.append(entity)
     event: dict[str, Any] = {
@@ -157,17 +138,8 @@ def audit_event(
         "action": kind.action,
         "recorded": recorded or now_instant(),
         "outcome": outcome_code(status),
-        "agent": agents,
-        "source": {
-            "observer": {"display": "imagebridge EHR", "identifier": {"value": source}},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
+        "agent": balp.agents(actor.client_id, actor.grant_id, actor.user, actor.address),
+        "source": balp.source("imagebridge EHR", source),
         "entity": entities,
     }
     if disclosure.why:
@@ -179,16 +151,6 @@ def audit_event(
 
 def _coding(code: tuple[str, str, str]) -> dict[str, str]:
     return {"system": code[0], "code": code[1], "display": code[2]}
-
-
-def _entity(ref: str | None, kind: str, kind_name: str, role: str, role_name: str) -> dict[str, Any]:
-    entity: dict[str, Any] = {
-        "type": {"system": _ENTITY_TYPE, "code": kind, "display": kind_name},
-        "role": {"system": _ROLE, "code": role, "display": role_name},
-    }
-    if ref:
-        entity["what"] = {"reference": ref}
-    return entity
 
 
 #: Disclosures completed after the response (e.g. counting what the policy hid, AU-09).

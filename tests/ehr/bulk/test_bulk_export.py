@@ -12,8 +12,8 @@ import pytest
 from tests.conftest import RunningStack
 from tests.ehr.fhir.ehr_access import get, issue
 
+from imagebridge.common.balp import GRANT_URN
 from imagebridge.common.tokens import token_id
-from imagebridge.ehr.audit import GRANT_URN
 
 SCOPE = "system/ImagingStudy.rs system/Patient.rs system/DiagnosticReport.rs"
 ASYNC = {"Accept": "application/fhir+json", "Prefer": "respond-async"}

@@ -14,8 +14,8 @@ from tests.conftest import RunningStack
 from tests.ehr.fhir.ehr_access import accessions, add_client, get, issue, study_id, unique
 
 from imagebridge.apps.demo_data import MAYA, MRN_SYSTEM
+from imagebridge.common.balp import GRANT_URN
 from imagebridge.common.tokens import token_id
-from imagebridge.ehr.audit import GRANT_URN
 
 REPORT = "patient/AuditEvent.rs"
 

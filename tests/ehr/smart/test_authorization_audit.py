@@ -23,9 +23,10 @@ from tests.ehr.smart.flow import (
 )
 
 from imagebridge.apps.smart_client import backend_token
+from imagebridge.common.balp import GRANT_URN
 from imagebridge.common.tokens import token_id
 from imagebridge.ehr.admin import Admin
-from imagebridge.ehr.audit import EHR_EVENT, GRANT_URN
+from imagebridge.ehr.audit import EHR_EVENT
 from imagebridge.ehr.fhir.store import Query
 
 SCOPE = "launch/patient offline_access patient/Patient.rs patient/ImagingStudy.rs"

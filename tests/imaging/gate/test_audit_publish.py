@@ -24,8 +24,9 @@ from tests.imaging.gate.uids import first_instance
 
 from imagebridge.apps.stack import free_port, start_service
 from imagebridge.common import db
+from imagebridge.common.balp import GRANT_URN
 from imagebridge.common.tokens import token_id
-from imagebridge.imaging.gate.audit_publish import GRANT_URN, RECORD_SYSTEM
+from imagebridge.imaging.gate.audit_publish import RECORD_SYSTEM
 from imagebridge.imaging.tables import audit
 
 

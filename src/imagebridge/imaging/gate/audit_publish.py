@@ -28,21 +28,17 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagebridge.common import balp
+from imagebridge.common.balp import DCM
 from imagebridge.imaging.gate.audit import AuditRecord, fetch_records
 from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable, PublishRefused
 from imagebridge.imaging.tables import audit, leases
 
 log = logging.getLogger(__name__)
 
-DCM = "http://dicom.nema.org/resources/ontology/DCM"
-#: The same identifier systems the EHR's own AuditEvents use (ehr/audit.py).
-CLIENT_ID = "urn:imagebridge:client-id"
-GRANT_URN = "urn:imagebridge:token-id:"
 #: Identifier system of a published imaging audit record: ``<imaging client_id>/<row id>``.
 RECORD_SYSTEM = "urn:imagebridge:imaging-audit"
 OPERATION_SYSTEM = "urn:imagebridge:dicomweb-operation"
-_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 LEASE = "audit-publisher"
 LEASE_SECONDS = 30.0
 #: Seconds between looks at the spool when idle (another worker's records do not wake this one).
@@ -71,14 +67,6 @@ def _outcome(record: AuditRecord) -> str:
     return "4" if record.outcome == "deny" else "8"
 
 
-def _entity(what: dict[str, Any], kind: tuple[str, str], role: tuple[str, str]) -> dict[str, Any]:
-    return {
-        "what": what,
-        "type": {"system": _ENTITY_TYPE, "code": kind[0], "display": kind[1]},
-        "role": {"system": _ROLE, "code": role[0], "display": role[1]},
-    }
-
-
 def _patient(patient: str, mrn_system: str) -> dict[str, Any]:
     """The audit row names the patient as a FHIR id (from the token) or ``system|MRN`` (from the study)."""
     system, bar, value = patient.partition("|")
@@ -94,50 +82,25 @@ def record_key(client_id: str, record: AuditRecord) -> str:
 def audit_event(record: AuditRecord, *, client_id: str, source: str, mrn_system: str) -> dict[str, Any]:
     """One IHE BALP-shaped AuditEvent (FHIR R4) for one imaging audit record."""
     event_type, action = _event_type(record.operation)
-    agents: list[dict[str, Any]] = []
-    if record.client_id:
-        agent: dict[str, Any] = {
-            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-            "who": {"identifier": {"system": CLIENT_ID, "value": record.client_id}},
-            "requestor": True,
-        }
-        if record.token_id:
-            agent["policy"] = [f"{GRANT_URN}{record.token_id}"]
-        agents.append(agent)
-    elif record.token_id:
-        agents.append(
-            {
-                "who": {"display": "unidentified bearer"},
-                "policy": [f"{GRANT_URN}{record.token_id}"],
-                "requestor": True,
-            }
-        )
-    if record.user:
-        who = {"reference": record.user} if "/" in record.user else {"display": record.user}
-        agents.append({"who": who, "requestor": True})
-    if not agents:
-        agents.append({"who": {"display": "anonymous"}, "requestor": True})
     entities = [
-        _entity(
+        balp.entity(
             {"identifier": {"system": RECORD_SYSTEM, "value": record_key(client_id, record)}},
-            ("2", "System Object"),
-            ("13", "Security Resource"),
+            balp.SECURITY_RESOURCE,
         )
     ]
     if record.patient:
-        entities.append(_entity(_patient(record.patient, mrn_system), ("1", "Person"), ("1", "Patient")))
+        entities.append(balp.entity(_patient(record.patient, mrn_system), balp.PATIENT))
     if record.study_uid:
-        study = _entity(
+        study = balp.entity(
             {"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{record.study_uid}"}},
-            ("2", "System Object"),
-            ("4", "Domain Resource"),
+            balp.RESOURCE,
         )
         details = [("SeriesInstanceUID", record.series_uid), ("SOPInstanceUID", record.sop_uid)]
         study["detail"] = [{"type": t, "valueString": v} for t, v in details if v]
         if not study["detail"]:
             del study["detail"]
         entities.append(study)
-    request = _entity({"display": record.request_path or ""}, ("2", "System Object"), ("24", "Query"))
+    request = balp.entity({"display": record.request_path or ""}, balp.QUERY)
     request["detail"] = [
         {"type": "status", "valueString": str(record.status)},
         {"type": "bytes", "valueString": str(record.bytes_sent)},
@@ -152,17 +115,8 @@ def audit_event(record: AuditRecord, *, client_id: str, source: str, mrn_system:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
         "outcome": _outcome(record),
-        "agent": agents,
-        "source": {
-            "observer": {"display": "imagebridge imaging", "identifier": {"value": source}},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
+        "agent": balp.agents(record.client_id, record.token_id, record.user),
+        "source": balp.source("imagebridge imaging", source),
         "entity": entities,
     }
     if record.detail:
