@@ -7,16 +7,13 @@ owns its schema and its Alembic migration folder; ``upgrade`` brings a database 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import weakref
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -47,32 +44,6 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-
-
-_WRITERS: weakref.WeakKeyDictionary[AsyncEngine, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-@contextlib.asynccontextmanager
-async def begin(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """``engine.begin()`` for short write transactions, queued one at a time per process on SQLite.
-
-    SQLite admits one writer at a time (sqlite.org/wal.html); a second writer waits in SQLite's
-    busy handler, which sleeps in growing steps (1, 2, 5, 10 … ms) however soon the lock is free.
-    Queuing writers here hands it over at once. Never nest: the block must not wait for another
-    ``begin`` on the same engine.
-    """
-    if not is_sqlite(str(engine.url)):
-        async with engine.begin() as conn:
-            yield conn
-        return
-    loop = asyncio.get_running_loop()
-    held = _WRITERS.get(engine)
-    if held is None or held[0] is not loop:
-        held = _WRITERS[engine] = (loop, asyncio.Lock())
-    async with held[1], engine.begin() as conn:
-        yield conn
 
 
 def alembic_config(script_location: Path, url: str) -> Config:

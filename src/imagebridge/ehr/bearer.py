@@ -13,6 +13,7 @@ from starlette.requests import Request
 from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.policy.engine import Principal
+from imagebridge.ehr.smart.clients import Client
 from imagebridge.ehr.smart.grants import Grant
 
 
@@ -50,14 +51,14 @@ async def authenticate(ctx: EhrContext, request: Request) -> Authenticated:
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated(None, "a bearer token is required")
-    grant = await ctx.grants.lookup(token)
-    if grant is None or not grant.active():
+    found = await ctx.grants.lookup_with_client(token)
+    if found is None or not found[0].active():
         raise Unauthenticated("invalid_token", "the access token is invalid, expired or revoked")
-    return Authenticated(grant, await principal_of(ctx, grant))
+    return Authenticated(found[0], principal_for(*found))
 
 
-async def principal_of(ctx: EhrContext, grant: Grant) -> Principal:
-    client = await ctx.clients.get(grant.client_id)
+def principal_for(grant: Grant, client: Client | None) -> Principal:
+    """The principal of an active ``grant`` whose client registration is ``client`` (now)."""
     if client is None or not client.enabled:
         raise Unauthenticated("invalid_token", "the client of this token is disabled")
     try:

@@ -7,6 +7,7 @@ apps using asymmetric keys, and ``backend`` services (client_credentials, RFC 75
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,12 +50,12 @@ class ClientRegistry:
                 .mappings()
                 .first()
             )
-        return None if row is None else _client(dict(row))
+        return None if row is None else client_from_row(dict(row))
 
     async def all(self) -> list[Client]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(clients).order_by(clients.c.client_id))).mappings().all()
-        return [_client(dict(r)) for r in rows]
+        return [client_from_row(dict(r)) for r in rows]
 
     async def add(self, client: Client) -> None:
         async with self.engine.begin() as conn:
@@ -98,7 +99,8 @@ def _row(client: Client) -> dict[str, Any]:
     }
 
 
-def _client(row: dict[str, Any]) -> Client:
+def client_from_row(row: Mapping[str, Any]) -> Client:
+    """A registration as stored in the ``clients`` table."""
     return Client(
         client_id=row["client_id"],
         kind=row["kind"],

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from imagebridge.common.responses import bearer_challenge
 from imagebridge.common.smart_scopes import covers_imaging_read
-from imagebridge.ehr.bearer import Unauthenticated, authenticate, principal_of
+from imagebridge.ehr.bearer import Unauthenticated, authenticate, principal_for
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.store import Query, TokenCriterion
 from imagebridge.ehr.policy.engine import Principal
@@ -48,11 +48,12 @@ async def introspection_endpoint(request: Request) -> Response:
     except OAuthError as exc:
         return exc.response()
     token = form.get("token", "")
-    grant = await ctx.grants.lookup(token) if token else None
-    if grant is None or not grant.active():
+    found = await ctx.grants.lookup_with_client(token) if token else None
+    if found is None or not found[0].active():
         return no_store_json(INACTIVE)
+    grant = found[0]
     try:
-        principal = await principal_of(ctx, grant)
+        principal = principal_for(*found)
     except Unauthenticated:
         return no_store_json(INACTIVE)
     body: dict[str, Any] = {

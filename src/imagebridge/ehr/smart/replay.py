@@ -13,7 +13,6 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagebridge.common import db
 from imagebridge.ehr.tables import assertion_jtis
 
 #: Seconds between deletions of expired keys (an expired key never blocks a new use meanwhile).
@@ -43,7 +42,7 @@ class DatabaseReplayStore:
                 where=assertion_jtis.c.expires_at < now,
             )
         )
-        async with db.begin(self.engine) as conn:
+        async with self.engine.begin() as conn:
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_INTERVAL
                 await conn.execute(delete(assertion_jtis).where(assertion_jtis.c.expires_at < now))
