@@ -208,6 +208,13 @@ class Store:
             rows = await conn.execute(self._select(query, restrict, limit=query.count))
             return [_load(r.content) for r in rows], int(total or 0)
 
+    async def find(self, query: Query) -> list[Resource]:
+        """The first ``query.count`` matches of ``query``, without counting them all (for internal
+        lookups that need the resources, not a Bundle total)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(self._select(query, None, limit=query.count))
+            return [_load(r.content) for r in rows]
+
     async def count(self, query: Query, restrict: ColumnElement[bool] | None = None) -> int:
         """How many resources match ``query`` within ``restrict``."""
         async with self.engine.connect() as conn:

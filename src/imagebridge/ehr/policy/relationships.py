@@ -99,10 +99,9 @@ class Relationships:
     async def _search(self, resource_type: str, param: str, refs: list[str]) -> list[dict[str, Any]]:
         if not refs:
             return []
-        found, _ = await self.store.search(
+        return await self.store.find(
             Query(resource_type, [TokenCriterion(param, tuple((None, r) for r in refs))], count=_ALL)
         )
-        return found
 
     async def of_user(self, fhir_user: str, now: str) -> tuple[Reach, str]:
         """The patients ``fhir_user`` may see, and why (when it is nobody)."""

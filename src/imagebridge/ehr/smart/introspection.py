@@ -88,7 +88,7 @@ async def imaging_grant(ctx: EhrContext, principal: Principal) -> dict[str, Any]
         [TokenCriterion("patient", ((None, f"Patient/{principal.patient}"),))],
         count=10_000,
     )
-    studies, _ = await ctx.store.search(query)
+    studies = await ctx.store.find(query)
     uids: list[str] = []
     for study in await ctx.policy.visible(principal, studies):
         uids.extend(
