@@ -9,7 +9,9 @@ The gate's questions (introspection, and FHIR queries with the caller's token) a
 whole by ``deadline`` seconds, discovery and token renewal included: an EHR that is down, slow
 or drip-feeding bytes costs at most that long before the gate answers 503 (security.md FT-02).
 Within one request (:func:`request_budget`) the questions share that budget: an introspection
-that took most of it leaves only the rest to the study query.
+that took most of it leaves only the rest to the study query. Questions asked concurrently
+(a QIDO-RS page's study batches) spend the budget once for the time they overlap: it counts the
+wall-clock time during which at least one question was waiting.
 """
 
 from __future__ import annotations
@@ -26,14 +28,37 @@ import httpx
 
 from imagebridge.common import jose
 
-#: Seconds of EHR waiting the current request has left (None outside a request: each call gets
-#: the full deadline).
-_BUDGET: ContextVar[list[float] | None] = ContextVar("ehr_budget", default=None)
+
+class _Budget:
+    """Seconds of EHR waiting a request has left; overlapping waits are counted once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.remaining = seconds
+        self.waiting = 0  # questions in flight now
+        self.since = 0.0  # when the current stretch of waiting began
+
+    def left(self, now: float) -> float:
+        return self.remaining - (now - self.since if self.waiting else 0.0)
+
+    def enter(self, now: float) -> None:
+        if not self.waiting:
+            self.since = now
+        self.waiting += 1
+
+    def leave(self, now: float) -> None:
+        self.waiting -= 1
+        if not self.waiting:
+            self.remaining -= now - self.since
+
+
+#: The EHR waiting budget of the current request (None outside a request: each call gets the
+#: full deadline). Tasks started within the request share the same object.
+_BUDGET: ContextVar[_Budget | None] = ContextVar("ehr_budget", default=None)
 
 
 def request_budget(seconds: float) -> None:
     """Give the current request (its task's context) ``seconds`` of EHR waiting in total."""
-    _BUDGET.set([seconds])
+    _BUDGET.set(_Budget(seconds))
 
 
 class EhrUnavailable(Exception):
@@ -114,8 +139,10 @@ class EhrClient:
     async def _bounded(self) -> AsyncIterator[None]:
         """At most what is left of the request's budget (or ``deadline``), then EhrUnavailable."""
         budget = _BUDGET.get()
-        allowed = self.deadline if budget is None else min(self.deadline, budget[0])
         started = time.monotonic()
+        allowed = self.deadline if budget is None else min(self.deadline, budget.left(started))
+        if budget is not None:
+            budget.enter(started)
         try:
             async with asyncio.timeout(max(allowed, 0.0)):
                 yield
@@ -123,7 +150,7 @@ class EhrClient:
             raise EhrUnavailable(f"the EHR did not answer within {self.deadline} s") from exc
         finally:
             if budget is not None:
-                budget[0] -= time.monotonic() - started
+                budget.leave(time.monotonic())
 
     async def _introspect(self, token: str) -> dict[str, Any]:
         endpoints = await self.endpoints()

@@ -9,6 +9,7 @@ patterns"). The EHR unreachable means 503 + Retry-After: the gate never guesses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ CLOCK_LEEWAY = 60
 UID_SYSTEM = "urn:dicom:uid"
 #: Study UIDs decided by one FHIR search (keeps the query URL well under common 8 KB limits).
 STUDY_BATCH = 50
+#: Study batches of one QIDO-RS page asked of the EHR at the same time.
+STUDY_QUERIES = 8
 
 
 class GateRefusal(Exception):
@@ -215,15 +218,24 @@ class Gate:
                 undecided.append(uid)
             elif known:
                 visible.add(uid)
-        for start in range(0, len(undecided), STUDY_BATCH):
-            batch = undecided[start : start + STUDY_BATCH]
-            found, expires_at = await self._ask_studies(access, batch)
+        asking = asyncio.Semaphore(STUDY_QUERIES)
+
+        async def decide(batch: list[str]) -> frozenset[str]:
+            async with asking:
+                found, expires_at = await self._ask_studies(access, batch)
             for uid in batch:
                 allowed = uid in found
                 expiry = expires_at if allowed else time.time() + self.negative_ttl
                 await self.studies.put(f"{prefix}:{uid}", allowed, expiry)
-                if allowed:
-                    visible.add(uid)
+            return found.intersection(batch)
+
+        # the batches are asked concurrently, within the request's one EHR budget
+        batches = [undecided[s : s + STUDY_BATCH] for s in range(0, len(undecided), STUDY_BATCH)]
+        answers = await asyncio.gather(*(decide(b) for b in batches), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            visible |= answer
         return frozenset(visible)
 
     async def _ask_studies(self, access: Access, study_uids: Sequence[str]) -> tuple[frozenset[str], float]:
