@@ -11,6 +11,7 @@ starts; the bytes actually sent are added when a streamed body has finished (AU-
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -60,12 +61,20 @@ def outcome_of(status: int) -> str:
     return "unavailable" if status == 503 else "error"
 
 
+#: One INSERT for every record, its values bound at execution (no statement built per request).
+_INSERT = insert(audit)
+
+
 def operation_of(request: Request) -> str:
     """What the request does, from its route template: store, search, retrieve, metadata, frames…"""
-    route = request.scope.get("route")
-    template = str(getattr(route, "path", request.url.path))
     if request.method == "POST":
         return "store"
+    route = request.scope.get("route")
+    return _operation(str(getattr(route, "path", request.url.path)))
+
+
+@functools.lru_cache(maxsize=256)
+def _operation(template: str) -> str:
     literal = [seg for seg in template.split("/") if seg and not seg.startswith("{")]
     last = template.rstrip("/").rsplit("/", 1)[-1]
     if last.startswith("{"):
@@ -115,7 +124,8 @@ class AuditLog:
                 patient = f"{self.mrn_system}|{found}" if found else None
             row_id = (
                 await conn.execute(
-                    insert(audit).values(
+                    _INSERT,
+                    dict(
                         at=time.time(),
                         client_id=access.info.client_id if access else None,
                         user=access.info.user if access else None,
@@ -132,7 +142,7 @@ class AuditLog:
                         detail=detail[:2000] if detail else None,
                         streaming=streaming,
                         elapsed_ms=(time.monotonic() - started) * 1000 if started is not None else None,
-                    )
+                    ),
                 )
             ).inserted_primary_key
         if isinstance(response, StreamingResponse):

@@ -43,6 +43,9 @@ LEASE = "audit-publisher"
 LEASE_SECONDS = 30.0
 #: Seconds between looks at the spool when idle (another worker's records do not wake this one).
 IDLE_POLL = 2.0
+#: After a wakeup the publisher waits for QUIET seconds without a new record, at most SETTLE_MAX.
+QUIET = 0.25
+SETTLE_MAX = 2.0
 #: Backoff while the EHR is unavailable or refuses: from RETRY_FIRST doubling up to RETRY_MAX seconds.
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
@@ -142,6 +145,8 @@ class AuditPublisher:
         self.mrn_system = mrn_system
         self.written = written
         self.holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        #: Until when this process holds the lease, as it last wrote it (0: not held).
+        self._lease_until = 0.0
 
     async def run(self) -> None:
         """Publish forever (the app's background task), backing off while the EHR is unavailable."""
@@ -158,6 +163,22 @@ class AuditPublisher:
             delay = RETRY_FIRST
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.written.wait(), timeout=IDLE_POLL)
+                await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait until no record was written for :data:`QUIET` seconds (at most :data:`SETTLE_MAX`).
+
+        A viewer's burst of requests then finishes without the publisher's EHR round trips and
+        commits competing with it, and its records go in one drain (one lease look, one read,
+        one commit). The spool is already durable: this only delays the EHR's copy.
+        """
+        deadline = time.monotonic() + SETTLE_MAX
+        while (left := deadline - time.monotonic()) > 0:
+            self.written.clear()
+            try:
+                await asyncio.wait_for(self.written.wait(), timeout=min(QUIET, left))
+            except TimeoutError:
+                return
 
     async def drain(self) -> int:
         """Publish every final, unpublished record while this process holds the lease; return how many."""
@@ -169,17 +190,24 @@ class AuditPublisher:
             batch = await self._batch()
             if not batch:
                 return published
-            for record in batch:
-                if time.time() > lease_until - 5:
-                    break  # renew before another worker could take over
-                event = audit_event(
-                    record, client_id=self.ehr.client_id, source=self.source, mrn_system=self.mrn_system
-                )
-                key = record_key(self.ehr.client_id, record)
-                await self.ehr.fhir_create("AuditEvent", event, f"entity:identifier={RECORD_SYSTEM}|{key}")
-                async with self.engine.begin() as conn:
-                    await conn.execute(update(audit).where(audit.c.id == record.id).values(published=True))
-                published += 1
+            done: list[int] = []
+            try:
+                for record in batch:
+                    if time.time() > lease_until - 5:
+                        break  # renew before another worker could take over
+                    event = audit_event(
+                        record, client_id=self.ehr.client_id, source=self.source, mrn_system=self.mrn_system
+                    )
+                    key = f"entity:identifier={RECORD_SYSTEM}|{record_key(self.ehr.client_id, record)}"
+                    await self.ehr.fhir_create("AuditEvent", event, key)
+                    done.append(record.id)
+            finally:
+                # One commit for the records the EHR accepted (a crash before it re-sends them,
+                # and If-None-Exist keeps one copy each).
+                if done:
+                    async with self.engine.begin() as conn:
+                        await conn.execute(update(audit).where(audit.c.id.in_(done)).values(published=True))
+                published += len(done)
 
     async def _batch(self) -> list[AuditRecord]:
         final = or_(audit.c.streaming.is_(False), audit.c.at < time.time() - ABANDONED_STREAM_SECONDS)
@@ -187,8 +215,13 @@ class AuditPublisher:
         return await fetch_records(self.engine, stmt)
 
     async def _lease(self) -> float | None:
-        """Take or renew the publisher lease; its expiry, or None while another process holds it."""
+        """Take or renew the publisher lease; its expiry, or None while another process holds it.
+
+        A lease this process holds with more than half its time left is kept as is (no write).
+        """
         now = time.time()
+        if self._lease_until - now > LEASE_SECONDS / 2:
+            return self._lease_until
         until = now + LEASE_SECONDS
         async with self.engine.begin() as conn:
             taken = await conn.execute(
@@ -197,6 +230,7 @@ class AuditPublisher:
                 .values(holder=self.holder, until=until)
             )
             if taken.rowcount == 1:
+                self._lease_until = until
                 return until
             exists = (await conn.execute(select(leases.c.name).where(leases.c.name == LEASE))).first()
         if exists is not None:
@@ -206,4 +240,5 @@ class AuditPublisher:
                 await conn.execute(insert(leases).values(name=LEASE, holder=self.holder, until=until))
         except IntegrityError:
             return None
+        self._lease_until = until
         return until
