@@ -10,6 +10,8 @@ results, metadata, STOW-RS responses) have the upstream's base URL rewritten to 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +39,10 @@ from imagebridge.imaging.upstream.client import (
 from imagebridge.imaging.upstream.sync import enqueue
 
 CHUNK = 1 << 16
+#: Bytes gathered from the upstream's reads before they are passed on as one piece.
+RELAY_CHUNK = 1 << 20
+#: Pieces read from the upstream before the caller has taken them (bounds memory per response).
+READ_AHEAD = 4
 #: Upstream results fetched per QIDO-RS page while filtering through the gate.
 SEARCH_PAGE = 200
 #: Largest STOW-RS response read back (to rewrite it and find the stored studies).
@@ -130,7 +136,7 @@ async def forward(
     if upstream_fault(response.status_code, response.headers.get("content-type")):
         await response.aclose()
         raise DicomwebError(502, f"the upstream PACS answered {response.status_code}")
-    body: AsyncIterator[bytes] = response.aiter_raw(CHUNK)
+    body: AsyncIterator[bytes] = response.aiter_raw()  # as read: no re-chunking copy
     do_rewrite = rewrite and _is_json(response)
     if do_rewrite:
         body = rewritten(body, upstream.base.encode(), upstream.own_base.encode())
@@ -140,13 +146,46 @@ async def forward(
     return _relay(upstream, response, streamed, rewrite=do_rewrite)
 
 
+async def _coalesced(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body in pieces of about :data:`RELAY_CHUNK` (the upstream's reads are at most 64 KiB;
+    every piece costs a pass through the audit count, the middleware and the server's send)."""
+    pending: list[bytes] = []
+    held = 0
+    async for chunk in body:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= RELAY_CHUNK:
+            yield b"".join(pending)
+            pending.clear()
+            held = 0
+    if pending:
+        yield b"".join(pending)
+
+
 async def _guarded(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body; an upstream that breaks off mid-stream ends the response early (no traceback)."""
+    """The body, read from the upstream up to :data:`READ_AHEAD` pieces ahead of the caller (the
+    next piece arrives while the last one is being sent, instead of reading and sending taking
+    turns); an upstream that breaks off mid-stream ends the response early (no traceback)."""
+    ahead: asyncio.Queue[bytes | None] = asyncio.Queue(READ_AHEAD)
+
+    async def read() -> None:
+        try:
+            async for chunk in _coalesced(body):
+                await ahead.put(chunk)
+        except httpx.HTTPError:
+            pass
+        await ahead.put(None)
+
+    reader = asyncio.create_task(read())
     try:
-        async for chunk in body:
+        while (chunk := await ahead.get()) is not None:
             yield chunk
-    except httpx.HTTPError:
-        return
+        await reader
+    finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
 
 async def retrieve(ctx: ImagingContext, access: Access, request: Request) -> Response:
