@@ -61,8 +61,9 @@ def outcome_of(status: int) -> str:
     return "unavailable" if status == 503 else "error"
 
 
-#: One INSERT for every record, its values bound at execution (no statement built per request).
-_INSERT = insert(audit)
+#: One INSERT for the records of a commit, their values bound at execution (no statement built
+#: per request), returning their ids in the order given.
+_INSERT_RETURNING = insert(audit).returning(audit.c.id, sort_by_parameter_order=True)
 
 
 def operation_of(request: Request) -> str:
@@ -97,6 +98,9 @@ class AuditLog:
         self.mrn_system = mrn_system
         #: Set whenever a record is final (the EHR publisher's wakeup).
         self.written = asyncio.Event()
+        #: Rows waiting for the next commit, and the task committing them (see :meth:`_insert`).
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def record(
         self,
@@ -116,40 +120,76 @@ class AuditLog:
         streaming = isinstance(response, StreamingResponse)
         study = params.get("study")
         patient = access.info.patient if access else None
-        async with self.engine.begin() as conn:
-            if patient is None and study:
+        if patient is None and study:
+            async with self.engine.connect() as conn:
                 found = (
                     await conn.execute(select(studies.c.patient_id).where(studies.c.study_uid == study))
                 ).scalar()
-                patient = f"{self.mrn_system}|{found}" if found else None
-            row_id = (
-                await conn.execute(
-                    _INSERT,
-                    dict(
-                        at=time.time(),
-                        client_id=access.info.client_id if access else None,
-                        user=access.info.user if access else None,
-                        patient=patient,
-                        token_id=access.token_id if access else presented_token_id(request),
-                        operation=operation_of(request),
-                        study_uid=study,
-                        series_uid=params.get("series"),
-                        sop_uid=params.get("instance"),
-                        outcome=outcome_of(response.status_code),
-                        status=response.status_code,
-                        bytes_sent=0 if streaming else len(response.body),
-                        request_path=request.url.path[:400],
-                        detail=detail[:2000] if detail else None,
-                        streaming=streaming,
-                        elapsed_ms=(time.monotonic() - started) * 1000 if started is not None else None,
-                    ),
-                )
-            ).inserted_primary_key
+            patient = f"{self.mrn_system}|{found}" if found else None
+        row_id = await self._insert(
+            dict(
+                at=time.time(),
+                client_id=access.info.client_id if access else None,
+                user=access.info.user if access else None,
+                patient=patient,
+                token_id=access.token_id if access else presented_token_id(request),
+                operation=operation_of(request),
+                study_uid=study,
+                series_uid=params.get("series"),
+                sop_uid=params.get("instance"),
+                outcome=outcome_of(response.status_code),
+                status=response.status_code,
+                bytes_sent=0 if streaming else len(response.body),
+                request_path=request.url.path[:400],
+                detail=detail[:2000] if detail else None,
+                streaming=streaming,
+                elapsed_ms=(time.monotonic() - started) * 1000 if started is not None else None,
+            )
+        )
         if isinstance(response, StreamingResponse):
-            self._count_stream(response, int(row_id[0]) if row_id else 0)
+            self._count_stream(response, row_id)
         else:
             self.written.set()
         return response
+
+    async def _insert(self, values: dict[str, Any]) -> int:
+        """Insert one row and return its id once it is committed (group commit).
+
+        Rows that arrive while a commit is under way wait for the next one, which writes them all
+        in one transaction: concurrent requests share a commit instead of queueing for the
+        database's write lock one by one. Each caller still returns only after its own row is
+        committed (ARCHITECTURE.md: no imaging byte before a committed audit record).
+        """
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((values, done))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    async with self.engine.begin() as conn:
+                        ids = (
+                            (await conn.execute(_INSERT_RETURNING, [values for values, _ in batch]))
+                            .scalars()
+                            .all()
+                        )
+                except Exception as exc:  # each waiting request fails (500), none is answered
+                    for _, done in batch:
+                        done.set_exception(exc)
+                        done.exception()  # retrieved by its waiter, or by nobody if it left
+                    continue
+                except BaseException:  # cancelled (shutdown): so are the requests waiting on it
+                    for _, done in batch + self._pending:
+                        done.cancel()
+                    raise
+                for (_, done), row_id in zip(batch, ids, strict=True):
+                    done.set_result(int(row_id))
+        finally:
+            self._flusher = None
 
     def _count_stream(self, response: StreamingResponse, row_id: int) -> None:
         sent = 0
