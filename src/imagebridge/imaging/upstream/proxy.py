@@ -173,7 +173,10 @@ async def _guarded(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             async for chunk in _coalesced(body):
                 await ahead.put(chunk)
         except httpx.HTTPError:
-            pass
+            pass  # the upstream broke off: the response ends here
+        except Exception:
+            await ahead.put(None)  # the caller's loop ends and ``await reader`` raises it
+            raise
         await ahead.put(None)
 
     reader = asyncio.create_task(read())
