@@ -129,6 +129,7 @@ def create_app(settings: ImagingSettings) -> Starlette:
         if ctx.upstream is not None:
             await ctx.upstream.aclose()
         await ctx.http.aclose()
+        await ctx.audit.aclose()
         await ctx.engine.dispose()
 
     app = Starlette(

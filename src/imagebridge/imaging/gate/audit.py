@@ -11,6 +11,7 @@ starts; the bytes actually sent are added when a streamed body has finished (AU-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -101,6 +102,8 @@ class AuditLog:
         #: Rows waiting for the next commit, and the task committing them (see :meth:`_insert`).
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: The connection the flusher writes on, kept between commits (no checkout and reset each).
+        self._writer: AsyncConnection | None = None
 
     async def record(
         self,
@@ -171,12 +174,7 @@ class AuditLog:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    async with self.engine.begin() as conn:
-                        ids = (
-                            (await conn.execute(_INSERT_RETURNING, [values for values, _ in batch]))
-                            .scalars()
-                            .all()
-                        )
+                    ids = await self._commit([values for values, _ in batch])
                 except Exception as exc:  # each waiting request fails (500), none is answered
                     for _, done in batch:
                         done.set_exception(exc)
@@ -190,6 +188,38 @@ class AuditLog:
                     done.set_result(int(row_id))
         finally:
             self._flusher = None
+
+    async def _commit(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert and commit ``rows`` on the writer's warm connection; their ids in order.
+
+        A connection kept from an earlier commit that fails (e.g. closed by the server while
+        idle) is dropped and the rows are written once more on a new one.
+        """
+        reused = self._writer is not None
+        try:
+            return await self._write(rows)
+        except Exception:
+            if not reused:
+                raise
+        return await self._write(rows)
+
+    async def _write(self, rows: list[dict[str, Any]]) -> list[int]:
+        if self._writer is None:
+            self._writer = await self.engine.connect()
+        try:
+            async with self._writer.begin():
+                result = await self._writer.execute(_INSERT_RETURNING, rows)
+                return [int(i) for i in result.scalars().all()]
+        except Exception:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Give the writer's connection back (on shutdown, or after it failed)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.close()
 
     def _count_stream(self, response: StreamingResponse, row_id: int) -> None:
         sent = 0
