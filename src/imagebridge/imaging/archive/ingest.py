@@ -25,7 +25,7 @@ import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import pydicom
@@ -99,6 +99,8 @@ PREAMBLE = 128  # PS3.10 §7.1: the File Preamble, then "DICM"
 PREFIX = b"DICM"
 #: Longest File Meta Information group we complete for a part sent without a preamble.
 MAX_FILE_META = 64 * 1024
+#: Bytes of a part gathered in memory before they are hashed and written in a worker thread.
+SPOOL_WRITE = 1024 * 1024
 _LONG_VRS = frozenset(vr.encode() for vr in guard.LONG_VRS)
 _VRS = _LONG_VRS | {vr.encode() for vr in guard.SHORT_VRS}
 
@@ -200,12 +202,22 @@ async def spool(body: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
     fd, name = tempfile.mkstemp(dir=directory, prefix="stow-", suffix=".part")
     os.close(fd)
     path = Path(name)
+
+    def write(fh: IO[bytes], data: bytes) -> None:
+        digest.update(data)  # hashlib lets go of the GIL for large buffers
+        fh.write(data)
+
     try:
         async with await anyio.open_file(path, "wb") as fh:
+            pending = bytearray()
             async for chunk in _normalised(body):
-                digest.update(chunk)
                 size += len(chunk)
-                await fh.write(chunk)
+                pending += chunk
+                if len(pending) >= SPOOL_WRITE:  # one worker-thread hop per SPOOL_WRITE bytes
+                    await anyio.to_thread.run_sync(write, fh.wrapped, bytes(pending))
+                    pending.clear()
+            if pending:
+                await anyio.to_thread.run_sync(write, fh.wrapped, bytes(pending))
     except OSError as exc:
         await anyio.Path(path).unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

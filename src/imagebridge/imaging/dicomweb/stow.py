@@ -2,7 +2,8 @@
 
 The request body is parsed as it streams in; each part is spooled to disk, checked and parsed
 in a worker thread, made durable in the blob store and indexed before it is acknowledged
-(ARCHITECTURE.md invariant 5). One bad part fails on its own with a PS3.18 Failure Reason; the
+(ARCHITECTURE.md invariant 5); while a part streams in, up to :data:`IN_FLIGHT` earlier ones
+are being stored, and the response, in part order, waits for all of them. One bad part fails on its own with a PS3.18 Failure Reason; the
 rest of the request is judged part by part. The answer is the Store Instances Response Module
 (PS3.18 Annex I) with the status of Table 10.5.3-1: 200 all stored, 202 some stored, 409 none
 stored because of conflicts (study mismatch, duplicate SOP Instance, no room), 400 none stored
@@ -47,6 +48,9 @@ DICOM_JSON = "application/dicom+json"
 log = logging.getLogger(__name__)
 #: Status when nothing was stored and every failure is a conflict or a lack of room.
 _CONFLICT_LIKE = CONFLICTS | {OUT_OF_RESOURCES}
+#: Instances of one request judged, fsynced and indexed while the next part streams in: the
+#: fsync and commit waits of consecutive instances overlap instead of adding up.
+IN_FLIGHT = 4
 
 
 class RequestTooLarge(Exception):
@@ -96,37 +100,68 @@ async def store_instances(ctx: ImagingContext, request: Request, url_study: str 
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_request_bytes:
         raise DicomwebError(413, f"the request body exceeds {settings.max_request_bytes} bytes")
-    referenced: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    # one slot per part, in the request's order: (stored?, response item), None while in flight;
+    # parts are spooled in turn while up to IN_FLIGHT earlier ones are judged, fsynced and indexed
+    slots: list[tuple[bool, dict[str, Any]] | None] = []
     spool_dir = settings.data_dir / "spool"
     spool_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        async for part in iter_parts(
-            _capped(request.stream(), settings.max_request_bytes),
-            content_type.boundary.encode("latin-1"),
-            max_part_bytes=settings.max_instance_bytes,
-        ):
-            part_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
-            if part_type != "application/dicom":
-                failed.append(_failure(CANNOT_UNDERSTAND))
-                continue
-            try:
-                row = await _accept(ctx, await spool(part.body, spool_dir), url_study)
-            except InstanceRejected as exc:
-                failed.append(_failure(exc.reason, exc.sop_class, exc.sop_instance))
-                continue
-            referenced.append(_item(row.sop_class_uid, row.sop_uid, **{"00081190": _retrieve_url(ctx, row)}))
-    except (PartTooLarge, RequestTooLarge) as exc:
-        if not referenced and not failed:
-            raise DicomwebError(413, str(exc)) from exc
-        failed.append(_failure(OUT_OF_RESOURCES))
-    except MultipartError as exc:
-        if not referenced and not failed:
-            raise DicomwebError(400, f"malformed multipart body: {exc}") from exc
-        failed.append(_failure(CANNOT_UNDERSTAND))
-    except ClientDisconnect:
+    room = anyio.Semaphore(IN_FLIGHT)
+    disconnected = False
+    cut: Exception | None = None  # why the body ended early (too large, malformed)
+
+    async def store(slot: int, spooled: SpooledInstance) -> None:
+        try:
+            row = await _accept(ctx, spooled, url_study)
+        except InstanceRejected as exc:
+            slots[slot] = (False, _failure(exc.reason, exc.sop_class, exc.sop_instance))
+        else:
+            item = _item(row.sop_class_uid, row.sop_uid, **{"00081190": _retrieve_url(ctx, row)})
+            slots[slot] = (True, item)
+        finally:
+            room.release()
+
+    async with anyio.create_task_group() as group:
+        try:
+            async for part in iter_parts(
+                _capped(request.stream(), settings.max_request_bytes),
+                content_type.boundary.encode("latin-1"),
+                max_part_bytes=settings.max_instance_bytes,
+            ):
+                part_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
+                if part_type != "application/dicom":
+                    slots.append((False, _failure(CANNOT_UNDERSTAND)))
+                    continue
+                await room.acquire()
+                try:
+                    spooled = await spool(part.body, spool_dir)
+                except InstanceRejected as exc:
+                    room.release()
+                    slots.append((False, _failure(exc.reason, exc.sop_class, exc.sop_instance)))
+                    continue
+                except BaseException:
+                    room.release()
+                    raise
+                slots.append(None)
+                group.start_soon(store, len(slots) - 1, spooled)
+        except (PartTooLarge, RequestTooLarge, MultipartError) as exc:
+            cut = exc
+        except ClientDisconnect:
+            disconnected = True
+        # leaving the group waits for every instance in flight: each is stored or refused whole
+    if disconnected:
         # nobody is left to answer; what was stored stays stored, the spool is already clean
         return Response(status_code=400)
+    done = [slot for slot in slots if slot is not None]
+    if isinstance(cut, (PartTooLarge, RequestTooLarge)):
+        if not done:
+            raise DicomwebError(413, str(cut)) from cut
+        done.append((False, _failure(OUT_OF_RESOURCES)))
+    elif cut is not None:
+        if not done:
+            raise DicomwebError(400, f"malformed multipart body: {cut}") from cut
+        done.append((False, _failure(CANNOT_UNDERSTAND)))
+    referenced = [item for ok, item in done if ok]
+    failed = [item for ok, item in done if not ok]
     if referenced:
         ctx.publisher.wakeup.set()
     return _response(ctx, url_study, referenced, failed)
