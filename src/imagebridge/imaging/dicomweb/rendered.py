@@ -174,8 +174,14 @@ def _dataset_window(ds: Dataset) -> Window | None:
     return Window(center, max(width, 1.0), shape) if width > 0 else None
 
 
-def _grayscale(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
-    """A grayscale frame to 0..1 through the Modality LUT and the VOI LUT (PS3.4 N.2)."""
+def _grayscale(
+    frame: np.ndarray, ds: Dataset, window: Window | None, present: np.ndarray | None = None
+) -> np.ndarray:
+    """A grayscale frame to 0..1 through the Modality LUT and the VOI LUT (PS3.4 N.2).
+
+    ``present`` (when ``frame`` is the domain of a lookup table rather than a frame) marks the
+    values the frame really holds: the frame's own range is taken over those alone.
+    """
     values = apply_modality_lut(frame, ds).astype(np.float32, copy=False)
     chosen = window or (None if "VOILUTSequence" in ds else _dataset_window(ds))
     if chosen is not None:
@@ -185,11 +191,36 @@ def _grayscale(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndar
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         unit = lut.astype(np.float32) / float(2**bits - 1)
     else:
-        low, high = float(values.min()), float(values.max())
+        held = values if present is None else values[present]
+        low, high = float(held.min()), float(held.max())
         unit = (values - low) / (high - low) if high > low else np.zeros_like(values)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         unit = 1.0 - unit
     return unit
+
+
+def _unit_to_8bit(unit: np.ndarray) -> np.ndarray:
+    gray: np.ndarray = np.rint(np.clip(unit, 0.0, 1.0) * 255.0)
+    return gray.astype(np.uint8)
+
+
+def _gray_8bit(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
+    """A grayscale frame to 8 bits. An 8- or 16-bit integer frame goes through a lookup table
+    built over the values between its minimum and maximum (every step of :func:`_grayscale`
+    maps each stored value on its own, so the table gives the same pixels), indexed by the
+    stored bits read as unsigned: far less work than transforming every pixel in floating point."""
+    if frame.dtype.kind not in "iu" or frame.dtype.itemsize > 2 or frame.size == 0:
+        return _unit_to_8bit(_grayscale(frame, ds, window))
+    unsigned = np.dtype(f"u{frame.dtype.itemsize}")
+    low, high = int(frame.min()), int(frame.max())
+    domain = np.arange(low, high + 1, dtype=frame.dtype)
+    present = None  # a linear rescale keeps the range's ends at the frame's minimum and maximum
+    if "ModalityLUTSequence" in ds:
+        present = np.bincount(frame.ravel().astype(np.int32) - low, minlength=domain.size) > 0
+    table = np.zeros(2 ** (8 * frame.dtype.itemsize), dtype=np.uint8)
+    table[domain.view(unsigned)] = _unit_to_8bit(_grayscale(domain, ds, window, present))
+    pixels8: np.ndarray = np.take(table, frame.view(unsigned))
+    return pixels8
 
 
 def to_8bit(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
@@ -201,8 +232,7 @@ def to_8bit(frame: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray
     elif frame.ndim == 3:
         bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
     else:
-        gray: np.ndarray = np.rint(np.clip(_grayscale(frame, ds, window), 0.0, 1.0) * 255.0)
-        return gray.astype(np.uint8)
+        return _gray_8bit(frame, ds, window)
     if bits <= 8:
         return frame.astype(np.uint8)
     return (frame.astype(np.float32) * (255.0 / float(2**bits - 1))).clip(0, 255).astype(np.uint8)
