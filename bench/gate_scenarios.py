@@ -303,6 +303,9 @@ class _AuditNothing:
     ) -> Any:
         return response
 
+    async def aclose(self) -> None:
+        """Nothing to give back (the real log returns its writer connection on shutdown)."""
+
 
 def serve_ungated() -> None:
     """Serve the imaging application from ``IMAGEBRIDGE_IMAGING_*`` with its gate and audit
