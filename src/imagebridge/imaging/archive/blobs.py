@@ -72,7 +72,7 @@ class LocalBlobStore:
             os.utime(target)  # fresh again: the orphan sweep's grace period starts over
             _fsync_dir(target.parent)  # an earlier put may have crashed before its directory fsync
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(target.parent)
         if source.stat().st_dev != self.root.stat().st_dev:
             self._copy_in(source, target)
         else:
@@ -80,6 +80,14 @@ class LocalBlobStore:
                 os.fsync(fh.fileno())
             os.replace(source, target)
         _fsync_dir(target.parent)
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create the ``ab/cd`` folders of a blob; a folder made here has its own entry fsynced
+        in its parent, or a crash could lose the folder, and with it a blob already acknowledged."""
+        made = [d for d in (directory.parent, directory) if not d.exists()]
+        directory.mkdir(parents=True, exist_ok=True)
+        for folder in made:
+            _fsync_dir(folder.parent)
 
     def _copy_in(self, source: Path, target: Path) -> None:
         """The spooled file is on another file system (a rename would fail with EXDEV): copy it
