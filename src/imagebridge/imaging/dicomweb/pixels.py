@@ -15,7 +15,8 @@ remain available as they are (``transfer-syntax=*`` or the stored compressed med
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from struct import unpack
 from typing import TypeVar
@@ -29,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.utils import pack_bits, pixel_array
 from pydicom.uid import UID
 
-from imagebridge.imaging.archive.blobs import BlobStore
+from imagebridge.imaging.archive.blobs import BlobStore, LocalBlobStore
 from imagebridge.imaging.dicomweb.errors import DicomwebError
 
 #: Largest number of samples (rows x columns x samples per pixel) of one frame we decode.
@@ -89,6 +90,19 @@ class BlobFile(io.RawIOBase):
 def open_blob(blobs: BlobStore, key: str, size: int) -> io.BufferedReader:
     """A buffered :class:`BlobFile` (call only from a worker thread)."""
     return io.BufferedReader(BlobFile(blobs, key, size), buffer_size=_WINDOW)
+
+
+@contextmanager
+def reading(blobs: BlobStore, key: str, size: int) -> Iterator[io.BufferedReader]:
+    """The blob to read in this worker thread, closed on exit: a local store's file itself
+    (read directly, with no trip through the event loop per read), else a :class:`BlobFile`."""
+    fp = _open_local(blobs, key) if isinstance(blobs, LocalBlobStore) else open_blob(blobs, key, size)
+    with fp:
+        yield fp
+
+
+def _open_local(blobs: LocalBlobStore, key: str) -> io.BufferedReader:
+    return io.BufferedReader(io.FileIO(blobs.path(key)), buffer_size=_WINDOW)
 
 
 @dataclass(frozen=True)

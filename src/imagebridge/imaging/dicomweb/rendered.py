@@ -292,16 +292,16 @@ def encode(pixels8: np.ndarray, options: RenderOptions) -> bytes:
 
 def render_frame(blobs: BlobStore, row: InstanceRow, number: int | None, options: RenderOptions) -> bytes:
     """Decode, window and encode one frame (1-based; None = the middle frame). Worker thread only."""
-    fp = pixels.open_blob(blobs, row.blob_key, row.size)
-    return _render_open(fp, pixels.read_header(fp), number, options)
+    with pixels.reading(blobs, row.blob_key, row.size) as fp:
+        return _render_open(fp, pixels.read_header(fp), number, options)
 
 
 def render_if_image(blobs: BlobStore, row: InstanceRow, options: RenderOptions) -> bytes | None:
     """Frame 1 of ``row`` rendered, or None when the instance has no pixel data (an SR, a
     presentation state…: nothing to render in an image media type). Worker thread only."""
-    fp = pixels.open_blob(blobs, row.blob_key, row.size)
-    header = pixels.read_header(fp)
-    return _render_open(fp, header, 1, options) if header.has_pixels else None
+    with pixels.reading(blobs, row.blob_key, row.size) as fp:
+        header = pixels.read_header(fp)
+        return _render_open(fp, header, 1, options) if header.has_pixels else None
 
 
 def _render_open(
