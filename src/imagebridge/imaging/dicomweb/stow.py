@@ -1,14 +1,15 @@
 """STOW-RS: ``POST {base}/studies[/{study}]`` (PS3.18 §10.5).
 
-The request body is parsed as it streams in; each part is spooled to disk, checked and parsed
-in a worker thread, made durable in the blob store and indexed before it is acknowledged
-(ARCHITECTURE.md invariant 5); while a part streams in, up to :data:`IN_FLIGHT` earlier ones
-are being stored, and the response, in part order, waits for all of them. One bad part fails on its own with a PS3.18 Failure Reason; the
-rest of the request is judged part by part. The answer is the Store Instances Response Module
-(PS3.18 Annex I) with the status of Table 10.5.3-1: 200 all stored, 202 some stored, 409 none
-stored because of conflicts (study mismatch, duplicate SOP Instance, no room), 400 none stored
-otherwise; 413 for bodies or instances over the configured limits (``Content-Length`` is judged
-before reading; a chunked body is cut off when it passes the limit) and 415 for other media types.
+The request body is parsed as it streams in; each part is spooled to disk, checked and parsed in a
+worker thread, made durable in the blob store and indexed before it is acknowledged (ARCHITECTURE.md
+invariant 5); while a part streams in, up to :data:`IN_FLIGHT` earlier ones are being stored, and
+the response, in part order, waits for all of them. One bad part fails on its own with a PS3.18
+Failure Reason; the rest of the request is judged part by part. The answer is the Store Instances
+Response Module (PS3.18 Annex I) with the status of Table 10.5.3-1: 200 all stored, 202 some stored,
+409 none stored because of conflicts (study mismatch, duplicate SOP Instance, no room), 400 none
+stored otherwise; 413 for bodies or instances over the configured limits (``Content-Length`` is
+judged before reading; a chunked body is cut off when it passes the limit) and 415 for other media
+types.
 """
 
 from __future__ import annotations
