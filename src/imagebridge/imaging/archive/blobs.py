@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import anyio
 
@@ -107,17 +107,44 @@ class LocalBlobStore:
         source.unlink(missing_ok=True)
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes ``[start, end)`` in chunks of up to :data:`CHUNK`, read in a worker
+        thread; a blob that fits in one chunk (most DICOM instances) costs one thread hop."""
         remaining = None if end is None else end - start
-        async with await anyio.open_file(self.path(key), "rb") as fh:
-            if start:
-                await fh.seek(start)
+
+        def first() -> tuple[bytes, BinaryIO | None]:
+            fh = self.path(key).open("rb")
+            try:
+                fh.seek(start)
+                want = CHUNK if remaining is None else min(CHUNK, remaining)
+                chunk = fh.read(want)
+            except BaseException:
+                fh.close()
+                raise
+            if len(chunk) < want or len(chunk) == remaining:
+                fh.close()
+                return chunk, None
+            return chunk, fh
+
+        chunk, fh = await anyio.to_thread.run_sync(first)
+        try:
+            if chunk:
+                yield chunk
+            if fh is None:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
             while remaining is None or remaining > 0:
-                chunk = await fh.read(CHUNK if remaining is None else min(CHUNK, remaining))
+                chunk = await anyio.to_thread.run_sync(
+                    fh.read, CHUNK if remaining is None else min(CHUNK, remaining)
+                )
                 if not chunk:
                     break
                 if remaining is not None:
                     remaining -= len(chunk)
                 yield chunk
+        finally:
+            if fh is not None:
+                await anyio.to_thread.run_sync(fh.close)
 
     async def exists(self, key: str) -> bool:
         return self.path(key).exists()
