@@ -22,6 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _no_pixels(study: str, series: str) -> bytes:
     """An instance without Pixel Data (as an SR or a presentation state would be)."""
     ds = instance(study=study, series=series, number=99)
+    ds.SeriesNumber = 2  # the series it joins is number 2: one series, one number
     for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"):
         delattr(ds, keyword)
     return part10(ds)
