@@ -15,6 +15,7 @@ from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.policy.engine import Principal
 from imagebridge.ehr.smart.clients import Client
 from imagebridge.ehr.smart.grants import Grant
+from imagebridge.ehr.smart.memo import Generation
 
 
 class Unauthenticated(Exception):
@@ -46,12 +47,15 @@ def bearer_token(request: Request) -> str | None:
     return token
 
 
-async def authenticate(ctx: EhrContext, request: Request) -> Authenticated:
-    """The active grant and principal behind the request's bearer token."""
+async def authenticate(
+    ctx: EhrContext, request: Request, generation: Generation | None = None
+) -> Authenticated:
+    """The active grant and principal behind the request's bearer token (remembered by this worker
+    under ``generation`` when given: :mod:`imagebridge.ehr.smart.memo`)."""
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated(None, "a bearer token is required")
-    found = await ctx.grants.lookup_with_client(token)
+    found = await ctx.memo.token(generation, token, ctx.grants.lookup_with_client)
     if found is None or not found[0].active():
         raise Unauthenticated("invalid_token", "the access token is invalid, expired or revoked")
     return Authenticated(found[0], principal_for(*found))

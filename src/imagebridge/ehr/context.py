@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,6 +14,7 @@ from imagebridge.ehr.smart.clients import ClientRegistry
 from imagebridge.ehr.smart.grants import GrantStore
 from imagebridge.ehr.smart.jwks_fetch import JwksFetcher
 from imagebridge.ehr.smart.keys import SigningKeys
+from imagebridge.ehr.smart.memo import Memo
 from imagebridge.ehr.smart.ratelimit import Limiter
 from imagebridge.ehr.smart.replay import DatabaseReplayStore
 
@@ -32,6 +33,8 @@ class EhrContext:
     http: httpx.AsyncClient
     #: Dynamic registrations per client IP address (``registration_rate_limit`` per window).
     registrations: Limiter
+    #: Token lookups and imaging grants this worker remembers for introspection.
+    memo: Memo = field(default_factory=Memo)
 
     @property
     def token_endpoint(self) -> str:

@@ -7,6 +7,7 @@ index rows (``search_tokens``, ``search_dates``), so searches are indexed on SQL
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -188,4 +189,15 @@ launches = Table(
     Column("patient", String(200), nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("used", Boolean, nullable=False, default=False),
+)
+
+# Change counters (migration 0003), each bumped by a database trigger in the transaction of every
+# change it stands for, so that every worker notices at its next read (see ehr/smart/memo.py):
+# ``credentials`` (a token or a client registration updated or deleted) and ``resources`` (a FHIR
+# resource other than an AuditEvent written or deleted).
+generations = Table(
+    "generations",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", BigInteger, nullable=False, default=0),
 )

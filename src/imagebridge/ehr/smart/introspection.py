@@ -24,6 +24,7 @@ from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.store import Query, TokenCriterion
 from imagebridge.ehr.policy.engine import Principal
 from imagebridge.ehr.smart.forms import read_form
+from imagebridge.ehr.smart.memo import read_generation
 from imagebridge.ehr.smart.oauth_errors import OAuthError, no_store_json
 
 #: The scope a resource server's token needs to call this endpoint.
@@ -37,8 +38,9 @@ INACTIVE: dict[str, Any] = {"active": False}
 
 async def introspection_endpoint(request: Request) -> Response:
     ctx: EhrContext = request.app.state.ctx
+    generation = await read_generation(ctx.engine)  # before anything it guards is read
     try:
-        caller = await authenticate(ctx, request)
+        caller = await authenticate(ctx, request, generation)
     except Unauthenticated as exc:
         return bearer_challenge(exc.error or "invalid_token", exc.description)
     if INTROSPECTION_SCOPE not in caller.principal.scopes.others:
@@ -48,7 +50,7 @@ async def introspection_endpoint(request: Request) -> Response:
     except OAuthError as exc:
         return exc.response()
     token = form.get("token", "")
-    found = await ctx.grants.lookup_with_client(token) if token else None
+    found = await ctx.memo.token(generation, token, ctx.grants.lookup_with_client) if token else None
     if found is None or not found[0].active():
         return no_store_json(INACTIVE)
     grant = found[0]
@@ -73,7 +75,9 @@ async def introspection_endpoint(request: Request) -> Response:
     if grant.patient:
         body["patient"] = grant.patient
     body.update({k: v for k, v in grant.context.items() if k not in body})
-    body[IMAGING_GRANT] = await imaging_grant(ctx, principal)
+    body[IMAGING_GRANT] = await ctx.memo.imaging_grant(
+        generation, principal, lambda: imaging_grant(ctx, principal)
+    )
     return no_store_json(body)
 
 

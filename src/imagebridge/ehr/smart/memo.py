@@ -1,0 +1,147 @@
+"""What an EHR worker remembers between introspections (RFC 7662), never past a change to its source.
+
+The imaging system introspects for every request it has not cached, each time authenticating with
+its own token; answering from the database alone means reading both tokens, the policy's data
+and every study of the patient. A worker remembers token lookups and imaging grants instead, and
+reads two change counters (``generations``, bumped by database triggers in the transaction of each
+change: migration 0003) once per introspection:
+
+* ``credentials`` moves with any update or deletion of a token (revocation, refresh rotation, a
+  user disabled) or of a client registration: every remembered token lookup is dropped, so a token
+  revoked through any worker or the admin CLI is inactive at the next introspection everywhere;
+* ``resources`` moves with any write of a FHIR resource other than an AuditEvent (studies, labels,
+  Consent, RelatedPerson, Patient, Group…): every remembered imaging grant is dropped.
+
+A grant also depends on the clock (ages, Consent and relationship periods), so one is kept at most
+:data:`GRANT_SECONDS`. Expiry is checked on every use (:meth:`Grant.active`). Unknown tokens are
+never remembered. Without the counters (a database not migrated to 0003) nothing is remembered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagebridge.common.tokens import digest
+from imagebridge.ehr.policy.engine import Principal
+from imagebridge.ehr.smart.clients import Client
+from imagebridge.ehr.smart.grants import Grant
+from imagebridge.ehr.tables import generations
+
+#: The longest an imaging grant is reused (its time-dependent rules: ages, periods).
+GRANT_SECONDS: Final = 1.0
+#: Entries per table; the oldest goes first when full.
+MAX_ENTRIES: Final = 4096
+
+_COUNTERS: Final = select(generations.c.name, generations.c.value)
+
+K = TypeVar("K")
+V = TypeVar("V")
+Found = tuple[Grant, Client | None]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The change counters as one request read them."""
+
+    credentials: int
+    resources: int
+
+
+async def read_generation(engine: AsyncEngine) -> Generation | None:
+    """The current counters (one indexed read), or None when the table is missing or incomplete."""
+    try:
+        async with engine.connect() as conn:
+            rows = {name: value for name, value in (await conn.execute(_COUNTERS)).all()}
+    except DBAPIError:
+        return None
+    if "credentials" not in rows or "resources" not in rows:
+        return None
+    return Generation(int(rows["credentials"]), int(rows["resources"]))
+
+
+class _Table(Generic[K, V]):
+    """Entries valid for one counter value; a higher value empties the table."""
+
+    def __init__(self) -> None:
+        self.at = -1
+        self.entries: dict[K, V] = {}
+
+    def get(self, at: int, key: K) -> V | None:
+        if at > self.at:
+            self.at, self.entries = at, {}
+        return self.entries.get(key) if at == self.at else None
+
+    def put(self, at: int, key: K, value: V) -> None:
+        """Keep ``value``, read after the counter was ``at``, unless the table has moved past it."""
+        if at > self.at:
+            self.at, self.entries = at, {}
+        if at != self.at:
+            return
+        if len(self.entries) >= MAX_ENTRIES:
+            del self.entries[next(iter(self.entries))]
+        self.entries[key] = value
+
+
+class Memo:
+    """One worker's remembered token lookups and imaging grants."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tokens: _Table[str, Found] = _Table()
+        self._grants: _Table[Principal, tuple[float, dict[str, Any]]] = _Table()
+        #: Grants being computed, by counter value and principal: asked again meanwhile, awaited.
+        self._computing: dict[tuple[int, Principal], asyncio.Task[dict[str, Any]]] = {}
+
+    async def token(
+        self, generation: Generation | None, secret: str, load: Callable[[str], Awaitable[Found | None]]
+    ) -> Found | None:
+        """The access grant behind ``secret`` and its client, as ``load`` finds them (active or not).
+
+        ``generation`` must have been read before this call: what ``load`` reads is then at least
+        as new as the counter it is filed under.
+        """
+        if generation is None:
+            return await load(secret)
+        key = digest(secret)
+        found = self._tokens.get(generation.credentials, key)
+        if found is None:
+            found = await load(secret)
+            if found is not None:
+                self._tokens.put(generation.credentials, key, found)
+        return found
+
+    async def imaging_grant(
+        self,
+        generation: Generation | None,
+        principal: Principal,
+        compute: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """The imaging grant of ``principal`` (shared: callers must not change it)."""
+        if generation is None:
+            return await compute()
+        kept = self._grants.get(generation.resources, principal)
+        if kept is not None and self._clock() - kept[0] < GRANT_SECONDS:
+            return kept[1]
+        key = (generation.resources, principal)
+        task = self._computing.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._compute(key, compute))
+            self._computing[key] = task
+            task.add_done_callback(lambda _: self._computing.pop(key, None))
+        return await asyncio.shield(task)  # one caller going away does not cancel the others' answer
+
+    async def _compute(
+        self, key: tuple[int, Principal], compute: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        started = self._clock()
+        answer = await compute()
+        self._grants.put(key[0], key[1], (started, answer))
+        return answer

@@ -1,0 +1,162 @@
+"""The change counters behind what an EHR worker remembers (ehr/smart/memo.py, migration 0003), on
+SQLite and PostgreSQL, and the memo's rules: a higher counter drops everything, an answer read
+under an older counter is never filed, a grant lives at most GRANT_SECONDS, one computation at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.pg import temporary_database
+from tests.services import require_postgres
+
+from imagebridge.common.settings import EhrSettings
+from imagebridge.common.smart_scopes import parse_scopes
+from imagebridge.ehr.admin import Admin
+from imagebridge.ehr.app import migrate
+from imagebridge.ehr.policy.engine import Principal
+from imagebridge.ehr.smart.grants import Grant, GrantStore
+from imagebridge.ehr.smart.memo import GRANT_SECONDS, Found, Generation, Memo, read_generation
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EhrSettings]:
+    if request.param == "sqlite":
+        found = EhrSettings(data_dir=tmp_path)
+        migrate(found)
+        yield found
+        return
+    require_postgres()
+    with temporary_database("memo") as url:
+        found = EhrSettings(data_dir=tmp_path, database_url=url)
+        migrate(found)
+        yield found
+
+
+def test_counters_move_with_every_change_they_stand_for(settings: EhrSettings) -> None:
+    async def run() -> list[Generation | None]:
+        admin = Admin(settings)
+        grants = GrantStore(admin.engine)
+        seen = [await read_generation(admin.engine)]
+        try:
+            await admin.add_client("app", "public", scope="patient/*.rs")
+            secret = await grants.issue(Grant("app", "patient/*.rs", time.time() + 60, time.time()))
+            seen.append(await read_generation(admin.engine))  # issuing changes nothing remembered
+            await grants.revoke(secret)
+            seen.append(await read_generation(admin.engine))
+            await admin.clients.set_enabled("app", False)
+            seen.append(await read_generation(admin.engine))
+            await admin.put_resource({"resourceType": "Patient", "id": "p1"})
+            seen.append(await read_generation(admin.engine))
+            await admin.put_resource({"resourceType": "Patient", "id": "p1", "active": False})
+            seen.append(await read_generation(admin.engine))
+            await admin.put_resource({"resourceType": "AuditEvent", "id": "a1", "recorded": "2024-01-01"})
+            seen.append(await read_generation(admin.engine))  # audit records change no decision
+        finally:
+            await admin.close()
+        return seen
+
+    assert asyncio.run(run()) == [
+        Generation(0, 0),
+        Generation(0, 0),
+        Generation(1, 0),
+        Generation(2, 0),
+        Generation(2, 1),
+        Generation(2, 2),
+        Generation(2, 2),
+    ]
+
+
+PRINCIPAL = Principal("app", parse_scopes("patient/ImagingStudy.rs"), patient="p1")
+FOUND: Found = (Grant("app", "patient/*.rs", time.time() + 60, time.time()), None)
+
+
+class Loads:
+    """A token loader that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, _: str) -> Found | None:
+        self.calls += 1
+        return FOUND
+
+
+def test_token_lookups_are_kept_until_the_credentials_counter_moves() -> None:
+    memo, load = Memo(), Loads()
+
+    async def run() -> None:
+        for at in (Generation(5, 0), Generation(5, 0), Generation(5, 9)):
+            assert await memo.token(at, "secret", load) == FOUND
+        assert load.calls == 1  # the resources counter does not concern tokens
+        await memo.token(Generation(6, 0), "secret", load)
+        await memo.token(Generation(5, 0), "secret", load)  # read before the change: not answered from memory
+        await memo.token(None, "secret", load)  # no counters: never remembered
+        assert load.calls == 4
+
+    asyncio.run(run())
+
+
+def test_an_answer_read_under_an_older_counter_is_not_filed() -> None:
+    memo = Memo()
+    slow_started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(_: str) -> Found | None:
+        slow_started.set()
+        await release.wait()
+        return FOUND
+
+    async def run() -> int:
+        before = asyncio.ensure_future(memo.token(Generation(1, 0), "secret", slow))
+        await slow_started.wait()
+        load = Loads()
+        await memo.token(Generation(2, 0), "other", load)  # a change happened meanwhile
+        release.set()
+        await before
+        await memo.token(Generation(2, 0), "secret", load)
+        return load.calls
+
+    assert asyncio.run(run()) == 2  # the lookup begun before the change was not kept
+
+
+def test_unknown_tokens_are_not_remembered() -> None:
+    memo, calls = Memo(), []
+
+    async def missing(secret: str) -> Found | None:
+        calls.append(secret)
+        return None
+
+    async def run() -> None:
+        for _ in range(2):
+            assert await memo.token(Generation(1, 1), "nope", missing) is None
+
+    asyncio.run(run())
+    assert len(calls) == 2
+
+
+def test_a_grant_lives_at_most_grant_seconds_and_is_computed_once_at_a_time() -> None:
+    now = [100.0]
+    memo = Memo(clock=lambda: now[0])
+    computed: list[int] = []
+
+    async def compute() -> dict[str, Any]:
+        computed.append(1)
+        await asyncio.sleep(0.01)
+        return {"mode": "studies", "n": len(computed)}
+
+    async def run() -> None:
+        first = await asyncio.gather(
+            *(memo.imaging_grant(Generation(0, 3), PRINCIPAL, compute) for _ in range(5))
+        )
+        assert [g["n"] for g in first] == [1] * 5  # five at once: one computation
+        now[0] += GRANT_SECONDS / 2
+        assert (await memo.imaging_grant(Generation(0, 3), PRINCIPAL, compute))["n"] == 1
+        assert (await memo.imaging_grant(Generation(0, 4), PRINCIPAL, compute))["n"] == 2  # data changed
+        now[0] += GRANT_SECONDS
+        assert (await memo.imaging_grant(Generation(0, 4), PRINCIPAL, compute))["n"] == 3  # too old
+
+    asyncio.run(run())
