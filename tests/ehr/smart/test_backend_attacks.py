@@ -87,6 +87,18 @@ def test_as23_replayed_jti(origin: str, backend: tuple[str, dict[str, Any]]) -> 
     refused(post(origin, assertion))
 
 
+def test_as23_an_assertion_refused_after_verification_is_spent(
+    origin: str, backend: tuple[str, dict[str, Any]]
+) -> None:
+    """The jti is committed with the token; a request refused for its scope still uses it up."""
+    client_id, key = backend
+    assertion = jose.sign(claims(client_id, f"{origin}/auth/token"), key)
+    wrong = post(origin, assertion, scope="patient/ImagingStudy.rs")
+    assert wrong.status_code == 400
+    assert wrong.json()["error"] == "invalid_scope"
+    refused(post(origin, assertion))
+
+
 @pytest.mark.parametrize(
     "changes",
     [{"aud": "https://evil.example/token"}, {"sub": "someone-else"}, {"sub": None}],

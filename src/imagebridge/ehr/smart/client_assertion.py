@@ -40,6 +40,8 @@ from imagebridge.ehr.smart.jwks_fetch import JwksError, key_set_from_jwks
 __all__ = [
     "ALGORITHMS",
     "MAX_LIFETIME",
+    "REPLAYED",
+    "DeferredUse",
     "InvalidClient",
     "MemoryReplayStore",
     "RegisteredClient",
@@ -52,6 +54,8 @@ __all__ = [
 ALGORITHMS: Final = ("RS384", "ES384")
 #: SMART: ``exp`` "SHALL be no more than five minutes in the future".
 MAX_LIFETIME: Final = 300
+#: The refusal of an assertion whose ``jti`` was used before.
+REPLAYED: Final = "client assertion jti has already been used"
 _MAX_ASSERTION_LENGTH: Final = 16 * 1024
 _MAX_JTI_LENGTH: Final = 255
 _MIN_RSA_BITS: Final = 2048  # RFC 7518 §3.3
@@ -121,6 +125,19 @@ class MemoryReplayStore:
         return len(self._seen)
 
 
+class DeferredUse:
+    """A :class:`ReplayStore` that only notes the key of a verified assertion: its caller records it
+    in the transaction that acts on the authentication (one commit where there would be two), and
+    must record it even when the request then fails, so that every assertion is spent once."""
+
+    key: str | None = None
+    expires_at: float = 0.0
+
+    async def first_use(self, key: str, expires_at: float) -> bool:
+        self.key, self.expires_at = key, expires_at
+        return True
+
+
 @dataclass(frozen=True)
 class VerifiedClient:
     """The outcome of a successful verification."""
@@ -168,7 +185,7 @@ async def verify_client_assertion(
     jti: str = claims["jti"]
     # Scoped to the issuer (length-prefixed: unambiguous), kept while the assertion could be accepted.
     if not await replay.first_use(f"{len(client_id)}:{client_id}:{jti}", expires_at + leeway):
-        raise InvalidClient("client assertion jti has already been used")
+        raise InvalidClient(REPLAYED)
     return VerifiedClient(client_id, kid, alg, jti, expires_at)
 
 

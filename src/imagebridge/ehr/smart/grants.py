@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import LABEL_STYLE_TABLENAME_PLUS_COL, ColumnElement, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from imagebridge.common.tokens import digest, new_secret
 from imagebridge.ehr.smart.clients import Client, client_from_row
@@ -48,26 +48,29 @@ class GrantStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def issue(self, grant: Grant) -> str:
+    async def issue(self, grant: Grant, conn: AsyncConnection | None = None) -> str:
+        """A new token for ``grant``; given ``conn``, stored in that transaction."""
+        if conn is None:
+            async with self.engine.begin() as own:
+                return await self.issue(grant, own)
         secret = new_secret()
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(tokens).values(
-                    digest=digest(secret),
-                    kind=grant.kind,
-                    client_id=grant.client_id,
-                    scope=grant.scope,
-                    patient=grant.patient,
-                    fhir_user=grant.fhir_user,
-                    sub=grant.sub,
-                    family=grant.family,
-                    context=orjson.dumps(grant.context).decode(),
-                    session=grant.session,
-                    issued_at=grant.issued_at,
-                    expires_at=grant.expires_at,
-                    revoked=False,
-                )
+        await conn.execute(
+            insert(tokens).values(
+                digest=digest(secret),
+                kind=grant.kind,
+                client_id=grant.client_id,
+                scope=grant.scope,
+                patient=grant.patient,
+                fhir_user=grant.fhir_user,
+                sub=grant.sub,
+                family=grant.family,
+                context=orjson.dumps(grant.context).decode(),
+                session=grant.session,
+                issued_at=grant.issued_at,
+                expires_at=grant.expires_at,
+                revoked=False,
             )
+        )
         return secret
 
     async def lookup(self, secret: str, kind: str = "access") -> Grant | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from imagebridge.ehr.tables import assertion_jtis
 
@@ -26,11 +26,15 @@ class DatabaseReplayStore:
         self.engine = engine
         self._next_prune = 0.0
 
-    async def first_use(self, key: str, expires_at: float) -> bool:
+    async def first_use(self, key: str, expires_at: float, conn: AsyncConnection | None = None) -> bool:
         """Record ``key`` until ``expires_at``; False if it is recorded and unexpired.
 
-        One statement decides: insert the key, or take over its row only if that has expired.
+        One statement decides: insert the key, or take over its row only if that has expired. Given
+        ``conn``, the record is part of that transaction (kept only if it commits).
         """
+        if conn is None:
+            async with self.engine.begin() as own:
+                return await self.first_use(key, expires_at, own)
         now = time.time()
         insert: Any = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
         statement = (
@@ -42,9 +46,8 @@ class DatabaseReplayStore:
                 where=assertion_jtis.c.expires_at < now,
             )
         )
-        async with self.engine.begin() as conn:
-            if now >= self._next_prune:
-                self._next_prune = now + PRUNE_INTERVAL
-                await conn.execute(delete(assertion_jtis).where(assertion_jtis.c.expires_at < now))
-            recorded = await conn.execute(statement)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            await conn.execute(delete(assertion_jtis).where(assertion_jtis.c.expires_at < now))
+        recorded = await conn.execute(statement)
         return recorded.rowcount == 1

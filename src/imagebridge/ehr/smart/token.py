@@ -21,13 +21,19 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
+from imagebridge.common.smart_scopes import InvalidScope, ScopeSet, parse_scopes
 from imagebridge.common.tokens import same, token_id
 from imagebridge.ehr import audit
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.dates import now_instant
 from imagebridge.ehr.smart import online, ratelimit
-from imagebridge.ehr.smart.client_assertion import InvalidClient, verify_client_assertion
+from imagebridge.ehr.smart.client_assertion import (
+    REPLAYED,
+    DeferredUse,
+    InvalidClient,
+    ReplayStore,
+    verify_client_assertion,
+)
 from imagebridge.ehr.smart.clients import Client
 from imagebridge.ehr.smart.codes import CodeStore
 from imagebridge.ehr.smart.forms import read_form
@@ -64,8 +70,11 @@ async def token_endpoint(request: Request) -> Response:
         return exc.response()
 
 
-async def authenticate_client(ctx: EhrContext, form: dict[str, str]) -> Client:
-    """RFC 7523 §2.2 client authentication with a signed assertion."""
+async def authenticate_client(
+    ctx: EhrContext, form: dict[str, str], replay: ReplayStore | None = None
+) -> Client:
+    """RFC 7523 §2.2 client authentication with a signed assertion (its ``jti`` recorded in ``replay``,
+    by default the database's replay store)."""
     if form.get("client_assertion_type") != JWT_BEARER or not form.get("client_assertion"):
         raise OAuthError("invalid_client", f"client_assertion_type must be {JWT_BEARER}", status=401)
 
@@ -84,7 +93,7 @@ async def authenticate_client(ctx: EhrContext, form: dict[str, str]) -> Client:
             token_endpoint=ctx.token_endpoint,
             resolve_client=resolve,
             fetch_jwks=ctx.jwks.get,
-            replay=ctx.replay,
+            replay=replay or ctx.replay,
         )
     except InvalidClient as exc:
         raise OAuthError("invalid_client", exc.error_description, status=401) from exc
@@ -234,25 +243,27 @@ async def still_related(ctx: EhrContext, grant: Grant) -> bool:
 
 
 async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]:
-    """SMART Backend Services: an access token for ``system/`` scopes within the registration."""
-    client = await authenticate_client(ctx, form)
-    if client.kind != "backend":
-        raise OAuthError("unauthorized_client", "this client may not use client_credentials")
+    """SMART Backend Services: an access token for ``system/`` scopes within the registration.
+
+    The assertion's ``jti`` and the token are committed together (one commit per token); a request
+    refused after the signature was verified still spends the assertion.
+    """
+    assertion = DeferredUse()
+    client = await authenticate_client(ctx, form, assertion)
     try:
-        requested = parse_scopes(form.get("scope", ""))
-        registered = parse_scopes(client.scope)
-    except InvalidScope as exc:
-        raise OAuthError("invalid_scope", str(exc)) from exc
-    if any(s.level != "system" for s in requested.resource_scopes):
-        raise OAuthError("invalid_scope", "Backend Services grants system/ scopes only")
-    granted = registered.narrowed_to(requested)
-    if not granted.resource_scopes and not granted.others:
-        raise OAuthError("invalid_scope", "none of the requested scopes is registered for this client")
+        granted = _backend_scope(client, form)
+    except OAuthError:
+        await _spend(ctx, assertion)
+        raise
     now = time.time()
     lifetime = min(ctx.settings.backend_token_lifetime, 300)
-    token = await ctx.grants.issue(
-        Grant(client_id=client.client_id, scope=granted.to_string(), issued_at=now, expires_at=now + lifetime)
+    grant = Grant(
+        client_id=client.client_id, scope=granted.to_string(), issued_at=now, expires_at=now + lifetime
     )
+    async with ctx.engine.begin() as conn:
+        if not await ctx.replay.first_use(str(assertion.key), assertion.expires_at, conn):
+            raise OAuthError("invalid_client", REPLAYED, status=401)
+        token = await ctx.grants.issue(grant, conn)
     audit.authorization_event(
         ctx,
         audit.TOKEN_ISSUED,
@@ -267,3 +278,26 @@ async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str,
         "expires_in": lifetime,
         "scope": granted.to_string(),
     }
+
+
+def _backend_scope(client: Client, form: dict[str, str]) -> ScopeSet:
+    """What a backend ``client`` is granted of the requested ``scope`` (its registration at most)."""
+    if client.kind != "backend":
+        raise OAuthError("unauthorized_client", "this client may not use client_credentials")
+    try:
+        requested = parse_scopes(form.get("scope", ""))
+        registered = parse_scopes(client.scope)
+    except InvalidScope as exc:
+        raise OAuthError("invalid_scope", str(exc)) from exc
+    if any(s.level != "system" for s in requested.resource_scopes):
+        raise OAuthError("invalid_scope", "Backend Services grants system/ scopes only")
+    granted = registered.narrowed_to(requested)
+    if not granted.resource_scopes and not granted.others:
+        raise OAuthError("invalid_scope", "none of the requested scopes is registered for this client")
+    return granted
+
+
+async def _spend(ctx: EhrContext, assertion: DeferredUse) -> None:
+    """Record a verified assertion's ``jti`` on its own (the request failed); a replay is invalid_client."""
+    if not await ctx.replay.first_use(str(assertion.key), assertion.expires_at):
+        raise OAuthError("invalid_client", REPLAYED, status=401)
