@@ -328,26 +328,37 @@ def _clients_parser(service: Any) -> None:
     _registry_actions(clients, "client_id", cmd_ehr_clients)
 
 
-def _registry_actions(actions: Any, key: str, func: Callable[[argparse.Namespace], int]) -> None:
-    """``list``, ``show <key>`` and ``disable <key>`` next to ``add``; all four run ``func``."""
+def _registry_actions(
+    actions: Any, key: str, func: Callable[[argparse.Namespace], int], more: Sequence[str] = ()
+) -> None:
+    """``list``, ``show <key>``, ``disable <key>`` and each of ``more`` (``<key>``) next to ``add``,
+    whose parsers exist already; all run ``func``."""
     for action in ("list", "show", "disable"):
         sub = actions.add_parser(action)
         if action != "list":
             sub.add_argument(key)
-    for action in ("add", "list", "show", "disable"):
+    for action in ("add", "list", "show", "disable", *more):
         actions.choices[action].set_defaults(func=func, action=action)
 
 
 def _read_password(args: argparse.Namespace) -> str:
-    """The new user's password: from stdin, a named environment variable or a prompt, never argv."""
+    """The new password: from stdin, a file, a named environment variable or a prompt, never argv."""
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if args.password_file:
+        try:
+            text = args.password_file.read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read {args.password_file}: {exc.strerror}") from exc
+        return (text.splitlines() or [""])[0]
     if args.password_env:
         if args.password_env not in os.environ:
             raise ValueError(f"the environment variable {args.password_env} is not set")
         return os.environ[args.password_env]
     if not sys.stdin.isatty():
-        raise ValueError("no terminal to ask for the password: use --password-stdin or --password-env")
+        raise ValueError(
+            "no terminal to ask for the password: use --password-stdin, --password-file or --password-env"
+        )
     import getpass
 
     password = getpass.getpass("Password: ")
@@ -367,7 +378,7 @@ def _user_json(user: Any) -> dict[str, Any]:
 
 
 def cmd_ehr_users(args: argparse.Namespace) -> int:
-    """``imagebridge ehr users add|list|show|disable``: the people who sign in to the EHR."""
+    """``imagebridge ehr users add|list|show|disable|enable|passwd``: the people who sign in to the EHR."""
 
     async def body(admin: Admin) -> int:
         if args.action == "add":
@@ -386,6 +397,17 @@ def cmd_ehr_users(args: argparse.Namespace) -> int:
             if ended is None:
                 return _missing("user", args.username)
             print(f"disabled {args.username}: {ended[0]} sessions ended, {ended[1]} tokens revoked")
+            return 0
+        if args.action == "enable":
+            if not await admin.users.set_enabled(args.username, True):
+                return _missing("user", args.username)
+            print(f"enabled {args.username}")
+            return 0
+        if args.action == "passwd":
+            sessions = await admin.set_password(args.username, _read_password(args))
+            if sessions is None:
+                return _missing("user", args.username)
+            print(f"new password for {args.username}: {sessions} sessions ended")
             return 0
         for user in await admin.users.all():
             print("\t".join((user.username, user.fhir_user, " ".join(user.roles), _state(user.enabled))))
@@ -410,10 +432,17 @@ def _users_parser(service: Any) -> None:
         choices=["patient", "proxy", "clinician"],
         help="default: the role the fhirUser implies",
     )
-    source = add.add_mutually_exclusive_group()
-    source.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    source.add_argument("--password-env", metavar="VAR", help="read the password from this variable")
-    _registry_actions(users, "username", cmd_ehr_users)
+    users.add_parser("enable", help="let a disabled user sign in again").add_argument("username")
+    passwd = users.add_parser("passwd", help="set a new password (ends the user's EHR sessions)")
+    passwd.add_argument("username")
+    for parser in (add, passwd):
+        source = parser.add_mutually_exclusive_group()
+        source.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        source.add_argument(
+            "--password-file", type=Path, help="read the password from this file's first line"
+        )
+        source.add_argument("--password-env", metavar="VAR", help="read the password from this variable")
+    _registry_actions(users, "username", cmd_ehr_users, ("enable", "passwd"))
 
 
 def cmd_ehr_studies(args: argparse.Namespace) -> int:

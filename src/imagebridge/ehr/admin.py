@@ -77,8 +77,7 @@ class Admin:
         """A new person who signs in; their ``fhirUser`` must exist in this EHR."""
         if not username or len(username) > 100 or any(c.isspace() or c == "/" for c in username):
             raise InvalidUser("a username is 1-100 characters without spaces or slashes")
-        if len(password) < MIN_PASSWORD:
-            raise InvalidUser(f"the password must have at least {MIN_PASSWORD} characters")
+        _check_password(password)
         checked_roles(fhir_user, roles)
         kind, _, ident = fhir_user.partition("/")
         if await self.store.read(kind, ident) is None:
@@ -96,9 +95,24 @@ class Admin:
             username
         )
 
+    async def set_password(self, username: str, password: str) -> int | None:
+        """Give ``username`` a new password and end their EHR sessions (so online_access refresh
+        tokens end with them); how many sessions ended, or None for an unknown user. Apps the user
+        authorized with offline_access keep their grants (the user revokes those as connected apps).
+        """
+        _check_password(password)
+        if not await self.users.set_password(username, password):
+            return None
+        return await SessionStore(self.engine).end_all(username)
+
     async def put_resource(self, resource: dict[str, Any]) -> dict[str, Any]:
         stored, _ = await self.store.put(resource)
         return stored
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidUser(f"the password must have at least {MIN_PASSWORD} characters")
 
 
 def read_jwks(path: Path) -> dict[str, Any]:

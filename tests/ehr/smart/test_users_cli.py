@@ -1,6 +1,7 @@
-"""``imagebridge ehr users add|list|show|disable`` run as a subprocess against the running EHR's own
-data directory, then checked over HTTP: the person signs in, launches an app, and is shut out once
-disabled (sessions ended, tokens revoked)."""
+"""``imagebridge ehr users add|list|show|disable|enable|passwd`` run as a subprocess against the
+running EHR's own data directory, then checked over HTTP: the person signs in, launches an app, is
+shut out once disabled (sessions ended, tokens revoked) and let back in when enabled; a new
+password ends their sessions and only it signs in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import json
 import secrets
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -172,3 +174,63 @@ def test_disable_ends_sessions_and_tokens(
         assert ua.login(login, username, password).status_code == 401
     assert json.loads(users_cli(ehr, "show", username).stdout)["enabled"] is False
     assert users_cli(ehr, "disable", "no-such-user").returncode == 1
+
+
+def test_passwd_replaces_the_password_and_ends_sessions(
+    ehr: RunningStack, origin: str, username: str, tmp_path: Path
+) -> None:
+    old, _ = add_user(ehr, username, "Patient/bob")
+    old_hash = password_hash(ehr, username)
+    new = secrets.token_urlsafe(16)
+    (tmp_path / "pw").write_text(new + "\n")
+    with signed_in(origin, username, old) as ua:
+        changed = users_cli(ehr, "passwd", username, "--password-file", str(tmp_path / "pw"))
+        assert changed.returncode == 0, changed.stderr
+        assert "1 sessions ended" in changed.stdout
+        assert new not in changed.stdout + changed.stderr
+        assert ua.http.get("/ui/apps").status_code == 303  # signed out: back to the login page
+        assert ua.login(ua.http.get("/ui/login"), username, old).status_code == 401
+    stored = password_hash(ehr, username)
+    assert stored.startswith("$argon2id$")
+    assert stored != old_hash
+    assert new not in stored
+    with signed_in(origin, username, new):
+        pass
+    newer = secrets.token_urlsafe(16)
+    assert users_cli(ehr, "passwd", username, "--password-stdin", stdin=newer + "\n").returncode == 0
+    with signed_in(origin, username, newer):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code", "message"),
+    [
+        (["no-such-user", "--password-stdin"], "long-enough-password", 1, "no user 'no-such-user'"),
+        (["{user}", "--password-stdin"], "short", 2, "at least 12"),
+        (["{user}"], None, 2, "no terminal"),
+        (["{user}", "--password-file", "/nonexistent/pw"], None, 2, "cannot read /nonexistent/pw"),
+    ],
+    ids=["unknown-user", "short-password", "no-password-source", "unreadable-file"],
+)
+def test_passwd_refusals_leave_the_password(
+    ehr: RunningStack, origin: str, username: str, args: list[str], stdin: str | None, code: int, message: str
+) -> None:
+    password, _ = add_user(ehr, username, "Patient/bob")
+    result = users_cli(ehr, "passwd", *(a.format(user=username) for a in args), stdin=stdin)
+    assert result.returncode == code
+    assert message in result.stderr
+    with signed_in(origin, username, password):
+        pass
+
+
+def test_enable_lets_a_disabled_user_sign_in_again(ehr: RunningStack, origin: str, username: str) -> None:
+    password, _ = add_user(ehr, username, "Patient/bob")
+    assert users_cli(ehr, "disable", username).returncode == 0
+    with UserAgent(origin) as ua:
+        assert ua.login(ua.http.get("/ui/login"), username, password).status_code == 401
+    enabled = users_cli(ehr, "enable", username)
+    assert enabled.returncode == 0, enabled.stderr
+    assert f"{username}\tPatient/bob\tpatient\tenabled" in users_cli(ehr, "list").stdout.splitlines()
+    with signed_in(origin, username, password):
+        pass
+    assert users_cli(ehr, "enable", "no-such-user").returncode == 1

@@ -74,7 +74,7 @@ def _user(row: Any) -> User:
 
 
 class UserStore:
-    """Create, list and disable users; check their passwords."""
+    """Create, list, disable and enable users; set and check their passwords."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -115,6 +115,14 @@ class UserStore:
         async with self.engine.begin() as conn:
             done = await conn.execute(
                 update(users).where(users.c.username == username).values(enabled=enabled)
+            )
+        return bool(done.rowcount)
+
+    async def set_password(self, username: str, password: str) -> bool:
+        """Store a new argon2id hash of ``password``; False for an unknown user."""
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(users).where(users.c.username == username).values(password_hash=_hasher.hash(password))
             )
         return bool(done.rowcount)
 
