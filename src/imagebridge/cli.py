@@ -347,7 +347,7 @@ def _read_password(args: argparse.Namespace) -> str:
         return sys.stdin.readline().rstrip("\r\n")
     if args.password_file:
         try:
-            text = args.password_file.read_text()
+            text: str = args.password_file.read_text()
         except OSError as exc:
             raise ValueError(f"cannot read {args.password_file}: {exc.strerror}") from exc
         return (text.splitlines() or [""])[0]
