@@ -16,6 +16,7 @@ from imagebridge.common.multipart import (
     content_type_related,
     iter_parts,
     iter_related,
+    related_length,
     related_stream,
     validate_boundary,
 )
@@ -313,6 +314,14 @@ def test_related_stream_layout() -> None:
     assert data == (
         b"--b0und4ry\r\nContent-Type: application/dicom\r\n\r\nA\r\n--b0und4ry\r\n\r\n\r\n--b0und4ry--\r\n"
     )
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_related_length_is_what_related_stream_writes(count: int) -> None:
+    parts = [
+        ({"Content-Type": f"application/dicom; n={n}"}, bytes(range(n * 40 % 256)) * n) for n in range(count)
+    ]
+    assert related_length([(h, len(b)) for h, b in parts], B) == len(_write(parts))
 
 
 @pytest.mark.parametrize("headers", [{"X": "a\r\nInjected: 1"}, {"X:Y": "a"}, {"": "a"}, {"X": "\x00"}])

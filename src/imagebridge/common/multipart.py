@@ -432,6 +432,17 @@ def _header_block(headers: Mapping[str, str]) -> bytes:
     return ("".join(lines) + "\r\n").encode("latin-1")
 
 
+def related_length(parts: Iterable[tuple[Mapping[str, str], int]], boundary: str) -> int:
+    """The exact byte length of what :func:`related_stream` writes for parts with these header
+    fields and body sizes (a ``Content-Length`` instead of chunked framing)."""
+    dash = len(validate_boundary(boundary)) + 2
+    total = count = 0
+    for headers, size in parts:
+        total += dash + len(_CRLF) + len(_header_block(headers)) + size
+        count += 1
+    return total + len(_CRLF) * count + dash + 2 + len(_CRLF)
+
+
 async def related_stream(
     parts: AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]], boundary: str
 ) -> AsyncIterator[bytes]:

@@ -1,10 +1,14 @@
 """WADO-RS retrieval of studies, series and instances (PS3.18 §10.4, §8.7.3).
 
 The response is ``multipart/related; type="application/dicom"``, one PS3.10 instance per part,
-streamed part by part from the blob store: memory does not grow with study size. With
+streamed part by part from the blob store, read a few pieces ahead of the socket
+(:mod:`imagebridge.common.read_ahead`): memory does not grow with study size. With
 ``transfer-syntax=*`` instances go out exactly as stored; with none, or Explicit VR Little Endian,
 instances stored otherwise are transcoded one at a time (:mod:`transcode`); another explicit
 syntax is served only if every instance is stored in it, else 406 names what is available.
+Instances that go out as stored have known sizes, so the response carries a ``Content-Length``
+(RFC 9112 §6.3) instead of chunked framing, and a blob whose size is not the indexed one cuts the
+response off rather than sending a corrupt part.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 
 from starlette.responses import Response, StreamingResponse
 
-from imagebridge.common.multipart import boundary, content_type_related, related_stream
+from imagebridge.common.multipart import boundary, content_type_related, related_length, related_stream
+from imagebridge.common.read_ahead import read_ahead
 from imagebridge.imaging.archive.blobs import BlobStore
 from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.dicomweb.errors import DicomwebError
@@ -33,6 +38,25 @@ from imagebridge.imaging.dicomweb.transcode import (
 )
 
 DICOM = "application/dicom"
+#: Pieces (part headers and blob chunks of up to 1 MiB) read ahead of the caller's socket.
+READ_AHEAD = 4
+
+
+class BlobSizeMismatch(RuntimeError):
+    """A blob's bytes are not as many as the index says: the response is cut off (a server fault)."""
+
+
+async def exactly(body: AsyncIterator[bytes], size: int, key: str) -> AsyncIterator[bytes]:
+    """``body`` if it is exactly ``size`` bytes long; raises :class:`BlobSizeMismatch` otherwise,
+    before a byte beyond ``size`` goes out."""
+    sent = 0
+    async for chunk in body:
+        sent += len(chunk)
+        if sent > size:
+            break
+        yield chunk
+    if sent != size:
+        raise BlobSizeMismatch(f"blob {key} does not hold the {size} bytes the index records")
 
 
 def choose_representation(accept: str | None, rows: Sequence[InstanceRow]) -> tuple[Offer, bool]:
@@ -70,17 +94,24 @@ async def retrieve(blobs: BlobStore, rows: Sequence[InstanceRow], accept: str | 
         ready[rows[0].sop_uid] = await start(blobs, rows[0])
     mark = boundary()
 
+    def headers(row: InstanceRow) -> dict[str, str]:
+        syntax = EXPLICIT_VR_LITTLE_ENDIAN if transcoding else row.transfer_syntax_uid
+        return {"Content-Type": f"{DICOM}; transfer-syntax={syntax}"}
+
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         for row in rows:
             if row.sop_uid in ready:
-                headers = {"Content-Type": f"{DICOM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"}
-                yield headers, ready.pop(row.sop_uid).stream()
+                yield headers(row), ready.pop(row.sop_uid).stream()
             elif transcoding:
-                headers = {"Content-Type": f"{DICOM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"}
-                yield headers, explicit_little_endian_stream(blobs, row)
+                yield headers(row), explicit_little_endian_stream(blobs, row)
             else:
-                headers = {"Content-Type": f"{DICOM}; transfer-syntax={row.transfer_syntax_uid}"}
-                yield headers, blobs.open(row.blob_key)
+                yield headers(row), exactly(blobs.open(row.blob_key), row.size, row.blob_key)
 
     media_type = content_type_related(DICOM, mark) if as_stored else offer.content_type(mark)
-    return StreamingResponse(related_stream(parts(), mark), media_type=media_type)
+    length = (
+        {}
+        if transcoding
+        else {"Content-Length": str(related_length(((headers(r), r.size) for r in rows), mark))}
+    )
+    body = read_ahead(related_stream(parts(), mark), READ_AHEAD)
+    return StreamingResponse(body, media_type=media_type, headers=length)

@@ -10,7 +10,6 @@ results, metadata, STOW-RS responses) have the upstream's base URL rewritten to 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from imagebridge.common.read_ahead import read_ahead
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
 from imagebridge.imaging.dicomweb.routes import BASE, capability_routes, gated
@@ -162,33 +162,19 @@ async def _coalesced(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield b"".join(pending)
 
 
-async def _guarded(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body, read from the upstream up to :data:`READ_AHEAD` pieces ahead of the caller (the
-    next piece arrives while the last one is being sent, instead of reading and sending taking
-    turns); an upstream that breaks off mid-stream ends the response early (no traceback)."""
-    ahead: asyncio.Queue[bytes | None] = asyncio.Queue(READ_AHEAD)
-
-    async def read() -> None:
-        try:
-            async for chunk in _coalesced(body):
-                await ahead.put(chunk)
-        except httpx.HTTPError:
-            pass  # the upstream broke off: the response ends here
-        except Exception:
-            await ahead.put(None)  # the caller's loop ends and ``await reader`` raises it
-            raise
-        await ahead.put(None)
-
-    reader = asyncio.create_task(read())
-    try:
-        while (chunk := await ahead.get()) is not None:
+async def _until_broken(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body until the upstream breaks off mid-stream: the response then ends early (there is
+    no status left to send, and a traceback would say nothing more)."""
+    with contextlib.suppress(httpx.HTTPError):
+        async for chunk in body:
             yield chunk
-        await reader
-    finally:
-        if not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+
+
+def _guarded(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body in pieces of about :data:`RELAY_CHUNK`, read from the upstream up to
+    :data:`READ_AHEAD` pieces ahead of the caller (the next piece arrives while the last one is
+    being sent, instead of reading and sending taking turns)."""
+    return read_ahead(_coalesced(_until_broken(body)), READ_AHEAD)
 
 
 async def retrieve(ctx: ImagingContext, access: Access, request: Request) -> Response:
