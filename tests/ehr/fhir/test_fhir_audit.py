@@ -60,14 +60,22 @@ def test_au01_search_writes_one_balp_event_with_the_why_and_no_secret(running: R
     assert token not in orjson.dumps(event).decode()  # AU-03: the token's id only
 
 
-def test_au09_hidden_study_recorded_out_of_the_requesters_sight(running: RunningStack) -> None:
+@pytest.mark.parametrize("by", ["patient", "identifiers"])
+def test_au09_hidden_study_recorded_out_of_the_requesters_sight(running: RunningStack, by: str) -> None:
     """Elena (proxy of 15-year-old Maya) does not see the sensitive ultrasound; the EHR records that
-    the policy hid a match. Maya's report shows it; Elena's view of the report shows neither the
-    event nor any event that names the hidden study."""
+    the policy hid a match, whether she searched by patient (policy in SQL) or by the studies'
+    identifiers (decided in memory). Maya's report shows it; Elena's view of the report shows
+    neither the event nor any event that names the hidden study."""
     elena = issue(
         running, "demo-app", "patient/ImagingStudy.rs", patient="maya", fhir_user="RelatedPerson/elena"
     )
-    assert accessions(get(running, "ImagingStudy", elena, patient="maya").json()) == {"ACC-3001"}
+    uids = [running.seeded.study_uids[a] for a in ("ACC-3001", "ACC-3002")]
+    params = (
+        {"patient": "maya"}
+        if by == "patient"
+        else {"identifier": ",".join(f"urn:dicom:uid|urn:oid:{u}" for u in uids)}
+    )
+    assert accessions(get(running, "ImagingStudy", elena, **params).json()) == {"ACC-3001"}
     sensitive = f"ImagingStudy/{study_id(running, 'ACC-3002')}"
     maya_token = issue(running, "demo-app", "patient/ImagingStudy.rs", patient="maya")
     assert get(running, sensitive, maya_token).status_code == 200  # Maya reads her own study

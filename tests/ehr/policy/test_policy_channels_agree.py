@@ -2,7 +2,8 @@
 policy engine and with a plain model of the rules (hypothesis; ARCHITECTURE.md "Telling the
 imaging system").
 
-Channel (a): ``ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>`` with the caller's token.
+Channel (a): ``ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>`` with the caller's token, one
+study at a time and all of them in one search (as the gate asks about a QIDO-RS page).
 Channel (b): the introspection response's imaging grant (patient-context tokens list study UIDs).
 Each example writes a fresh little world (new ids, so examples never see each other's data).
 """
@@ -260,12 +261,20 @@ def test_fhir_query_and_introspection_agree_with_the_policy(running: RunningStac
             == 1
             for uid in uids
         ]
+        batch = http.get(  # the gate's form: one search for a page of studies
+            f"{running.fhir_base}/ImagingStudy",
+            params={"identifier": ",".join(f"urn:dicom:uid|urn:oid:{uid}" for uid in uids)},
+        ).json()
         grant = httpx.post(
             f"{running.stack.ehr_settings.origin}/auth/introspect",
             data={"token": token},
             headers={"Authorization": f"Bearer {shared.introspector}"},
         ).json()[IMAGING_GRANT]
     assert channel_a == expected
+    if uids:
+        found = {i["value"] for e in batch.get("entry", []) for i in e["resource"]["identifier"]}
+        assert found == {f"urn:oid:{uid}" for uid, seen in zip(uids, expected, strict=True) if seen}
+        assert batch["total"] == sum(expected)
     if plan.who == "backend":
         assert grant == {"mode": "query"}
     else:

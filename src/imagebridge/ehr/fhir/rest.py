@@ -31,8 +31,9 @@ from imagebridge.ehr.fhir.capability import capability_statement
 from imagebridge.ehr.fhir.outcome import FhirError, fhir_response
 from imagebridge.ehr.fhir.search import parse_search
 from imagebridge.ehr.fhir.search_params import PARAMS
-from imagebridge.ehr.fhir.store import MultipleMatches, ResourceConflict
+from imagebridge.ehr.fhir.store import MultipleMatches, ResourceConflict, Store
 from imagebridge.ehr.fhir.subjects import resolve_subject
+from imagebridge.ehr.fhir.visible import visible
 from imagebridge.ehr.policy import constraints
 from imagebridge.ehr.policy.engine import PolicyView, subject_patient
 
@@ -104,10 +105,11 @@ async def read(request: Request) -> Response:
     resource_type = _resource_type(request)
     scopes = _require_scope(auth, resource_type, "r")
     resource_id = str(request.path_params["id"])
-    resource = await ctx.store.read(resource_type, resource_id) if _ID.fullmatch(resource_id) else None
-    if resource is None:
-        raise _not_found(resource_type, resource_id)
-    view = await ctx.policy.view(auth.principal)
+    async with ctx.store.reading() as store:
+        resource = await store.read(resource_type, resource_id) if _ID.fullmatch(resource_id) else None
+        if resource is None:
+            raise _not_found(resource_type, resource_id)
+        view = await ctx.policy.view(auth.principal, store)
     disclosure = audit.read_disclosure(view, scopes, resource)
     note.disclosures = [disclosure]
     if not disclosure.allowed:
@@ -128,24 +130,21 @@ async def search(request: Request) -> Response:
     scopes = _require_scope(auth, resource_type, "s")
     strict = "handling=strict" in request.headers.get("prefer", "")
     parsed = parse_search(resource_type, request.query_params.multi_items(), strict=strict)
-    view = await ctx.policy.view(auth.principal)
-    if parsed.patient is not None and parsed.patient not in view.patients(scopes):
-        note.disclosures = [audit.Disclosure(parsed.patient, why="the patient is outside this authorization")]
-        raise FhirError(403, "forbidden", "the patient is outside this authorization")
-    results, total = await ctx.store.search(parsed.query, restrict=view.sql(resource_type, scopes))
-    visible = [r for r in results if view.decide(r, scopes).allowed]
-    if len(visible) != len(results):  # the SQL twin must never admit more than decide()
-        log.error("policy SQL admitted %d resources decide() refused", len(results) - len(visible))
-    rules = audit.hiding(view, scopes, [parsed.patient] if parsed.patient else view.patients(scopes))
+    async with ctx.store.reading() as store:
+        view = await ctx.policy.view(auth.principal, store)
+        if parsed.patient is not None and parsed.patient not in view.patients(scopes):
+            note.disclosures = [
+                audit.Disclosure(parsed.patient, why="the patient is outside this authorization")
+            ]
+            raise FhirError(403, "forbidden", "the patient is outside this authorization")
+        # where labels or Consents can hide matches, the search counts them too (audit, AU-09)
+        rules = audit.hiding(view, scopes, [parsed.patient] if parsed.patient else view.patients(scopes))
+        found = await visible(store, view, scopes, parsed.query, count_hidden=bool(rules))
+        included = await _included(store, ctx.settings.fhir_base, parsed.includes, found.page)
 
     async def disclosures() -> list[audit.Disclosure]:
-        """After the response: how many matches labels or Consents hid (only where they can)."""
-        hidden = 0
-        if rules:
-            hidden = (
-                await ctx.store.count(parsed.query, view.sql(resource_type, scopes, hiding=False)) - total
-            )
-        return audit.search_disclosures(view, scopes, parsed.patient, visible, hidden, rules)
+        """After the response: what was shown, and hidden, per patient."""
+        return audit.search_disclosures(view, scopes, parsed.patient, found.page, found.hidden, rules)
 
     note.disclosures = disclosures
     entries: list[dict[str, Any]] = [
@@ -154,21 +153,21 @@ async def search(request: Request) -> Response:
             "resource": r,
             "search": {"mode": "match"},
         }
-        for r in visible
+        for r in found.page
     ]
-    entries.extend(await _included(ctx, parsed.includes, visible))
+    entries.extend(included)
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": total - (len(results) - len(visible)),
-        "link": _links(ctx, request, resource_type, parsed.query.offset, parsed.query.count, total),
+        "total": found.total,
+        "link": _links(ctx, request, resource_type, parsed.query.offset, parsed.query.count, found.total),
         "entry": entries,
     }
     return fhir_response(bundle)
 
 
 async def _included(
-    ctx: EhrContext, includes: list[str], matches: list[dict[str, Any]]
+    store: Store, fhir_base: str, includes: list[str], matches: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """``_include=ImagingStudy:endpoint``: the referenced Endpoints on the same page (FHIR R4 §3.1.1.5.4)."""
     refs: dict[tuple[str, str], None] = {}
@@ -181,10 +180,10 @@ async def _included(
                 kind, _, rid = str(ref.get("reference", "")).partition("/")
                 if kind == "Endpoint" and rid:
                     refs[(kind, rid)] = None
-    found = await ctx.store.read_many(list(refs))
+    found = await store.read_many(list(refs))
     return [
         {
-            "fullUrl": f"{ctx.settings.fhir_base}/Endpoint/{e['id']}",
+            "fullUrl": f"{fhir_base}/Endpoint/{e['id']}",
             "resource": e,
             "search": {"mode": "include"},
         }

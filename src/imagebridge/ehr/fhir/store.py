@@ -8,12 +8,13 @@ transaction, so a search never sees a half-written resource.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Select, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import Select, and_, case, delete, func, insert, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -65,17 +66,34 @@ class Query:
 class Store:
     """CRUD and search over the ``resources`` table and its index tables."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, connection: AsyncConnection | None = None) -> None:
         self.engine = engine
+        self._connection = connection
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[Store]:
+        """This store with every read on one connection until the block ends (one request's
+        policy data, search and includes: one pool checkout and reset instead of one per read).
+        Writes still run in their own transactions."""
+        async with self.engine.connect() as conn:
+            yield Store(self.engine, conn)
+
+    @asynccontextmanager
+    async def _reader(self) -> AsyncIterator[AsyncConnection]:
+        if self._connection is not None:
+            yield self._connection
+        else:
+            async with self.engine.connect() as conn:
+                yield conn
 
     async def read(self, resource_type: str, resource_id: str) -> Resource | None:
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             return await _current(conn, resource_type, resource_id)
 
     async def read_many(self, refs: Sequence[tuple[str, str]]) -> list[Resource]:
         if not refs:
             return []
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             rows = await conn.execute(
                 select(resources.c.content).where(
                     or_(*(and_(resources.c.resource_type == t, resources.c.id == i) for t, i in refs))
@@ -201,23 +219,41 @@ class Store:
         self, query: Query, *, restrict: ColumnElement[bool] | None = None
     ) -> tuple[list[Resource], int]:
         """Resources matching every criterion, a page of them, and the total count."""
-        async with self.engine.connect() as conn:
-            total = await conn.scalar(
-                select(func.count()).select_from(resources).where(*_where(query, restrict))
-            )
+        page, total, _ = await self.search_within(query, restrict=restrict)
+        return page, total
+
+    async def search_within(
+        self,
+        query: Query,
+        *,
+        restrict: ColumnElement[bool] | None = None,
+        reached: ColumnElement[bool] | None = None,
+    ) -> tuple[list[Resource], int, int]:
+        """:meth:`search`, and how many resources match within ``reached`` (a superset of
+        ``restrict``, e.g. before labels hide some) counted in the same pass (0 without it)."""
+        async with self._reader() as conn:
+            if reached is None:
+                total = await conn.scalar(
+                    select(func.count()).select_from(resources).where(*_where(query, restrict))
+                )
+                within = 0
+            else:
+                admitted = func.count(case((true() if restrict is None else restrict, 1)))
+                counts = select(admitted, func.count()).select_from(resources).where(*_where(query, reached))
+                total, within = (await conn.execute(counts)).one()
             rows = await conn.execute(self._select(query, restrict, limit=query.count))
-            return [_load(r.content) for r in rows], int(total or 0)
+            return [_load(r.content) for r in rows], int(total or 0), int(within or 0)
 
     async def find(self, query: Query) -> list[Resource]:
         """The first ``query.count`` matches of ``query``, without counting them all (for internal
         lookups that need the resources, not a Bundle total)."""
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             rows = await conn.execute(self._select(query, None, limit=query.count))
             return [_load(r.content) for r in rows]
 
     async def count(self, query: Query, restrict: ColumnElement[bool] | None = None) -> int:
         """How many resources match ``query`` within ``restrict``."""
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             found = await conn.scalar(
                 select(func.count()).select_from(resources).where(*_where(query, restrict))
             )
@@ -239,7 +275,7 @@ class Store:
                 labeled.c.resource_type != "AuditEvent",
             )
         )
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             return {f"{row[0]}/{row[1]}" for row in await conn.execute(statement)}
 
     def _select(self, query: Query, restrict: ColumnElement[bool] | None, *, limit: int) -> Select[Any]:
@@ -315,24 +351,31 @@ def has_token(
     """SQL: the resource has an index row for ``param`` matching any ``(system, code)``.
 
     The subquery names ``resource_type`` as a constant (not correlated with the outer row), so the
-    database evaluates it once and uses the ``ix_search_tokens_lookup`` index. Codes are grouped by
-    system into ``IN`` lists: one ``OR`` branch per code would exceed SQLite's expression depth
-    (1,000) for a Group of more than about a thousand patients.
+    database evaluates it once and uses the ``ix_search_tokens_lookup`` index.
     """
-    by_system: dict[str | None, list[str]] = {}
-    for system, code in alternatives:
-        by_system.setdefault(system, []).append(code)
-    options = [
-        search_tokens.c.code.in_(codes)
-        if system is None
-        else and_(search_tokens.c.system == system, search_tokens.c.code.in_(codes))
-        for system, codes in by_system.items()
-    ]
     return resources.c.id.in_(
         select(search_tokens.c.id).where(
             search_tokens.c.resource_type == resource_type,
             search_tokens.c.param == param,
-            or_(*options),
+            token_matches(alternatives),
+        )
+    )
+
+
+def token_matches(alternatives: Sequence[tuple[str | None, str]]) -> ColumnElement[bool]:
+    """SQL: a ``search_tokens`` row's ``(system, code)`` is one of ``alternatives`` (system None:
+    any system). Codes are grouped by system into ``IN`` lists: one ``OR`` branch per code would
+    exceed SQLite's expression depth (1,000) for a Group of more than about a thousand patients,
+    and costs a request a millisecond of expression building for a handful of security labels."""
+    by_system: dict[str | None, list[str]] = {}
+    for system, code in alternatives:
+        by_system.setdefault(system, []).append(code)
+    return or_(
+        *(
+            search_tokens.c.code.in_(codes)
+            if system is None
+            else and_(search_tokens.c.system == system, search_tokens.c.code.in_(codes))
+            for system, codes in by_system.items()
         )
     )
 

@@ -27,7 +27,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from imagebridge.common.smart_scopes import Interaction, Level, Scope, ScopeSet
 from imagebridge.ehr.fhir.dates import now_instant
-from imagebridge.ehr.fhir.store import Store, has_token
+from imagebridge.ehr.fhir.store import Store, has_token, token_matches
 from imagebridge.ehr.policy import constraints
 from imagebridge.ehr.policy.consent import withheld_from
 from imagebridge.ehr.policy.labels import labels_of
@@ -100,8 +100,12 @@ class PolicyView:
         """Every patient some scope reaches (a ``patient`` search outside these is 403)."""
         return frozenset(p for s in scopes for p in self.reach.get(s.level, {}))
 
-    def decide(self, resource: dict[str, Any], scopes: Sequence[Scope]) -> Decision:
-        """May the principal see ``resource`` under any one of ``scopes``?"""
+    def decide(self, resource: dict[str, Any], scopes: Sequence[Scope], *, hiding: bool = True) -> Decision:
+        """May the principal see ``resource`` under any one of ``scopes``?
+
+        ``hiding=False`` leaves out what labels and Consents hide (twin of :meth:`sql` with
+        ``hiding=False``: the resources the authorization reaches).
+        """
         rtype = str(resource.get("resourceType"))
         reasons: list[str] = []
         for scope in scopes:
@@ -113,14 +117,14 @@ class PolicyView:
             if not constraints.matches(resource, found):
                 reasons.append(f"{scope.to_string()}: outside the scope's query")
                 continue
-            decision = self._by_level(scope.level, resource)
+            decision = self._by_level(scope.level, resource, hiding)
             if decision.allowed:
                 return self._log(resource, Decision(True, f"{scope.to_string()}: {decision.why}"))
             reasons.append(f"{scope.to_string()}: {decision.why}")
         why = "; ".join(reasons) or f"no granted scope covers {rtype}"
         return self._log(resource, Decision(False, why))
 
-    def _by_level(self, level: str, resource: dict[str, Any]) -> Decision:
+    def _by_level(self, level: str, resource: dict[str, Any], hiding: bool) -> Decision:
         rtype = str(resource.get("resourceType"))
         if rtype in DIRECTORY:
             return Decision(True, f"{rtype} is directory data")
@@ -135,7 +139,7 @@ class PolicyView:
             return Decision(
                 False, self.nobody.get(level) or f"Patient/{patient} is outside the authorization"
             )
-        hidden = access.hides(resource, labels_of(resource))
+        hidden = access.hides(resource, labels_of(resource)) if hiding else None
         return Decision(False, hidden) if hidden else Decision(True, access.why)
 
     def accesses(self, patient: str, scopes: Sequence[Scope]) -> list[PatientAccess]:
@@ -225,17 +229,11 @@ def _lacks_labels(labels: Sequence[tuple[str | None, str]], resource_type: str) 
     the cost follows the rows the other criteria admit, not the number of labeled resources in the
     whole database (an uncorrelated ``NOT IN`` would list every one of those for each search).
     """
-    options = [
-        search_tokens.c.code == code
-        if system is None
-        else and_(search_tokens.c.system == system, search_tokens.c.code == code)
-        for system, code in labels
-    ]
     return ~exists().where(
         search_tokens.c.resource_type == resource_type,
         search_tokens.c.id == resources.c.id,
         search_tokens.c.param == "_security",
-        or_(*options),
+        token_matches(labels),
     )
 
 
@@ -246,14 +244,18 @@ class PolicyEngine:
         self.store = store
         self.relationships = Relationships(store)
 
-    async def view(self, principal: Principal) -> PolicyView:
+    async def view(self, principal: Principal, store: Store | None = None) -> PolicyView:
+        """The access of ``principal`` now, read from ``store`` (default: the engine's; a request
+        passes its :meth:`Store.reading` so that all its reads share one connection)."""
+        store = store or self.store
+        relationships = Relationships(store)
         now = now_instant()
         reach: dict[str, Reach] = {}
         nobody: dict[str, str] = {}
         for level in principal.levels:
-            reach[level], nobody[level] = await self._reach(principal, level, now)
+            reach[level], nobody[level] = await self._reach(relationships, principal, level, now)
         patients = sorted({p for r in reach.values() for p in r})
-        consents = await self.relationships.consents(patients)
+        consents = await relationships.consents(patients)
         for level_reach in reach.values():
             for patient, access in list(level_reach.items()):
                 withheld = withheld_from(consents.get(patient, []), principal.client_id, now)
@@ -261,34 +263,27 @@ class PolicyEngine:
         if principal.scopes.allows(principal.levels, "AuditEvent", "r") or principal.scopes.allows(
             principal.levels, "AuditEvent", "s"
         ):
-            await self._hide_events_naming_hidden(reach)
+            await _hide_events_naming_hidden(store, reach)
         return PolicyView(principal, reach, {k: v for k, v in nobody.items() if v})
 
-    async def _hide_events_naming_hidden(self, reach: dict[str, Reach]) -> None:
-        """An AuditEvent naming a resource this access hides by its labels is hidden too, by the
-        labels the resource has now (security.md AU-09): such resources join ``withheld``, which
-        hides the events that name them (:meth:`PatientAccess.hides`)."""
-        for level_reach in reach.values():
-            for patient, access in list(level_reach.items()):
-                labeled = await self.store.labeled(patient, sorted(access.hidden_labels))
-                if labeled:
-                    level_reach[patient] = replace(access, withheld=access.withheld | labeled)
-
-    async def _reach(self, principal: Principal, level: Level | str, now: str) -> tuple[Reach, str]:
+    @staticmethod
+    async def _reach(
+        relationships: Relationships, principal: Principal, level: Level | str, now: str
+    ) -> tuple[Reach, str]:
         if level == "system":
             if not principal.group_ref:
                 return {}, "system scopes reach no patient without a registered Group"
-            return await self.relationships.of_group(principal.group_ref)
+            return await relationships.of_group(principal.group_ref)
         if level == "user":
             if not principal.fhir_user:
                 return {}, "user scopes need a fhirUser"
-            return await self.relationships.of_user(principal.fhir_user, now)
+            return await relationships.of_user(principal.fhir_user, now)
         if not principal.patient:
             return {}, "patient scopes need a patient context"
         context = principal.patient
         if principal.fhir_user in (None, f"Patient/{context}"):
             return {context: PatientAccess(f"Patient/{context} is the patient in context (self)")}, ""
-        user_reach, why = await self.relationships.of_user(str(principal.fhir_user), now)
+        user_reach, why = await relationships.of_user(str(principal.fhir_user), now)
         if context not in user_reach:
             return {}, why or f"{principal.fhir_user} may not see the patient in context"
         return {context: user_reach[context]}, ""
@@ -308,3 +303,14 @@ class PolicyEngine:
             for r in found
             if view.decide(r, view.scopes_for(str(r.get("resourceType")), ("r", "s"))).allowed
         ]
+
+
+async def _hide_events_naming_hidden(store: Store, reach: dict[str, Reach]) -> None:
+    """An AuditEvent naming a resource this access hides by its labels is hidden too, by the
+    labels the resource has now (security.md AU-09): such resources join ``withheld``, which
+    hides the events that name them (:meth:`PatientAccess.hides`)."""
+    for level_reach in reach.values():
+        for patient, access in list(level_reach.items()):
+            labeled = await store.labeled(patient, sorted(access.hidden_labels))
+            if labeled:
+                level_reach[patient] = replace(access, withheld=access.withheld | labeled)
