@@ -303,8 +303,11 @@ class _AuditNothing:
     ) -> Any:
         return response
 
+    async def start(self) -> None:
+        """No journal to replay (the real log commits what ended processes journaled)."""
+
     async def aclose(self) -> None:
-        """Nothing to give back (the real log returns its writer connection on shutdown)."""
+        """Nothing to commit (the real log commits its journal on shutdown)."""
 
 
 def serve_ungated() -> None:

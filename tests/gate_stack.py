@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ from imagebridge.apps.stack import LocalStack
 from imagebridge.common import db
 from imagebridge.common.tokens import token_id
 from imagebridge.ehr.smart.grants import Grant, GrantStore
+from imagebridge.imaging.gate.audit import reader
 from imagebridge.imaging.tables import audit
 from tests.imaging.gate.fault_proxy import FaultProxy
 
@@ -86,6 +88,20 @@ class GateStack:
             )
         )
 
+    def access_report(self, patient: str) -> list[dict[str, Any]]:
+        """The patient's access report at the EHR (``AuditEvent?patient=``, AU-07), every page."""
+        token = self.patient_token(patient, "patient/AuditEvent.rs")
+        events: list[dict[str, Any]] = []
+        url: str | None = f"{self.fhir_base}/AuditEvent?patient={patient}&_count=500"
+        with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
+            while url:
+                bundle = http.get(url).json()
+                events += [e["resource"] for e in bundle.get("entry", [])]
+                url = next(
+                    (link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None
+                )
+        return events
+
     def backend_token(self, scope: str = "system/ImagingStudy.rs") -> str:
         client = self.seeded.clients["quality-review"]
         with httpx.Client(timeout=30) as http:
@@ -108,8 +124,10 @@ class GateStack:
         it in the audit row (from the request reaching the gate to the record being written)."""
 
         async def run() -> float | None:
-            engine = db.create_engine(self.stack.imaging_settings.resolved_database_url, pool_size=1)
+            settings = self.stack.imaging_settings
+            engine = db.create_engine(settings.resolved_database_url, pool_size=1)
             try:
+                await reader(engine, settings).settle()
                 async with engine.connect() as conn:
                     value: float | None = await conn.scalar(
                         select(audit.c.elapsed_ms)

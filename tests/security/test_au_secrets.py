@@ -18,6 +18,7 @@ from tests.imaging.gate.uids import first_instance
 
 from imagebridge.common import jose
 from imagebridge.common.tokens import token_id
+from imagebridge.imaging.gate.audit import settle_journal
 
 
 def _traffic(stack: GateStack) -> list[tuple[str, httpx.Response]]:
@@ -72,6 +73,7 @@ def test_au03_no_issued_secret_in_any_log_or_database(gate_stack: GateStack) -> 
 
 def test_au01_every_delivered_response_has_a_committed_record(gate_stack: GateStack) -> None:
     responses = _traffic(gate_stack)
+    settle_journal(gate_stack.stack.imaging_settings)  # journaled records into the table
     path = gate_stack.stack.imaging_settings.data_dir / "imaging.sqlite3"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         for presented, response in responses:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -38,10 +36,6 @@ from imagebridge.ehr.smart.token import token_endpoint
 from imagebridge.ehr.ui import pages
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-#: How long shutdown waits for queued AuditEvents to be committed.
-AUDIT_FLUSH_SECONDS = 10.0
-
-log = logging.getLogger(__name__)
 
 
 def migrate(settings: EhrSettings) -> None:
@@ -67,14 +61,6 @@ def build_context(settings: EhrSettings) -> EhrContext:
     )
 
 
-async def _flush_audit(ctx: EhrContext) -> None:
-    """Commit the AuditEvents still queued behind answered requests before the process ends."""
-    try:
-        await asyncio.wait_for(audit.trail(ctx).flush(), AUDIT_FLUSH_SECONDS)
-    except TimeoutError:
-        log.error("shutting down with AuditEvents not yet written (database unavailable)")
-
-
 async def health(_: Request) -> Response:
     return PlainTextResponse("ok")
 
@@ -87,10 +73,11 @@ def create_app(settings: EhrSettings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await ctx.keys.active()
+        await audit.trail(ctx).start()  # commits what an ended process journaled
         await bulk.resume()
         yield
         await bulk.stop()
-        await _flush_audit(ctx)
+        await audit.trail(ctx).aclose()
         await ctx.http.aclose()
         await ctx.engine.dispose()
 

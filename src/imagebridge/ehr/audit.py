@@ -22,17 +22,20 @@ resource now (the policy engine's AuditEvent rule), whatever labels it had when 
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 from weakref import WeakKeyDictionary
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 
 from imagebridge.common import balp
+from imagebridge.common.audit_journal import Entry, Journal, Origin
 from imagebridge.common.balp import DCM
 from imagebridge.common.smart_scopes import Scope
 from imagebridge.ehr.context import EhrContext
@@ -41,8 +44,7 @@ from imagebridge.ehr.fhir.store import Store
 from imagebridge.ehr.policy.engine import PolicyView, subject_patient
 from imagebridge.ehr.policy.labels import Label
 from imagebridge.ehr.policy.relationships import PatientAccess
-
-log = logging.getLogger(__name__)
+from imagebridge.ehr.tables import resources
 
 EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTION: Final = "http://hl7.org/fhir/restful-interaction"
@@ -155,33 +157,42 @@ def _coding(code: tuple[str, str, str]) -> dict[str, str]:
 
 #: Disclosures completed after the response (e.g. counting what the policy hid, AU-09).
 Later = Callable[[], Awaitable[Sequence[Disclosure]]]
+#: Where an EHR keeps its audit journal, under its data directory.
+JOURNAL_DIR = "audit-journal"
+#: ``outcomeDesc`` of the stand-in event of a request whose disclosures were still being
+#: completed when its process ended (it names the caller and the query, not the patients).
+UNFINISHED = "the process ended before this request's disclosures were completed"
 
 
-@dataclass
-class _Queued:
+@dataclass(frozen=True)
+class _Pending:
+    """A request whose disclosures are completed after its response (:data:`Later`)."""
+
     kind: Kind
     actor: Actor
     status: int
-    disclosures: Sequence[Disclosure] | Later
     query: str | None
     recorded: str
+    disclosures: Later
 
 
 class AuditTrail:
-    """Writes the EHR's AuditEvents behind the responses, in batches (group commit).
+    """Journals the EHR's AuditEvents before each response and commits them behind it, in batches.
 
-    :meth:`record` queues a request's events and returns at once; one task of this process
-    completes them (:data:`Later`) and commits everything queued in one transaction, then whatever
-    arrived meanwhile. A read of AuditEvents first waits for the queue (:meth:`flush`), so a
-    report always shows what this process has already answered. A failure is retried, never dropped.
+    :meth:`record` appends a request's events to the audit journal
+    (:mod:`imagebridge.common.audit_journal`: one write, safe from a killed process) and returns;
+    one task of this process commits them, many requests per transaction. A request whose
+    disclosures come later (:data:`Later`) journals a stand-in event that the completed events
+    replace (the first takes its id); if the process ends first, the stand-in is what remains.
+    A read of AuditEvents first settles the journal of every process sharing it (:meth:`flush`).
+    A failure is retried, never dropped.
     """
 
-    def __init__(self, store: Store, source: str) -> None:
+    def __init__(self, store: Store, source: str, journal_dir: Path) -> None:
         self.store = store
         self.source = source
-        self._queued: list[_Queued] = []
-        self._ready: list[dict[str, Any]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self.journal = Journal(journal_dir, self._commit)
+        self._pending: dict[str, _Pending] = {}
 
     def record(
         self,
@@ -191,42 +202,84 @@ class AuditTrail:
         disclosures: Sequence[Disclosure] | Later = (),
         query: str | None = None,
     ) -> None:
-        """Queue one AuditEvent per disclosure (at least one); they are committed together."""
-        self._queued.append(_Queued(kind, actor, status, disclosures, query, now_instant()))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        """Journal one AuditEvent per disclosure (at least one); they are committed together."""
+        recorded = now_instant()
+        if isinstance(disclosures, Sequence):
+            events = [
+                self._event(kind, actor, status, d, query, recorded)
+                for d in disclosures or [Disclosure(None)]
+            ]
+            self.journal.append({"events": events})
+            return
+        stand_in = self._event(kind, actor, status, Disclosure(None, why=UNFINISHED), query, recorded)
+        self._pending[stand_in["id"]] = _Pending(kind, actor, status, query, recorded, disclosures)
+        self.journal.append({"later": stand_in})
+
+    async def start(self) -> None:
+        """Commit what ended processes journaled and never committed (at startup, then periodically)."""
+        await self.journal.start()
 
     async def flush(self) -> None:
-        """Wait until every queued event is committed."""
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
+        """Commit every event journaled so far by any EHR process sharing the journal (before a read)."""
+        await self.journal.settle()
 
-    async def _drain(self) -> None:
-        while self._queued or self._ready:
-            try:
-                while self._queued:
-                    item = self._queued[0]
-                    found = (
-                        item.disclosures
-                        if isinstance(item.disclosures, Sequence)
-                        else await item.disclosures()
+    async def aclose(self) -> None:
+        """Commit what this process journaled and retire its journal (on shutdown)."""
+        await self.journal.aclose()
+
+    def _event(
+        self, kind: Kind, actor: Actor, status: int, disclosure: Disclosure, query: str | None, recorded: str
+    ) -> dict[str, Any]:
+        event = audit_event(kind, actor, self.source, status, disclosure, query, recorded)
+        return {"id": uuid.uuid4().hex, **event}
+
+    def _completed(self, pending: _Pending, disclosure: Disclosure) -> dict[str, Any]:
+        p = pending
+        return self._event(p.kind, p.actor, p.status, disclosure, p.query, p.recorded)
+
+    async def _commit(self, entries: Sequence[Entry], origin: Origin) -> None:
+        events: list[dict[str, Any]] = []
+        completed: list[str] = []
+        for entry in entries:
+            events.extend(entry.get("events", ()))
+            stand_in = entry.get("later")
+            if stand_in is None:
+                continue
+            pending = self._pending.get(stand_in["id"]) if origin == "own" else None
+            if pending is not None:
+                found = await pending.disclosures()
+                done = [
+                    self._event(
+                        pending.kind, pending.actor, pending.status, d, pending.query, pending.recorded
                     )
-                    self._ready.extend(
-                        audit_event(
-                            item.kind, item.actor, self.source, item.status, d, item.query, item.recorded
-                        )
-                        for d in (found or [Disclosure(None)])
+                    for d in (found or [Disclosure(None)])
+                ]
+                done[0]["id"] = stand_in["id"]  # a replay of the stand-in then finds it written
+                events.extend(done)
+                completed.append(stand_in["id"])
+            elif origin == "dead":
+                events.append(stand_in)
+            # "live": the process that journaled it completes it
+        await self._create(events)
+        for key in completed:
+            del self._pending[key]
+
+    async def _create(self, events: list[dict[str, Any]]) -> None:
+        """Create ``events`` in one transaction, skipping those already there (a replay)."""
+        if not events:
+            return
+        try:
+            await self.store.create_many(events, flush=False)
+        except IntegrityError:
+            async with self.store.engine.connect() as conn:
+                found = await conn.execute(
+                    select(resources.c.id).where(
+                        resources.c.resource_type == "AuditEvent",
+                        resources.c.id.in_([e["id"] for e in events]),
                     )
-                    self._queued.pop(0)
-                batch, self._ready = self._ready, []
-                try:
-                    await self.store.create_many(batch, flush=False)
-                except Exception:
-                    self._ready[:0] = batch
-                    raise
-            except Exception:
-                log.exception("AuditEvents could not be written yet; retrying")
-                await asyncio.sleep(1.0)
+                )
+                there = set(found.scalars())
+            await self.store.create_many([e for e in events if e["id"] not in there], flush=False)
 
 
 _TRAILS: WeakKeyDictionary[Store, AuditTrail] = WeakKeyDictionary()
@@ -236,7 +289,9 @@ def trail(ctx: EhrContext) -> AuditTrail:
     """This process's trail for the EHR of ``ctx`` (created on first use)."""
     found = _TRAILS.get(ctx.store)
     if found is None:
-        found = _TRAILS[ctx.store] = AuditTrail(ctx.store, ctx.settings.fhir_base)
+        found = _TRAILS[ctx.store] = AuditTrail(
+            ctx.store, ctx.settings.fhir_base, ctx.settings.data_dir / JOURNAL_DIR
+        )
     return found
 
 

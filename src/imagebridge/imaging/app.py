@@ -22,7 +22,7 @@ from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import routes as dicomweb_routes
 from imagebridge.imaging.dicomweb.cors import DicomwebCors
 from imagebridge.imaging.gate import redis_cache
-from imagebridge.imaging.gate.audit import AuditLog
+from imagebridge.imaging.gate.audit import JOURNAL_DIR, AuditLog
 from imagebridge.imaging.gate.audit_publish import AuditPublisher
 from imagebridge.imaging.gate.capability import Capabilities, load_or_create_key
 from imagebridge.imaging.gate.ehr_client import EhrClient
@@ -83,7 +83,7 @@ def build_context(settings: ImagingSettings) -> ImagingContext:
             settings.mrn_system,
         ),
         http=client,
-        audit=AuditLog(engine, settings.mrn_system),
+        audit=AuditLog(engine, settings.mrn_system, settings.data_dir / JOURNAL_DIR),
         upstream=upstream,
     )
 
@@ -117,6 +117,7 @@ def create_app(settings: ImagingSettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await ctx.audit.start()
         tasks = [asyncio.create_task(ctx.publisher.run()), asyncio.create_task(audit_publisher(ctx).run())]
         scan = scanner(ctx)
         if scan is not None:

@@ -126,8 +126,11 @@ audit = Table(
     Column("streaming", Boolean, nullable=False, default=False, server_default=false()),
     # Delivered to the EHR as an AuditEvent (gate/audit_publish.py): the spool is the unpublished rows.
     Column("published", Boolean, nullable=False, default=False, server_default=false()),
+    # The record's key in the audit journal (common/audit_journal.py): replay inserts it once.
+    Column("record_key", String(32)),
 )
 Index("ix_audit_at", audit.c.at)
+Index("ux_audit_record_key", audit.c.record_key, unique=True)
 Index("ix_audit_patient", audit.c.patient)
 Index("ix_audit_published", audit.c.published, audit.c.id)
 

@@ -26,6 +26,7 @@ from imagebridge.apps.stack import free_port, start_service
 from imagebridge.common import db
 from imagebridge.common.balp import GRANT_URN
 from imagebridge.common.tokens import token_id
+from imagebridge.imaging.gate.audit import reader
 from imagebridge.imaging.gate.audit_publish import RECORD_SYSTEM
 from imagebridge.imaging.tables import audit
 
@@ -67,6 +68,7 @@ def _spool(stack: GateStack, since_id: int = 0) -> dict[int, bool]:
     async def run() -> dict[int, bool]:
         engine = db.create_engine(stack.stack.imaging_settings.resolved_database_url, pool_size=1)
         try:
+            await reader(engine, stack.stack.imaging_settings).settle()  # journaled records in
             async with engine.connect() as conn:
                 rows = await conn.execute(select(audit.c.id, audit.c.published).where(audit.c.id > since_id))
                 return {int(r.id): bool(r.published) for r in rows}
@@ -86,19 +88,6 @@ def _last_id(stack: GateStack) -> int:
             await engine.dispose()
 
     return asyncio.run(run())
-
-
-def _report(stack: GateStack) -> list[dict[str, Any]]:
-    """Alice's access report at the EHR, every page (AU-07)."""
-    token = stack.patient_token("alice", "patient/AuditEvent.rs")
-    events: list[dict[str, Any]] = []
-    url: str | None = f"{stack.fhir_base}/AuditEvent?patient=alice&_count=500"
-    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
-        while url:
-            bundle = http.get(url).json()
-            events += [e["resource"] for e in bundle.get("entry", [])]
-            url = next((link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None)
-    return events
 
 
 def _record_keys(events: list[dict[str, Any]]) -> Counter[str]:
@@ -130,7 +119,7 @@ def test_au07_imaging_records_join_the_patients_access_report(spool_stack: GateS
     assert ids
     _wait(lambda: _published(spool_stack, ids))
     keys = {f"imaging/{i}" for i in ids}
-    events = [e for e in _report(spool_stack) if set(_record_keys([e])) & keys]
+    events = [e for e in spool_stack.access_report("alice") if set(_record_keys([e])) & keys]
     assert len(events) == len(ids)
     event = events[0]
     assert event["type"]["code"] == "110103"  # DICOM Instances Accessed
@@ -163,7 +152,7 @@ def test_au06_ehr_down_spools_then_delivers_each_record_once(spool_stack: GateSt
         stack.ehr = start_service("ehr", stack.ehr_env(), stack.ehr.url, stack.ehr.log_path)
     ids = set(spool)
     _wait(lambda: _published(spool_stack, ids))
-    counts = _record_keys(_report(spool_stack))
+    counts = _record_keys(spool_stack.access_report("alice"))
     assert {key: counts[key] for key in (f"imaging/{i}" for i in ids)} == {f"imaging/{i}": 1 for i in ids}
 
 
@@ -177,7 +166,7 @@ def test_two_workers_publish_a_burst_exactly_once(spool_stack: GateStack) -> Non
     ids = set(_spool(spool_stack, before))
     assert len(ids) == 40
     _wait(lambda: _published(spool_stack, ids))
-    counts = _record_keys(_report(spool_stack))
+    counts = _record_keys(spool_stack.access_report("alice"))
     assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
     assert all(counts[f"imaging/{i}"] == 1 for i in ids)
 
@@ -195,5 +184,5 @@ def test_a_lost_answer_is_retried_without_a_second_copy(
     assert len(ids) == 3
     _wait(lambda: _published(spool_stack, ids))
     assert fhir_proxy.lost == 3, "the answers were lost after the EHR had committed"
-    counts = _record_keys(_report(spool_stack))
+    counts = _record_keys(spool_stack.access_report("alice"))
     assert {key: counts[key] for key in (f"imaging/{i}" for i in ids)} == {f"imaging/{i}": 1 for i in ids}

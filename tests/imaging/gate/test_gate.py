@@ -17,6 +17,7 @@ from tests.imaging.gate.uids import first_instance
 
 from imagebridge.common.tokens import digest, token_id
 from imagebridge.imaging.dicomweb import routes as dicomweb_routes
+from imagebridge.imaging.gate.audit import settle_journal
 
 
 def instance_url(stack: GateStack, accession: str) -> str:
@@ -87,6 +88,7 @@ def test_every_dicomweb_route_is_gated(gate_stack: GateStack) -> None:
 
 
 def _audit_rows(stack: GateStack, token: str) -> list[sqlite3.Row]:
+    settle_journal(stack.stack.imaging_settings)
     path = stack.stack.imaging_settings.data_dir / "imaging.sqlite3"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row

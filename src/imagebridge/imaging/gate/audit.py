@@ -1,36 +1,44 @@
-"""One audit record per gate decision, committed before any imaging byte leaves (security.md §6).
+"""One audit record per gate decision, journaled before any imaging byte leaves (security.md §6).
 
 Every DICOMweb request, allowed or refused, writes one row of the ``audit`` table: time, client,
 user (``fhirUser``/``sub``), patient, study/series/instance, operation, outcome, status and a
 token id (:func:`~imagebridge.common.tokens.token_id`), never the token (Argonaut SMART Imaging
 Access, "Authorization patterns": "Correlate the presented token … without exposing
-credentials in logs"; DICOM PS3.15 A.5; AU-01, AU-03). The row is committed before the response
-starts; the bytes actually sent are added when a streamed body has finished (AU-06).
+credentials in logs"; DICOM PS3.15 A.5; AU-01, AU-03). The record is appended to the audit
+journal (:mod:`imagebridge.common.audit_journal`) before the response starts, so a killed process
+loses none, and committed to the table by a background writer moments later; the bytes actually
+sent are journaled when a streamed body has finished (AU-06). Readers settle the journal first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from imagebridge.common import db
+from imagebridge.common.audit_journal import Entry, Journal, Origin
 from imagebridge.common.settings import ImagingSettings
 from imagebridge.common.tokens import token_id
 from imagebridge.imaging.gate.gate import Access
 from imagebridge.imaging.tables import audit, studies
+
+#: Where an imaging system keeps its audit journal, under its data directory.
+JOURNAL_DIR = "audit-journal"
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,12 @@ def outcome_of(status: int) -> str:
     return "unavailable" if status == 503 else "error"
 
 
-#: One INSERT for the records of a commit, their values bound at execution (no statement built
-#: per request), returning their ids in the order given.
-_INSERT_RETURNING = insert(audit).returning(audit.c.id, sort_by_parameter_order=True)
+#: A streamed body's final count, by record key (one executemany per commit).
+_SENT = (
+    update(audit)
+    .where(audit.c.record_key == bindparam("key"))
+    .values(bytes_sent=bindparam("sent"), streaming=False)
+)
 
 
 def operation_of(request: Request) -> str:
@@ -94,16 +105,16 @@ def presented_token_id(request: Request) -> str | None:
 class AuditLog:
     """Writes and reads the imaging system's audit trail."""
 
-    def __init__(self, engine: AsyncEngine, mrn_system: str) -> None:
+    def __init__(self, engine: AsyncEngine, mrn_system: str, journal_dir: Path) -> None:
         self.engine = engine
         self.mrn_system = mrn_system
-        #: Set whenever a record is final (the EHR publisher's wakeup).
+        #: Set whenever a final record is committed (the EHR publisher's wakeup).
         self.written = asyncio.Event()
-        #: Rows waiting for the next commit, and the task committing them (see :meth:`_insert`).
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        #: The connection the flusher writes on, kept between commits (no checkout and reset each).
-        self._writer: AsyncConnection | None = None
+        self.journal = Journal(journal_dir, self._commit)
+
+    async def start(self) -> None:
+        """Commit what ended processes journaled and never committed (at startup, then periodically)."""
+        await self.journal.start()
 
     async def record(
         self,
@@ -114,30 +125,26 @@ class AuditLog:
         *,
         started: float | None = None,
     ) -> Response:
-        """Commit the record of this decision, then return ``response`` counting what it sends.
+        """Journal the record of this decision, then return ``response`` counting what it sends.
 
         ``started`` (``time.monotonic()`` when the request reached the gate) gives the record's
-        ``elapsed_ms``: how long the decision took, up to this write (FT-01/FT-02 bound).
+        ``elapsed_ms``: how long the decision took, up to this write (FT-01/FT-02 bound). A
+        record without a patient (a token without patient context) gets the study's patient
+        when it is committed.
         """
         params = request.path_params
         streaming = isinstance(response, StreamingResponse)
-        study = params.get("study")
-        patient = access.info.patient if access else None
-        if patient is None and study:
-            async with self.engine.connect() as conn:
-                found = (
-                    await conn.execute(select(studies.c.patient_id).where(studies.c.study_uid == study))
-                ).scalar()
-            patient = f"{self.mrn_system}|{found}" if found else None
-        row_id = await self._insert(
+        key = uuid.uuid4().hex
+        self.journal.append(
             dict(
+                record_key=key,
                 at=time.time(),
                 client_id=access.info.client_id if access else None,
                 user=access.info.user if access else None,
-                patient=patient,
+                patient=access.info.patient if access else None,
                 token_id=access.token_id if access else presented_token_id(request),
                 operation=operation_of(request),
-                study_uid=study,
+                study_uid=params.get("study"),
                 series_uid=params.get("series"),
                 sop_uid=params.get("instance"),
                 outcome=outcome_of(response.status_code),
@@ -150,78 +157,41 @@ class AuditLog:
             )
         )
         if isinstance(response, StreamingResponse):
-            self._count_stream(response, row_id)
-        else:
-            self.written.set()
+            self._count_stream(response, key)
         return response
 
-    async def _insert(self, values: dict[str, Any]) -> int:
-        """Insert one row and return its id once it is committed (group commit).
+    async def _commit(self, entries: Sequence[Entry], _: Origin) -> None:
+        """Insert the journaled records (each once) and apply the streamed-body counts, in one commit.
 
-        Rows that arrive while a commit is under way wait for the next one, which writes them all
-        in one transaction: concurrent requests share a commit instead of queueing for the
-        database's write lock one by one. Each caller still returns only after its own row is
-        committed (ARCHITECTURE.md: no imaging byte before a committed audit record).
+        A count always follows its record in the journal, so inserting first keeps the order.
         """
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((values, done))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        return await asyncio.shield(done)
+        rows = [e for e in entries if "record_key" in e]
+        sent = [{"key": e["key"], "sent": e["sent"]} for e in entries if "key" in e and "sent" in e]
+        async with self.engine.begin() as conn:
+            unplaced = {r["study_uid"] for r in rows if r["patient"] is None and r["study_uid"]}
+            if unplaced:
+                found = await conn.execute(
+                    select(studies.c.study_uid, studies.c.patient_id).where(studies.c.study_uid.in_(unplaced))
+                )
+                placed = {uid: f"{self.mrn_system}|{mrn}" for uid, mrn in found if mrn}
+                rows = [{**r, "patient": r["patient"] or placed.get(r["study_uid"])} for r in rows]
+            if rows:
+                insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                await conn.execute(insert(audit).on_conflict_do_nothing(index_elements=["record_key"]), rows)
+            if sent:
+                await conn.execute(_SENT, sent)
+        if sent or any(not r["streaming"] for r in rows):
+            self.written.set()
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    ids = await self._commit([values for values, _ in batch])
-                except Exception as exc:  # each waiting request fails (500), none is answered
-                    for _, done in batch:
-                        done.set_exception(exc)
-                        done.exception()  # retrieved by its waiter, or by nobody if it left
-                    continue
-                except BaseException:  # cancelled (shutdown): so are the requests waiting on it
-                    for _, done in batch + self._pending:
-                        done.cancel()
-                    raise
-                for (_, done), row_id in zip(batch, ids, strict=True):
-                    done.set_result(int(row_id))
-        finally:
-            self._flusher = None
-
-    async def _commit(self, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert and commit ``rows`` on the writer's warm connection; their ids in order.
-
-        A connection kept from an earlier commit that fails (e.g. closed by the server while
-        idle) is dropped and the rows are written once more on a new one.
-        """
-        reused = self._writer is not None
-        try:
-            return await self._write(rows)
-        except Exception:
-            if not reused:
-                raise
-        return await self._write(rows)
-
-    async def _write(self, rows: list[dict[str, Any]]) -> list[int]:
-        if self._writer is None:
-            self._writer = await self.engine.connect()
-        try:
-            async with self._writer.begin():
-                result = await self._writer.execute(_INSERT_RETURNING, rows)
-                return [int(i) for i in result.scalars().all()]
-        except Exception:
-            await self.aclose()
-            raise
+    async def settle(self) -> None:
+        """Commit every record journaled so far by any process sharing the journal (before reading)."""
+        await self.journal.settle()
 
     async def aclose(self) -> None:
-        """Give the writer's connection back (on shutdown, or after it failed)."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                await writer.close()
+        """Commit what is journaled and retire this process's journal (on shutdown)."""
+        await self.journal.aclose()
 
-    def _count_stream(self, response: StreamingResponse, row_id: int) -> None:
+    def _count_stream(self, response: StreamingResponse, key: str) -> None:
         sent = 0
         body = response.body_iterator
 
@@ -231,17 +201,10 @@ class AuditLog:
                 sent += len(chunk)
                 yield chunk
 
-        async def store_count() -> None:
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    update(audit).where(audit.c.id == row_id).values(bytes_sent=sent, streaming=False)
-                )
-            self.written.set()
-
         previous = response.background
 
         async def after() -> None:
-            await store_count()
+            self.journal.append({"key": key, "sent": sent})
             if previous is not None:
                 await previous()
 
@@ -251,7 +214,8 @@ class AuditLog:
     async def query(
         self, *, since: float | None = None, patient: str | None = None, limit: int = 1000
     ) -> Sequence[AuditRecord]:
-        """Records, oldest first, optionally since a time and for one patient."""
+        """Records, oldest first, optionally since a time and for one patient (journal settled first)."""
+        await self.settle()
         stmt = select(audit).order_by(audit.c.id).limit(limit)
         if since is not None:
             stmt = stmt.where(audit.c.at >= since)
@@ -275,13 +239,32 @@ def parse_since(value: str) -> float:
     return moment.timestamp()
 
 
+def reader(engine: AsyncEngine, settings: ImagingSettings) -> AuditLog:
+    """An audit log for reading the records of the imaging processes sharing ``settings.data_dir``."""
+    return AuditLog(engine, settings.mrn_system, settings.data_dir / JOURNAL_DIR)
+
+
+def settle_journal(settings: ImagingSettings) -> None:
+    """Commit every record the imaging processes sharing ``settings.data_dir`` have journaled
+    (for a reader outside them: a report, a test reading the table)."""
+
+    async def run() -> None:
+        engine = db.create_engine(settings.resolved_database_url, pool_size=1)
+        try:
+            await reader(engine, settings).settle()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
 def report(settings: ImagingSettings, since: str | None, patient: str | None, as_json: bool) -> int:
     """``imagebridge imaging audit``: print the records, one per line (tab-separated or JSON)."""
 
     async def run() -> Sequence[AuditRecord]:
         engine = db.create_engine(settings.resolved_database_url, pool_size=1)
         try:
-            return await AuditLog(engine, settings.mrn_system).query(
+            return await reader(engine, settings).query(
                 since=parse_since(since) if since else None, patient=patient, limit=1_000_000
             )
         finally:

@@ -1,0 +1,260 @@
+"""A write-ahead journal for audit records: durable before the response, in the database soon after.
+
+An audit record is appended to this process's journal segment with one ``write(2)`` on an
+``O_APPEND`` file before the response starts (security.md AU-01: every disclosure is recorded).
+Once the call returns the bytes belong to the operating system, so a killed process (SIGKILL, OOM,
+crash) loses none; power loss can lose what the database has not committed yet, typically the
+last few milliseconds (docs/audit.md). A background task writes the journaled records into the
+database in batches and retires a segment once everything in it is committed.
+
+Each segment is locked (``flock``) by the process writing it, so any process sharing the
+directory tells a live segment from a dead process's: :meth:`Journal.recover` replays and
+retires the dead ones (at startup and every :data:`RECOVER_SECONDS`), and :meth:`Journal.settle`,
+called before audit records are read, also replays the live ones of other processes. Replay is
+idempotent: every record carries a unique key and is inserted only when absent.
+
+A line is ``<crc32 hex> <JSON>\\n``; a line cut short by a crash (no newline, wrong checksum,
+not a JSON object) is skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+Entry = dict[str, Any]
+#: Whose entries are applied: this process's, another live process's (read while it writes), or
+#: a dead process's (its last chance).
+Origin = Literal["own", "live", "dead"]
+#: Writes entries, in order, into the database, idempotently (an entry already there is skipped).
+Apply = Callable[[Sequence[Entry], Origin], Awaitable[None]]
+
+SUFFIX = ".journal"
+#: A segment holding this many bytes is replaced by a new one (and retired once committed).
+SEGMENT_BYTES = 64 * 1024
+#: Seconds between looks for segments of dead processes.
+RECOVER_SECONDS = 30.0
+#: Seconds shutdown waits for journaled records to be committed.
+CLOSE_SECONDS = 10.0
+#: Seconds between attempts while the database refuses the records.
+RETRY_SECONDS = 1.0
+
+
+def encode(entry: Entry) -> bytes:
+    """One journal line: checksum, space, compact JSON, newline."""
+    payload = orjson.dumps(entry)
+    return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
+def decode(data: bytes) -> tuple[list[Entry], int]:
+    """The entries of the whole, intact lines of ``data``, and how many lines were skipped."""
+    entries: list[Entry] = []
+    skipped = 0
+    lines = data.split(b"\n")
+    if lines[-1]:
+        skipped += 1  # the last write was cut short
+    for line in lines[:-1]:
+        crc, _, payload = line.partition(b" ")
+        try:
+            entry = orjson.loads(payload) if int(crc, 16) == zlib.crc32(payload) else None
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict):
+            entries.append(entry)
+        elif line:
+            skipped += 1
+    return entries, skipped
+
+
+@dataclass
+class _Segment:
+    path: Path
+    fd: int
+    size: int = 0
+    #: Entries appended here and not yet committed.
+    outstanding: int = 0
+
+
+class Journal:
+    """This process's segments in ``directory`` and the task committing what they hold."""
+
+    def __init__(self, directory: Path, apply: Apply, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.apply = apply
+        self.segment_bytes = segment_bytes
+        self._segments: list[_Segment] = []
+        #: Entries appended and not yet committed, each with the segment holding it.
+        self._pending: list[tuple[Entry, _Segment]] = []
+        self._appended = 0
+        self._committed = 0
+        self._progress = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    def append(self, entry: Entry) -> None:
+        """Journal ``entry`` (one ``write``); the writer task commits it soon after."""
+        segment = self._current()
+        line = encode(entry)
+        written = os.write(segment.fd, line)
+        if written != len(line):  # a regular file short-writes only when the disk is full
+            raise OSError(f"audit journal {segment.path}: wrote {written} of {len(line)} bytes")
+        segment.size += written
+        segment.outstanding += 1
+        self._pending.append((entry, segment))
+        self._appended += 1
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def start(self) -> None:
+        """Replay dead processes' segments now, then every :data:`RECOVER_SECONDS`."""
+        await self.recover()
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def flush(self) -> None:
+        """Wait until everything this process has journaled so far is committed."""
+        target = self._appended
+        while self._committed < target:
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def settle(self) -> None:
+        """Make every record journaled so far, by any process sharing the directory, committed.
+
+        For readers of the audit trail: other processes' segments are replayed (idempotently; a
+        dead process's are retired) and this process's own records are waited for.
+        """
+        await self._replay(include_live=True)
+        await self.flush()
+
+    async def recover(self) -> int:
+        """Replay and retire the segments of dead processes; how many segments were retired."""
+        return await self._replay(include_live=False)
+
+    async def aclose(self) -> None:
+        """Commit what is journaled (for at most :data:`CLOSE_SECONDS`), then retire this
+        process's segments; any still holding uncommitted records stay for the next process."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        committed = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.flush()
+                committed = True
+        if not committed:
+            log.error("audit records left uncommitted in %s (the next start commits them)", self.directory)
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        for segment in self._segments:
+            if committed:
+                segment.path.unlink(missing_ok=True)
+            os.close(segment.fd)
+        self._segments = []
+
+    def _current(self) -> _Segment:
+        if self._segments and self._segments[-1].size < self.segment_bytes:
+            return self._segments[-1]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Locked under a name replay ignores, then renamed: never seen unlocked under its real name.
+        hidden = self.directory / f".{name}.new"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = self.directory / f"{name}{SUFFIX}"
+        os.rename(hidden, path)
+        segment = _Segment(path, fd)
+        self._segments.append(segment)
+        return segment
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch = self._pending
+            self._pending = []
+            while True:
+                try:
+                    await self.apply([entry for entry, _ in batch], "own")
+                    break
+                except Exception:
+                    log.exception("audit records could not be committed yet; retrying")
+                    await asyncio.sleep(RETRY_SECONDS)
+            for _, segment in batch:
+                segment.outstanding -= 1
+            self._committed += len(batch)
+            self._retire()
+            self._progress.set()
+
+    def _retire(self) -> None:
+        """Delete the committed segments that are full (this process writes a new one)."""
+        keep: list[_Segment] = []
+        for segment in self._segments:
+            if segment.outstanding == 0 and segment.size >= self.segment_bytes:
+                segment.path.unlink(missing_ok=True)  # while still locked: nobody replays it
+                os.close(segment.fd)
+            else:
+                keep.append(segment)
+        self._segments = keep
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RECOVER_SECONDS)
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("replaying audit journals of ended processes failed; will retry")
+
+    async def _replay(self, *, include_live: bool) -> int:
+        """Apply other processes' segments, oldest first; retire the dead ones. Returns how many."""
+        if not self.directory.is_dir():
+            return 0
+        own = {segment.path.name for segment in self._segments}
+        retired = 0
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            if path.name in own:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # retired meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    dead = True
+                except BlockingIOError:
+                    dead = False
+                if (not dead and not include_live) or os.fstat(fd).st_nlink == 0:
+                    continue
+                entries, skipped = decode(_read_all(fd))
+                if skipped:
+                    log.warning("audit journal %s: skipped %d damaged line(s)", path.name, skipped)
+                if entries:
+                    await self.apply(entries, "dead" if dead else "live")
+                if dead:
+                    path.unlink(missing_ok=True)
+                    retired += 1
+            finally:
+                os.close(fd)
+        return retired
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,171 @@
+"""The audit journal (common/audit_journal.py): lines, segments, replay of live and dead processes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from imagebridge.common import audit_journal
+from imagebridge.common.audit_journal import Entry, Journal, Origin, decode, encode
+
+
+class Sink:
+    """An idempotent stand-in database: entries by key, and who applied them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Entry] = {}
+        self.origins: list[Origin] = []
+
+    async def apply(self, entries: Sequence[Entry], origin: Origin) -> None:
+        self.origins.append(origin)
+        for entry in entries:
+            self.rows.setdefault(entry["k"], entry)
+
+
+def test_lines_round_trip_and_damage_is_skipped() -> None:
+    lines = [encode({"k": str(i), "v": "é"}) for i in range(3)]
+    entries, skipped = decode(b"".join(lines))
+    assert ([e["k"] for e in entries], skipped) == (["0", "1", "2"], 0)
+    flipped = lines[1].replace(b'"1"', b'"7"')  # checksum no longer matches
+    cut = lines[2][:-5]  # the process was killed mid-write: no newline
+    garbage = b"zz not a line\n\x00\x00\n"
+    entries, skipped = decode(lines[0] + flipped + garbage + cut)
+    assert ([e["k"] for e in entries], skipped) == (["0"], 4)
+    assert decode(b"") == ([], 0)
+
+
+def test_own_entries_are_committed_in_order_and_full_segments_retired(tmp_path: Path) -> None:
+    async def run() -> None:
+        sink = Sink()
+        journal = Journal(tmp_path, sink.apply, segment_bytes=200)
+        for i in range(20):
+            journal.append({"k": str(i)})
+        await journal.flush()
+        assert list(sink.rows) == [str(i) for i in range(20)]
+        assert set(sink.origins) == {"own"}
+        assert len(list(tmp_path.glob("*.journal"))) == 1  # the full, committed ones are gone
+        await journal.aclose()
+        assert list(tmp_path.iterdir()) == []
+
+    asyncio.run(run())
+
+
+def _hold(path: Path) -> subprocess.Popen[bytes]:
+    """Another process holding ``path`` locked, as a live writer does."""
+    code = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == b"locked\n"
+    return holder
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def test_dead_segments_are_replayed_and_retired_live_ones_only_read(tmp_path: Path) -> None:
+    dead = tmp_path / "00000000000000000001-1-dead.journal"
+    dead.write_bytes(encode({"k": "d1"}) + encode({"k": "d2"}) + encode({"k": "d3"})[:-9])
+    live = tmp_path / "00000000000000000002-2-live.journal"
+    live.write_bytes(encode({"k": "l1"}))
+    (tmp_path / ".00000000000000000003-3-new.new").write_bytes(encode({"k": "hidden"}))
+    holder = _hold(live)
+    try:
+
+        async def run() -> None:
+            sink = Sink()
+            journal = Journal(tmp_path, sink.apply)
+            assert await journal.recover() == 1
+            assert (list(sink.rows), sink.origins) == (["d1", "d2"], ["dead"])  # the cut line skipped
+            assert not dead.exists()
+            assert live.exists()
+            journal.append({"k": "own"})
+            await journal.settle()
+            assert set(sink.rows) == {"d1", "d2", "l1", "own"}
+            assert "live" in sink.origins
+            assert live.exists()  # its writer is alive: it retires it
+            await journal.aclose()
+
+        asyncio.run(run())
+    finally:
+        _end(holder)
+
+    async def after() -> None:
+        sink = Sink()
+        assert await Journal(tmp_path, sink.apply).recover() == 1  # its writer died
+        assert list(sink.rows) == ["l1"]
+
+    asyncio.run(after())
+
+
+def test_a_killed_writer_leaves_its_records_to_the_next_process(tmp_path: Path) -> None:
+    code = (
+        "import asyncio, os, sys\n"
+        "from pathlib import Path\n"
+        "from imagebridge.common.audit_journal import Journal\n"
+        "async def never(entries, origin):\n"
+        "    await asyncio.sleep(3600)\n"
+        "async def main():\n"
+        "    journal = Journal(Path(sys.argv[1]), never)\n"
+        "    for i in range(50):\n"
+        "        journal.append({'k': str(i)})\n"
+        "    print('journaled', flush=True)\n"
+        "    await asyncio.sleep(3600)\n"
+        "asyncio.run(main())\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == b"journaled\n"
+
+        async def while_alive() -> int:
+            return await Journal(tmp_path, Sink().apply).recover()
+
+        assert asyncio.run(while_alive()) == 0  # locked: not ours to retire
+    finally:
+        _end(writer)
+    sink = Sink()
+
+    async def after() -> None:
+        assert await Journal(tmp_path, sink.apply).recover() == 1
+
+    asyncio.run(after())
+    assert list(sink.rows) == [str(i) for i in range(50)]
+    assert list(tmp_path.glob("*.journal")) == []
+
+
+def test_a_failing_database_is_retried_never_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_journal, "RETRY_SECONDS", 0.01)
+    sink = Sink()
+    failures = [RuntimeError("database is locked")] * 3
+
+    async def flaky(entries: Sequence[Entry], origin: Origin) -> None:
+        if failures:
+            raise failures.pop()
+        await sink.apply(entries, origin)
+
+    async def run() -> None:
+        journal = Journal(tmp_path, flaky)
+        journal.append({"k": "a"})
+        started = time.monotonic()
+        await journal.flush()
+        assert time.monotonic() - started < 5
+        await journal.aclose()
+
+    asyncio.run(run())
+    assert list(sink.rows) == ["a"]
