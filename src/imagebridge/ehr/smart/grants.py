@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from imagebridge.common.tokens import digest, new_secret
 from imagebridge.ehr.smart.clients import Client, client_from_row
+from imagebridge.ehr.smart.group_commit import GroupCommit
 from imagebridge.ehr.tables import clients, tokens
 
 
@@ -47,6 +48,8 @@ class GrantStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: Backend Services tokens, committed in groups (one fsync for a burst).
+        self.group = GroupCommit(engine)
 
     async def issue(self, grant: Grant, conn: AsyncConnection | None = None) -> str:
         """A new token for ``grant``; given ``conn``, stored in that transaction."""

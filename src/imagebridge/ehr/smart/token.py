@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -245,8 +246,9 @@ async def still_related(ctx: EhrContext, grant: Grant) -> bool:
 async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str, Any]:
     """SMART Backend Services: an access token for ``system/`` scopes within the registration.
 
-    The assertion's ``jti`` and the token are committed together (one commit per token); a request
-    refused after the signature was verified still spends the assertion.
+    The assertion's ``jti`` and the token are committed together, with those of other requests
+    arriving meanwhile (:mod:`.group_commit`); a request refused after the signature was verified
+    still spends the assertion.
     """
     assertion = DeferredUse()
     client = await authenticate_client(ctx, form, assertion)
@@ -260,10 +262,15 @@ async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str,
     grant = Grant(
         client_id=client.client_id, scope=granted.to_string(), issued_at=now, expires_at=now + lifetime
     )
-    async with ctx.engine.begin() as conn:
+
+    async def spend_and_issue(conn: AsyncConnection) -> str | None:
         if not await ctx.replay.first_use(str(assertion.key), assertion.expires_at, conn):
-            raise OAuthError("invalid_client", REPLAYED, status=401)
-        token = await ctx.grants.issue(grant, conn)
+            return None
+        return await ctx.grants.issue(grant, conn)
+
+    token = await ctx.grants.group.run(spend_and_issue)
+    if token is None:
+        raise OAuthError("invalid_client", REPLAYED, status=401)
     audit.authorization_event(
         ctx,
         audit.TOKEN_ISSUED,
