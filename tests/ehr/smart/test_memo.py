@@ -1,6 +1,7 @@
 """The change counters behind what an EHR worker remembers (ehr/smart/memo.py, migration 0003), on
 SQLite and PostgreSQL, and the memo's rules: a higher counter drops everything, an answer read
-under an older counter is never filed, a grant lives at most GRANT_SECONDS, one computation at a time."""
+under an older counter is never filed, a grant lives at most GRANT_SECONDS, one computation at a
+time, and a request never takes the counters from a read that began before it arrived."""
 
 from __future__ import annotations
 
@@ -160,3 +161,31 @@ def test_a_grant_lives_at_most_grant_seconds_and_is_computed_once_at_a_time() ->
         assert (await memo.imaging_grant(Generation(0, 4), PRINCIPAL, compute))["n"] == 3  # too old
 
     asyncio.run(run())
+
+
+def test_a_request_shares_only_a_counter_read_that_begins_after_it() -> None:
+    reads: list[asyncio.Event] = []
+
+    async def read(_: Any) -> Generation | None:
+        gate = asyncio.Event()
+        reads.append(gate)
+        await gate.wait()
+        return Generation(len(reads), 0)
+
+    memo = Memo(read=read)
+
+    async def run() -> list[Generation | None]:
+        engine: Any = None
+        first = asyncio.ensure_future(memo.generation(engine))
+        while not reads:
+            await asyncio.sleep(0)
+        later = [asyncio.ensure_future(memo.generation(engine)) for _ in range(3)]  # during read 1
+        await asyncio.sleep(0)
+        reads[0].set()
+        while len(reads) < 2:
+            await asyncio.sleep(0)
+        reads[1].set()
+        return await asyncio.gather(first, *later)
+
+    assert asyncio.run(run()) == [Generation(1, 0)] + [Generation(2, 0)] * 3
+    assert len(reads) == 2  # the three that arrived during the first read shared the second

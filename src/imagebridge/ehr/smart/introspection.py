@@ -24,7 +24,6 @@ from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.store import Query, TokenCriterion
 from imagebridge.ehr.policy.engine import Principal
 from imagebridge.ehr.smart.forms import read_form
-from imagebridge.ehr.smart.memo import read_generation
 from imagebridge.ehr.smart.oauth_errors import OAuthError, no_store_json
 
 #: The scope a resource server's token needs to call this endpoint.
@@ -38,7 +37,7 @@ INACTIVE: dict[str, Any] = {"active": False}
 
 async def introspection_endpoint(request: Request) -> Response:
     ctx: EhrContext = request.app.state.ctx
-    generation = await read_generation(ctx.engine)  # before anything it guards is read
+    generation = await ctx.memo.generation(ctx.engine)  # before anything it guards is read
     try:
         caller = await authenticate(ctx, request, generation)
     except Unauthenticated as exc:

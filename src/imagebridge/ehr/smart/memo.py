@@ -12,6 +12,9 @@ change: migration 0003) once per introspection:
 * ``resources`` moves with any write of a FHIR resource other than an AuditEvent (studies, labels,
   Consent, RelatedPerson, Patient, Group…): every remembered imaging grant is dropped.
 
+Requests arriving while a read of the counters is under way share the next read (never the one
+under way, which may predate a change committed before they arrived).
+
 A grant also depends on the clock (ages, Consent and relationship periods), so one is kept at most
 :data:`GRANT_SECONDS`. Expiry is checked on every use (:meth:`Grant.active`). Unknown tokens are
 never remembered. Without the counters (a database not migrated to 0003) nothing is remembered.
@@ -93,12 +96,38 @@ class _Table(Generic[K, V]):
 class Memo:
     """One worker's remembered token lookups and imaging grants."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        read: Callable[[AsyncEngine], Awaitable[Generation | None]] = read_generation,
+    ) -> None:
         self._clock = clock
+        self._read_counters = read
         self._tokens: _Table[str, Found] = _Table()
         self._grants: _Table[Principal, tuple[float, dict[str, Any]]] = _Table()
         #: Grants being computed, by counter value and principal: asked again meanwhile, awaited.
         self._computing: dict[tuple[int, Principal], asyncio.Task[dict[str, Any]]] = {}
+        #: The next read of the counters, shared by every request that arrives before it starts.
+        self._next_read: asyncio.Future[Generation | None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def generation(self, engine: AsyncEngine) -> Generation | None:
+        """The counters as read by a read that began after this call (so no change committed before
+        the call is missed); requests arriving while a read is under way share the next one."""
+        if self._next_read is None:
+            self._next_read = asyncio.get_running_loop().create_future()
+        answer = self._next_read
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read(engine))
+        return await asyncio.shield(answer)
+
+    async def _read(self, engine: AsyncEngine) -> None:
+        while self._next_read is not None:
+            answer, self._next_read = self._next_read, None
+            try:
+                answer.set_result(await self._read_counters(engine))
+            except Exception as exc:  # handed to every request that shared the read
+                answer.set_exception(exc)
 
     async def token(
         self, generation: Generation | None, secret: str, load: Callable[[str], Awaitable[Found | None]]
