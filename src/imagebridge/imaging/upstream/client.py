@@ -15,13 +15,16 @@ headers stay on their hop). Known deviations of the upstream are smoothed here, 
 from __future__ import annotations
 
 import base64
+import ssl
 import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import httpx
 
 from imagebridge.common.settings import ImagingSettings
+from imagebridge.imaging.upstream import relay
 
 #: Caller headers that may travel to the upstream; everything else (Authorization, Cookie,
 #: Connection, Host, Forwarded, …) stays behind.
@@ -101,9 +104,19 @@ class UpstreamClient:
         self.base = settings.upstream_url.rstrip("/")
         self.own_base = settings.dicomweb_base
         self._quirks = settings.upstream_quirks
+        self._timeout = settings.upstream_timeout
+        self._auth = auth_header(settings.upstream_auth)
+        self._tls: ssl.SSLContext | None = None
+        target = urllib.parse.urlsplit(self.base)
+        proxies = urllib.request.getproxies()
+        #: Whether whole retrievals may be read off a connection of their own (:meth:`relayed`):
+        #: not when an HTTP proxy of the environment applies to the PACS (httpx honours those).
+        self.direct = not (target.scheme in proxies or "all" in proxies) or bool(
+            urllib.request.proxy_bypass(target.hostname or "")
+        )
         self.http = client or httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout, read=settings.upstream_timeout),
-            headers=auth_header(settings.upstream_auth),
+            headers=self._auth,
             follow_redirects=False,
         )
 
@@ -154,6 +167,17 @@ class UpstreamClient:
             return await self.http.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"the upstream PACS is unreachable: {type(exc).__name__}") from exc
+
+    async def relayed(self, path: str, query: str, headers: Mapping[str, str]) -> relay.RelayedResponse:
+        """A GET read straight off its own connection (:mod:`relay`: whole studies, series and
+        instances); same credentials, TLS verification and timeout as :meth:`open`."""
+        if self.base.startswith("https:") and self._tls is None:
+            self._tls = httpx.create_ssl_context()  # what httpx uses (certifi, SSL_CERT_FILE, …)
+        url = f"{self.base}{path}" + (f"?{query}" if query else "")
+        try:
+            return await relay.get(url, {**headers, **self._auth}, wait=self._timeout, tls=self._tls)
+        except relay.RelayError as exc:
+            raise UpstreamError(str(exc)) from exc
 
     async def search(self, path: str, params: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
         """One QIDO-RS request answered as a JSON array (204 and 404 mean no results)."""

@@ -36,6 +36,7 @@ from imagebridge.imaging.upstream.client import (
     first_value,
     upstream_fault,
 )
+from imagebridge.imaging.upstream.relay import RelayedResponse, RelayError
 from imagebridge.imaging.upstream.sync import enqueue
 
 CHUNK = 1 << 16
@@ -49,6 +50,10 @@ SEARCH_PAGE = 200
 MAX_STOW_RESPONSE = 16 * 1024**2
 STUDY_UID_TAG = "0020000D"
 _STUDY_IN_URL = re.compile(r"/studies/([0-9.]+)")
+#: A whole study, series or instance: read by :mod:`relay` (hundreds of MB passed on untouched).
+_WHOLE = re.compile(r"/studies/[^/]+(?:/series/[^/]+(?:/instances/[^/]+)?)?")
+#: An upstream answer being relayed: through the pooled client, or read off its own connection.
+Answer = httpx.Response | RelayedResponse
 
 
 def _upstream(ctx: ImagingContext) -> UpstreamClient:
@@ -86,9 +91,7 @@ async def rewritten(chunks: AsyncIterator[bytes], old: bytes, new: bytes) -> Asy
         yield carry
 
 
-def _relay(
-    upstream: UpstreamClient, upstream_response: httpx.Response, ours: Response, *, rewrite: bool
-) -> Response:
+def _relay(upstream: UpstreamClient, upstream_response: Answer, ours: Response, *, rewrite: bool) -> Response:
     """``ours`` carrying the upstream's end-to-end headers, repeated ones included (RFC 9110 §5.3)."""
     own_length = [(k, v) for k, v in ours.raw_headers if k == b"content-length"]
     ours.raw_headers = [
@@ -98,9 +101,7 @@ def _relay(
     return ours
 
 
-def _response_headers(
-    upstream: UpstreamClient, response: httpx.Response, *, rewrite: bool
-) -> list[tuple[str, str]]:
+def _response_headers(upstream: UpstreamClient, response: Answer, *, rewrite: bool) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
     # RFC 9110 §7.6.1: headers the upstream names in Connection are hop-by-hop too
     named = {t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")}
@@ -114,7 +115,7 @@ def _response_headers(
     return headers
 
 
-def _is_json(response: httpx.Response) -> bool:
+def _is_json(response: Answer) -> bool:
     return "json" in response.headers.get("content-type", "")
 
 
@@ -129,14 +130,19 @@ async def forward(
     headers = await upstream.request_headers(request.headers, identity=rewrite)
     if query is None:
         query = await upstream.query_string(request.query_params.multi_items())
-    response = await upstream.open("GET", path, query, headers)
+    response: Answer
+    if not rewrite and upstream.direct and _WHOLE.fullmatch(path):
+        response = await upstream.relayed(path, query, headers)
+        body: AsyncIterator[bytes] = response.body()
+    else:
+        response = await upstream.open("GET", path, query, headers)
+        body = response.aiter_raw()  # as read: no re-chunking copy
     if response.status_code == 404:
         await response.aclose()
         return not_found()
     if upstream_fault(response.status_code, response.headers.get("content-type")):
         await response.aclose()
         raise DicomwebError(502, f"the upstream PACS answered {response.status_code}")
-    body: AsyncIterator[bytes] = response.aiter_raw()  # as read: no re-chunking copy
     do_rewrite = rewrite and _is_json(response)
     if do_rewrite:
         body = rewritten(body, upstream.base.encode(), upstream.own_base.encode())
@@ -147,7 +153,7 @@ async def forward(
 
 
 async def _coalesced(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body in pieces of about :data:`RELAY_CHUNK` (the upstream's reads are at most 64 KiB;
+    """The body in pieces of about :data:`RELAY_CHUNK` (the pooled client reads at most 64 KiB;
     every piece costs a pass through the audit count, the middleware and the server's send)."""
     pending: list[bytes] = []
     held = 0
@@ -165,7 +171,7 @@ async def _coalesced(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 async def _until_broken(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The body until the upstream breaks off mid-stream: the response then ends early (there is
     no status left to send, and a traceback would say nothing more)."""
-    with contextlib.suppress(httpx.HTTPError):
+    with contextlib.suppress(httpx.HTTPError, RelayError):
         async for chunk in body:
             yield chunk
 
