@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 from typing import Any, Protocol
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable, PublishRefused
@@ -29,6 +30,14 @@ REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinit
 ENDPOINT_SYSTEM = "urn:imagebridge:wado-rs"
 #: DICOM acquisition modalities (PS3.16 CID 29 subset) that belong in ImagingStudy.modality.
 NON_ACQUISITION = frozenset({"SR", "KO", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "OT"})
+_QUEUED = select(publish_queue.c.study_uid).where(
+    publish_queue.c.study_uid.in_(bindparam("uids", expanding=True))
+)
+_REQUEUE = (
+    update(publish_queue)
+    .where(publish_queue.c.study_uid.in_(bindparam("uids", expanding=True)))
+    .values(queued_at=bindparam("now"))
+)
 
 
 def endpoint_resource(wado_base: str) -> dict[str, Any]:
@@ -129,15 +138,17 @@ def imaging_study_resource(summary: dict[str, Any], endpoint_ref: str, mrn_syste
 async def queue_study(conn: AsyncConnection, study_uid: str, now: float) -> None:
     """Queue a study for publishing in the caller's transaction (again, if already queued: the
     publisher then sends its latest state)."""
-    queued = (
-        await conn.execute(select(publish_queue.c.study_uid).where(publish_queue.c.study_uid == study_uid))
-    ).first()
-    if queued is None:
-        await conn.execute(insert(publish_queue).values(study_uid=study_uid, queued_at=now, attempts=0))
-    else:
-        await conn.execute(
-            update(publish_queue).where(publish_queue.c.study_uid == study_uid).values(queued_at=now)
-        )
+    await queue_studies(conn, [study_uid], now)
+
+
+async def queue_studies(conn: AsyncConnection, study_uids: Collection[str], now: float) -> None:
+    """:func:`queue_study` for several studies, in three statements at most."""
+    queued = set(await conn.scalars(_QUEUED, {"uids": list(study_uids)}))
+    if queued:
+        await conn.execute(_REQUEUE, {"uids": list(queued), "now": now})
+    new = [{"study_uid": uid, "queued_at": now, "attempts": 0} for uid in study_uids if uid not in queued]
+    if new:
+        await conn.execute(insert(publish_queue), new)
 
 
 class SummarySource(Protocol):

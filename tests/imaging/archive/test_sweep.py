@@ -15,7 +15,7 @@ from imagebridge.common import db
 from imagebridge.common.settings import ImagingSettings
 from imagebridge.imaging.app import migrate
 from imagebridge.imaging.archive.blobs import LocalBlobStore
-from imagebridge.imaging.archive.index import Index
+from imagebridge.imaging.archive.index import Entry, Index, Stored
 from imagebridge.imaging.archive.ingest import ParsedInstance, SpooledInstance, parse
 from imagebridge.imaging.archive.sweep import fsck, sweep
 
@@ -77,7 +77,9 @@ def test_fsck_and_sweep(tmp_path: Path) -> None:
         parsed = parse(_spool(spool, data), 1 << 20)
         await store.put_file(parsed.spooled.sha256, parsed.spooled.path)
         if indexed:
-            await Index(engine).add(parsed, b"{}", b"{}", b"[]")
+            await store.sync([parsed.spooled.sha256])
+            [outcome] = await Index(engine).add([Entry(parsed, b"[]", b"{}", b"{}")])
+            assert isinstance(outcome, Stored)
         return parsed
 
     async def run() -> None:

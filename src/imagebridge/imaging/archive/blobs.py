@@ -2,8 +2,10 @@
 
 Blobs are content-addressed (SHA-256 of the bytes): storage paths never derive from UIDs
 (security.md DI-06), identical re-sends are idempotent, and an unreferenced blob can be swept.
-A blob is durable before ``put`` returns (file and directory fsync). The local store may live on
-another file system than the STOW spool (a separate volume for images): blobs are then copied in.
+A blob is durable once ``sync`` has returned for it: the local store fsyncs each file before it
+gets its name, and ``sync`` fsyncs the folders (once for a whole batch of blobs). The local store
+may live on another file system than the STOW spool (a separate volume for images): blobs are
+then copied in.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -34,7 +36,10 @@ class BlobStore(Protocol):
     """Where instance bytes live. Keys are SHA-256 hex digests."""
 
     async def put_file(self, key: str, source: Path) -> None:
-        """Make the spooled file ``source`` durable under ``key`` (idempotent)."""
+        """Put the spooled file ``source`` under ``key`` (idempotent); durable after :meth:`sync`."""
+
+    async def sync(self, keys: Collection[str]) -> None:
+        """Make the blobs put under ``keys`` durable (ARCHITECTURE.md invariant 5)."""
 
     def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes ``[start, end)`` of the blob."""
@@ -66,28 +71,32 @@ class LocalBlobStore:
         await anyio.to_thread.run_sync(self._put_sync, key, source)
 
     def _put_sync(self, key: str, source: Path) -> None:
+        """Give ``source`` the blob's name; the file is fsynced before it has that name, so a
+        blob under its name always holds all its bytes. The new entry needs :meth:`sync`."""
         target = self.path(key)
         if target.exists():
             source.unlink(missing_ok=True)
             os.utime(target)  # fresh again: the orphan sweep's grace period starts over
-            _fsync_dir(target.parent)  # an earlier put may have crashed before its directory fsync
             return
-        self._make_dirs(target.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if source.stat().st_dev != self.root.stat().st_dev:
             self._copy_in(source, target)
         else:
             with source.open("rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(source, target)
-        _fsync_dir(target.parent)
 
-    def _make_dirs(self, directory: Path) -> None:
-        """Create the ``ab/cd`` folders of a blob; a folder made here has its own entry fsynced
-        in its parent, or a crash could lose the folder, and with it a blob already acknowledged."""
-        made = [d for d in (directory.parent, directory) if not d.exists()]
-        directory.mkdir(parents=True, exist_ok=True)
-        for folder in made:
-            _fsync_dir(folder.parent)
+    async def sync(self, keys: Collection[str]) -> None:
+        """Fsync the blobs' folders and the folders above them, each once: the blobs' entries
+        and any folder made for them (``ab/``, ``ab/cd/``) survive a crash. POSIX promises
+        nothing for a new entry until its folder is fsynced. A batch pays about one journal
+        commit: after the first fsync the other folders are clean, and their fsyncs are cheap."""
+        folders: dict[Path, None] = {}
+        for key in keys:
+            folder = self.path(key).parent
+            folders.update(dict.fromkeys((folder, folder.parent, self.root)))
+        if folders:
+            await anyio.to_thread.run_sync(_fsync_dirs, list(folders))
 
     def _copy_in(self, source: Path, target: Path) -> None:
         """The spooled file is on another file system (a rename would fail with EXDEV): copy it
@@ -162,6 +171,11 @@ class LocalBlobStore:
         for path in self.root.glob("??/??/*"):
             if len(path.name) == 64:
                 yield path.name
+
+
+def _fsync_dirs(paths: list[Path]) -> None:
+    for path in paths:
+        _fsync_dir(path)
 
 
 def _fsync_dir(path: Path) -> None:

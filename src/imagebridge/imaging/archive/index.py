@@ -1,21 +1,25 @@
 """The SQL index of studies, series and instances (the archive's catalogue).
 
-An instance row is written only after its blob is durable, in one transaction with its study
-and series rows and the study's publishing mark (ARCHITECTURE.md invariant 5): a crash leaves
-either nothing or a complete, retrievable instance.
+Instance rows are written only after their blobs are durable, in one transaction with their
+study and series rows and the studies' publishing marks (ARCHITECTURE.md invariant 5): a crash
+leaves either nothing or complete, retrievable instances. One transaction indexes a whole batch
+of a STOW-RS request; each instance of it is still judged on its own (PS3.18 §10.5.3).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import BindParameter
 
 from imagebridge.imaging.archive.ingest import (
     DUPLICATE_SOP_CONFLICT,
@@ -24,8 +28,18 @@ from imagebridge.imaging.archive.ingest import (
     ParsedInstance,
 )
 from imagebridge.imaging.dicomweb.qido_match import fold_person_name
-from imagebridge.imaging.publish import queue_study
+from imagebridge.imaging.publish import queue_studies
 from imagebridge.imaging.tables import instances, series, series_requests, studies
+
+log = logging.getLogger(__name__)
+
+# Statements built once: executing them costs no statement construction or cache-key work.
+_UIDS: BindParameter[str] = bindparam("uids", expanding=True)
+_KNOWN_INSTANCES = select(instances.c.sop_uid, instances.c.sha256).where(instances.c.sop_uid.in_(_UIDS))
+_KNOWN_STUDIES = select(studies.c.study_uid, studies.c.patient_id).where(studies.c.study_uid.in_(_UIDS))
+_KNOWN_SERIES = select(series.c.series_uid, series.c.study_uid).where(series.c.series_uid.in_(_UIDS))
+_DELETE_INSTANCES = delete(instances).where(instances.c.sop_uid.in_(_UIDS))
+_TOUCH_STUDIES = update(studies).where(studies.c.study_uid.in_(_UIDS)).values(updated_at=bindparam("now"))
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,32 @@ class Stored:
     duplicate: bool  # the identical instance was already stored
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A parsed instance and its precomputed DICOM JSON (instance, study and series level)."""
+
+    parsed: ParsedInstance
+    metadata_json: bytes
+    study_json: bytes
+    series_json: bytes
+
+
+@dataclass
+class _Batch:
+    """What one transaction knows (rows read, then rows it writes) and will write."""
+
+    known_instances: dict[str, str]  # SOP Instance UID → SHA-256
+    known_studies: dict[str, str]  # Study Instance UID → Patient ID
+    known_series: dict[str, str]  # Series Instance UID → Study Instance UID
+    now: float
+    new_studies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    touched_studies: set[str] = field(default_factory=set)
+    new_series: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, str]] = field(default_factory=list)
+    new_instances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    replaced: set[str] = field(default_factory=set)
+
+
 def _text(parsed: ParsedInstance, keyword: str, limit: int) -> str:
     return parsed.attr(keyword)[:limit]
 
@@ -62,6 +102,115 @@ def _request_attributes(parsed: ParsedInstance, series_uid: str) -> list[dict[st
     ]
 
 
+def _study_values(entry: Entry, now: float) -> dict[str, Any]:
+    parsed = entry.parsed
+    return {
+        "study_uid": parsed.attr("StudyInstanceUID"),
+        "patient_id": parsed.attr("PatientID")[:64],
+        "patient_name": _text(parsed, "PatientName", 324),
+        "patient_birth_date": _text(parsed, "PatientBirthDate", 8),
+        "patient_sex": _text(parsed, "PatientSex", 16),
+        "study_date": _text(parsed, "StudyDate", 8),
+        "study_time": _text(parsed, "StudyTime", 16),
+        "accession_number": _text(parsed, "AccessionNumber", 16),
+        "study_id": _text(parsed, "StudyID", 16),
+        "study_description": _text(parsed, "StudyDescription", 64),
+        "referring_physician_name": _text(parsed, "ReferringPhysicianName", 324),
+        "patient_name_fold": fold_person_name(parsed.attr("PatientName"))[:400],
+        "referring_physician_name_fold": fold_person_name(parsed.attr("ReferringPhysicianName"))[:400],
+        "study_json": entry.study_json,
+        "updated_at": now,
+    }
+
+
+def _series_values(entry: Entry) -> dict[str, Any]:
+    parsed = entry.parsed
+    return {
+        "series_uid": parsed.attr("SeriesInstanceUID"),
+        "study_uid": parsed.attr("StudyInstanceUID"),
+        "modality": _text(parsed, "Modality", 16),
+        "series_number": parsed.int_attr("SeriesNumber"),
+        "series_description": _text(parsed, "SeriesDescription", 64),
+        "performed_start_date": _text(parsed, "PerformedProcedureStepStartDate", 8),
+        "performed_start_time": _text(parsed, "PerformedProcedureStepStartTime", 16),
+        "series_json": entry.series_json,
+    }
+
+
+def _instance_values(entry: Entry, now: float) -> dict[str, Any]:
+    parsed = entry.parsed
+    return {
+        "sop_uid": parsed.attr("SOPInstanceUID"),
+        "series_uid": parsed.attr("SeriesInstanceUID"),
+        "study_uid": parsed.attr("StudyInstanceUID"),
+        "sop_class_uid": parsed.attr("SOPClassUID"),
+        "instance_number": parsed.int_attr("InstanceNumber"),
+        "rows": parsed.int_attr("Rows"),
+        "columns": parsed.int_attr("Columns"),
+        "bits_allocated": parsed.int_attr("BitsAllocated"),
+        "number_of_frames": parsed.int_attr("NumberOfFrames"),
+        "transfer_syntax_uid": parsed.transfer_syntax_uid,
+        "blob_key": parsed.spooled.sha256,
+        "size": parsed.spooled.size,
+        "sha256": parsed.spooled.sha256,
+        "metadata_json": entry.metadata_json,
+        "created_at": now,
+    }
+
+
+def _judge(entry: Entry, batch: _Batch, replace: bool) -> Stored | InstanceRejected:
+    """Judge one instance against what the batch knows; if accepted, add its rows to the batch.
+
+    The same SOP Instance UID with other bytes is a :data:`DUPLICATE_SOP_CONFLICT` unless
+    ``replace`` lets the new bytes take its place; a Study Instance UID of another patient, or a
+    Series Instance UID of another study, is a :data:`STUDY_MISMATCH`.
+    """
+    parsed = entry.parsed
+    study_uid = parsed.attr("StudyInstanceUID")
+    series_uid = parsed.attr("SeriesInstanceUID")
+    sop_uid = parsed.attr("SOPInstanceUID")
+    sop_class = parsed.attr("SOPClassUID")
+    sha256 = parsed.spooled.sha256
+    row = InstanceRow(
+        study_uid, series_uid, sop_uid, sop_class, parsed.transfer_syntax_uid, sha256, parsed.spooled.size
+    )
+    pending = batch.new_instances.get(sop_uid)
+    previous = pending["sha256"] if pending is not None else batch.known_instances.get(sop_uid)
+    if previous == sha256:
+        return Stored(row, duplicate=True)
+    if previous is not None and not replace:
+        return InstanceRejected(
+            DUPLICATE_SOP_CONFLICT,
+            "an instance with this SOP Instance UID and other content exists",
+            sop_class,
+            sop_uid,
+        )
+    owner = batch.known_studies.get(study_uid)
+    if owner is not None and owner != parsed.attr("PatientID")[:64]:
+        return InstanceRejected(
+            STUDY_MISMATCH, "this Study Instance UID belongs to another patient", sop_class, sop_uid
+        )
+    parent = batch.known_series.get(series_uid)
+    if parent is not None and parent != study_uid:
+        return InstanceRejected(
+            STUDY_MISMATCH, "this Series Instance UID belongs to another study", sop_class, sop_uid
+        )
+    if previous is not None and pending is None:
+        # the old blob loses its last reference; the orphan sweep removes it after the grace period
+        batch.replaced.add(sop_uid)
+    if owner is None:
+        batch.new_studies[study_uid] = _study_values(entry, batch.now)
+        batch.known_studies[study_uid] = parsed.attr("PatientID")[:64]
+    elif study_uid not in batch.new_studies:
+        batch.touched_studies.add(study_uid)
+    if parent is None:
+        batch.new_series.append(_series_values(entry))
+        batch.requests += _request_attributes(parsed, series_uid)
+        batch.known_series[series_uid] = study_uid
+    batch.new_instances[sop_uid] = _instance_values(entry, batch.now)
+    return Stored(row, duplicate=False)
+
+
 class Index:
     #: Re-judgements after a concurrent writer won a race (one per row an instance may create).
     ATTEMPTS = 5
@@ -72,25 +221,29 @@ class Index:
         self._sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock()
 
-    async def add(
-        self,
-        parsed: ParsedInstance,
-        study_json: bytes,
-        series_json: bytes,
-        metadata_json: bytes,
-        *,
-        replace: bool = False,
-    ) -> Stored:
-        """Index an instance whose blob (keyed by its SHA-256) is already durable.
+    async def add(self, entries: Sequence[Entry], *, replace: bool = False) -> list[Stored | Exception]:
+        """Index instances whose blobs (keyed by their SHA-256) are already durable, in one
+        transaction; the outcome of each, in order: stored, or why not (an
+        :class:`InstanceRejected` judgement, or the error that kept it out of the index).
 
-        The same SOP Instance UID with other bytes is a :data:`DUPLICATE_SOP_CONFLICT` unless
-        ``replace`` (the ``stow_overwrite = "replace"`` policy) lets the new bytes take its place.
+        When the transaction fails for another reason than a race with a concurrent writer (a
+        value the database refuses), every instance is indexed again in a transaction of its own,
+        so that only the one at fault fails.
         """
+        try:
+            return await self._transaction(entries, replace)
+        except Exception as exc:
+            if len(entries) == 1:
+                return [exc]
+            log.warning("indexing %d instances together failed, one by one now: %r", len(entries), exc)
+        return [(await self.add([entry], replace=replace))[0] for entry in entries]
+
+    async def _transaction(self, entries: Sequence[Entry], replace: bool) -> list[Stored | Exception]:
         for attempt in range(self.ATTEMPTS):
             try:
                 lock = self._write_lock if self._sqlite else contextlib.nullcontext()
                 async with lock, self.engine.begin() as conn:
-                    return await self._add(conn, parsed, study_json, series_json, metadata_json, replace)
+                    return await self._write(conn, entries, replace)
             except IntegrityError:
                 if attempt == self.ATTEMPTS - 1:
                     raise
@@ -101,122 +254,34 @@ class Index:
                 await asyncio.sleep(0.05 * (attempt + 1))  # another process holds SQLite's write lock
         raise AssertionError("unreachable")
 
-    async def _add(
-        self,
-        conn: AsyncConnection,
-        parsed: ParsedInstance,
-        study_json: bytes,
-        series_json: bytes,
-        metadata_json: bytes,
-        replace: bool,
-    ) -> Stored:
-        ds_study = parsed.attr("StudyInstanceUID")
-        ds_series = parsed.attr("SeriesInstanceUID")
-        sop_uid = parsed.attr("SOPInstanceUID")
-        sop_class = parsed.attr("SOPClassUID")
-        row = InstanceRow(
-            ds_study,
-            ds_series,
-            sop_uid,
-            sop_class,
-            parsed.transfer_syntax_uid,
-            parsed.spooled.sha256,
-            parsed.spooled.size,
+    async def _write(
+        self, conn: AsyncConnection, entries: Sequence[Entry], replace: bool
+    ) -> list[Stored | Exception]:
+        async def known(statement: Any, keyword: str) -> dict[str, str]:
+            uids = list({entry.parsed.attr(keyword) for entry in entries})
+            return {row[0]: row[1] for row in await conn.execute(statement, {"uids": uids})}
+
+        batch = _Batch(
+            await known(_KNOWN_INSTANCES, "SOPInstanceUID"),
+            await known(_KNOWN_STUDIES, "StudyInstanceUID"),
+            await known(_KNOWN_SERIES, "SeriesInstanceUID"),
+            time.time(),
         )
-        existing = (
-            await conn.execute(
-                select(instances.c.sha256, instances.c.study_uid).where(instances.c.sop_uid == sop_uid)
-            )
-        ).first()
-        if existing is not None:
-            if existing.sha256 == parsed.spooled.sha256:
-                return Stored(row, duplicate=True)
-            if not replace:
-                raise InstanceRejected(
-                    DUPLICATE_SOP_CONFLICT,
-                    "an instance with this SOP Instance UID and other content exists",
-                    sop_class,
-                    sop_uid,
-                )
-            # the old blob loses its last reference; the orphan sweep removes it after the grace period
-            await conn.execute(delete(instances).where(instances.c.sop_uid == sop_uid))
-        patient_id = parsed.attr("PatientID")
-        study = (
-            await conn.execute(select(studies.c.patient_id).where(studies.c.study_uid == ds_study))
-        ).first()
-        now = time.time()
-        if study is None:
-            await conn.execute(
-                insert(studies).values(
-                    study_uid=ds_study,
-                    patient_id=patient_id[:64],
-                    patient_name=_text(parsed, "PatientName", 324),
-                    patient_birth_date=_text(parsed, "PatientBirthDate", 8),
-                    patient_sex=_text(parsed, "PatientSex", 16),
-                    study_date=_text(parsed, "StudyDate", 8),
-                    study_time=_text(parsed, "StudyTime", 16),
-                    accession_number=_text(parsed, "AccessionNumber", 16),
-                    study_id=_text(parsed, "StudyID", 16),
-                    study_description=_text(parsed, "StudyDescription", 64),
-                    referring_physician_name=_text(parsed, "ReferringPhysicianName", 324),
-                    patient_name_fold=fold_person_name(parsed.attr("PatientName"))[:400],
-                    referring_physician_name_fold=fold_person_name(parsed.attr("ReferringPhysicianName"))[
-                        :400
-                    ],
-                    study_json=study_json,
-                    updated_at=now,
-                )
-            )
-        elif study.patient_id != patient_id[:64]:
-            raise InstanceRejected(
-                STUDY_MISMATCH, "this Study Instance UID belongs to another patient", sop_class, sop_uid
-            )
-        else:
-            await conn.execute(update(studies).where(studies.c.study_uid == ds_study).values(updated_at=now))
-        found_series = (
-            await conn.execute(select(series.c.study_uid).where(series.c.series_uid == ds_series))
-        ).first()
-        if found_series is None:
-            await conn.execute(
-                insert(series).values(
-                    series_uid=ds_series,
-                    study_uid=ds_study,
-                    modality=_text(parsed, "Modality", 16),
-                    series_number=parsed.int_attr("SeriesNumber"),
-                    series_description=_text(parsed, "SeriesDescription", 64),
-                    performed_start_date=_text(parsed, "PerformedProcedureStepStartDate", 8),
-                    performed_start_time=_text(parsed, "PerformedProcedureStepStartTime", 16),
-                    series_json=series_json,
-                )
-            )
-            requests = _request_attributes(parsed, ds_series)
-            if requests:
-                await conn.execute(insert(series_requests), requests)
-        elif found_series.study_uid != ds_study:
-            raise InstanceRejected(
-                STUDY_MISMATCH, "this Series Instance UID belongs to another study", sop_class, sop_uid
-            )
-        await conn.execute(
-            insert(instances).values(
-                sop_uid=sop_uid,
-                series_uid=ds_series,
-                study_uid=ds_study,
-                sop_class_uid=sop_class,
-                instance_number=parsed.int_attr("InstanceNumber"),
-                rows=parsed.int_attr("Rows"),
-                columns=parsed.int_attr("Columns"),
-                bits_allocated=parsed.int_attr("BitsAllocated"),
-                number_of_frames=parsed.int_attr("NumberOfFrames"),
-                transfer_syntax_uid=parsed.transfer_syntax_uid,
-                blob_key=parsed.spooled.sha256,
-                size=parsed.spooled.size,
-                sha256=parsed.spooled.sha256,
-                metadata_json=metadata_json,
-                created_at=now,
-            )
-        )
-        await queue_study(conn, ds_study, now)
-        return Stored(row, duplicate=False)
+        outcomes: list[Stored | Exception] = [_judge(entry, batch, replace) for entry in entries]
+        if batch.replaced:
+            await conn.execute(_DELETE_INSTANCES, {"uids": list(batch.replaced)})
+        if batch.new_studies:
+            await conn.execute(insert(studies), list(batch.new_studies.values()))
+        if batch.touched_studies:
+            await conn.execute(_TOUCH_STUDIES, {"uids": list(batch.touched_studies), "now": batch.now})
+        if batch.new_series:
+            await conn.execute(insert(series), batch.new_series)
+        if batch.requests:
+            await conn.execute(insert(series_requests), batch.requests)
+        if batch.new_instances:
+            await conn.execute(insert(instances), list(batch.new_instances.values()))
+            await queue_studies(conn, {row["study_uid"] for row in batch.new_instances.values()}, batch.now)
+        return outcomes
 
     async def instances_of(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -36,6 +35,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 
 from imagebridge.imaging.archive import guard
+from imagebridge.imaging.dicomweb import dicom_json
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 
 # Failure Reason (0008,1197) values of the Store Instances Response Module (PS3.18 Annex I,
@@ -82,6 +82,7 @@ class ParsedInstance:
     spooled: SpooledInstance
     dataset: Dataset  # header only (no pixel data loaded)
     transfer_syntax_uid: str
+    pixel_elements: list[dicom_json.PixelElement]  # the element header that ended the reading
 
     def attr(self, keyword: str, default: str = "") -> str:
         value: Any = self.dataset.get(keyword, default)
@@ -234,7 +235,8 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
 
     The structure is checked first (:mod:`.guard`: declared lengths, sequence depth, transfer
     syntax, deflate cap), so pydicom never allocates what a hostile header declares; then the
-    header is read without pixel data and the required attributes are validated (DI-04, DI-05).
+    header is read once, without pixel data (the metadata JSON is made from that same data set),
+    and the required attributes are validated (DI-04, DI-05).
     """
     try:
         ts = guard.scan(spooled.path, max_inflated_bytes=max_inflated_bytes)
@@ -244,7 +246,8 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about tolerated oddities; we judge below
-            ds = pydicom.dcmread(spooled.path, stop_before_pixels=True, force=False)
+            with spooled.path.open("rb") as fp:
+                ds, pixel_elements = dicom_json.read_header(fp)
     except (InvalidDicomError, EOFError) as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
     except (ValueError, KeyError, TypeError, OverflowError, MemoryError, RecursionError, OSError) as exc:
@@ -271,4 +274,4 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
                 sop_class,
                 sop_instance,
             )
-    return ParsedInstance(spooled=spooled, dataset=ds, transfer_syntax_uid=ts)
+    return ParsedInstance(spooled, ds, ts, pixel_elements)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,9 @@ class S3BlobStore:
         """
         await anyio.to_thread.run_sync(self._upload, key, source)
         await anyio.Path(source).unlink(missing_ok=True)
+
+    async def sync(self, keys: Collection[str]) -> None:
+        """Nothing to do: an object is durable once its PUT was answered 200."""
 
     def _upload(self, key: str, source: Path) -> None:
         self.client.upload_file(

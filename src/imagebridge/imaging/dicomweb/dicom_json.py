@@ -17,7 +17,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from pydicom import Dataset
@@ -92,16 +92,18 @@ def json_bytes(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def instance_json_from_file(
-    source: str | os.PathLike[str] | bytes, uri_builder: BulkDataURIBuilder, *, inline_threshold: int = 1024
-) -> dict[str, Any]:
-    """DICOM JSON of a PS3.10 file, reading only up to its top-level pixel data (PS3.18 §F.2).
+PixelElement = tuple[int, str | None, int]
+"""The element header (tag, VR as written or None, length) of a top-level pixel data element."""
 
-    Pixel data is never read: its presence, VR and length are taken from its element header and
-    it is described by a ``BulkDataURI``. Elements after the pixel data are not included.
-    Raises pydicom's ``InvalidDicomError`` when ``source`` is not a PS3.10 file.
+
+def read_header(fp: BinaryIO, *, force: bool = False) -> tuple[Dataset, list[PixelElement]]:
+    """A PS3.10 file's data set read up to its top-level pixel data, and that element's header.
+
+    Pixel data is never read (pydicom's ``stop_before_pixels`` point); what stopped the reading is
+    returned for :func:`instance_json`. Raises pydicom's ``InvalidDicomError`` when ``fp`` is not
+    a PS3.10 file (unless ``force``).
     """
-    seen: list[tuple[int, str | None, int]] = []
+    seen: list[PixelElement] = []
 
     def at_pixel_data(tag: int, vr: str | None, length: int) -> bool:
         if tag in PIXEL_DATA_TAGS:
@@ -109,15 +111,40 @@ def instance_json_from_file(
             return True
         return False
 
-    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fp:
-        ds = read_partial(fp, stop_when=at_pixel_data)
+    return read_partial(fp, stop_when=at_pixel_data, force=force), seen
+
+
+def instance_json(
+    ds: Dataset,
+    pixel_elements: list[PixelElement],
+    uri_builder: BulkDataURIBuilder,
+    *,
+    inline_threshold: int = 1024,
+) -> dict[str, Any]:
+    """DICOM JSON of a data set read by :func:`read_header` (PS3.18 §F.2).
+
+    The pixel data is described by a ``BulkDataURI`` from its element header alone (an empty one
+    by its VR only). Elements after the pixel data are not included.
+    """
     result = dataset_to_json(ds, bulkdata_uri=uri_builder, inline_threshold=inline_threshold)
-    for tag, vr, length in seen:
+    for tag, vr, length in pixel_elements:
         attribute: dict[str, Any] = {"vr": vr or _dictionary_vr(tag)}
         if length:
             attribute["BulkDataURI"] = uri_builder((tag,))
         result[f"{tag:08X}"] = attribute
     return dict(sorted(result.items()))
+
+
+def instance_json_from_file(
+    source: str | os.PathLike[str] | bytes, uri_builder: BulkDataURIBuilder, *, inline_threshold: int = 1024
+) -> dict[str, Any]:
+    """DICOM JSON of a PS3.10 file, reading only up to its top-level pixel data (PS3.18 §F.2).
+
+    Raises pydicom's ``InvalidDicomError`` when ``source`` is not a PS3.10 file.
+    """
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as fp:
+        ds, pixel_elements = read_header(fp)
+    return instance_json(ds, pixel_elements, uri_builder, inline_threshold=inline_threshold)
 
 
 def _dictionary_vr(tag: int) -> str:

@@ -1,15 +1,16 @@
 """STOW-RS: ``POST {base}/studies[/{study}]`` (PS3.18 §10.5).
 
-The request body is parsed as it streams in; each part is spooled to disk, checked and parsed in a
-worker thread, made durable in the blob store and indexed before it is acknowledged (ARCHITECTURE.md
-invariant 5); while a part streams in, up to :data:`IN_FLIGHT` earlier ones are being stored, and
-the response, in part order, waits for all of them. One bad part fails on its own with a PS3.18
-Failure Reason; the rest of the request is judged part by part. The answer is the Store Instances
-Response Module (PS3.18 Annex I) with the status of Table 10.5.3-1: 200 all stored, 202 some stored,
-409 none stored because of conflicts (study mismatch, duplicate SOP Instance, no room), 400 none
-stored otherwise; 413 for bodies or instances over the configured limits (``Content-Length`` is
-judged before reading; a chunked body is cut off when it passes the limit) and 415 for other media
-types.
+The request body is parsed as it streams in; each part is spooled to disk, then checked, parsed
+once and put in the blob store in a worker thread while the next part streams in (up to
+:data:`IN_FLIGHT` at once). Every :data:`BATCH` instances are made durable together (one folder
+sync) and indexed in one transaction; only then are they acknowledged (ARCHITECTURE.md invariant
+5), and the response, in part order, waits for all of them. One bad part fails on its own with a
+PS3.18 Failure Reason, also within a batch; the rest of the request is judged part by part. The
+answer is the Store Instances Response Module (PS3.18 Annex I) with the status of Table 10.5.3-1:
+200 all stored, 202 some stored, 409 none stored because of conflicts (study mismatch, duplicate
+SOP Instance, no room), 400 none stored otherwise; 413 for bodies or instances over the configured
+limits (``Content-Length`` is judged before reading; a chunked body is cut off when it passes the
+limit) and 415 for other media types.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from imagebridge.common.multipart import MultipartError, PartTooLarge, iter_parts
-from imagebridge.imaging.archive.index import InstanceRow
+from imagebridge.imaging.archive.index import Entry, InstanceRow, Stored
 from imagebridge.imaging.archive.ingest import (
     CANNOT_UNDERSTAND,
     CONFLICTS,
@@ -49,21 +50,19 @@ DICOM_JSON = "application/dicom+json"
 log = logging.getLogger(__name__)
 #: Status when nothing was stored and every failure is a conflict or a lack of room.
 _CONFLICT_LIKE = CONFLICTS | {OUT_OF_RESOURCES}
-#: Instances of one request judged, fsynced and indexed while the next part streams in: the
-#: fsync and commit waits of consecutive instances overlap instead of adding up.
+#: Instances of one request judged and put in the blob store while the next part streams in.
 IN_FLIGHT = 4
+#: Instances of one request made durable and indexed together: one folder sync, one transaction.
+BATCH = 32
+#: Batches of one request being synced and indexed at once; beyond, the body waits.
+BATCHES_IN_FLIGHT = 2
+
+Outcome = tuple[bool, dict[str, Any]]
+"""An instance's place in the response: stored?, and its Referenced or Failed SOP item."""
 
 
 class RequestTooLarge(Exception):
     """The request body passed ``max_request_bytes`` while streaming in."""
-
-
-@dataclass(frozen=True)
-class Prepared:
-    parsed: ParsedInstance
-    metadata_json: bytes
-    study_json: bytes
-    series_json: bytes
 
 
 async def _capped(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
@@ -89,6 +88,77 @@ def _failure(reason: int, sop_class: str = "", sop_uid: str = "") -> dict[str, A
     return _item(sop_class, sop_uid, **{"00081197": {"vr": "US", "Value": [reason]}})
 
 
+def _refused(exc: InstanceRejected) -> Outcome:
+    return False, _failure(exc.reason, exc.sop_class, exc.sop_instance)
+
+
+class _Intake:
+    """The instances of one request on their way in.
+
+    Each part is judged and put in the blob store as soon as it is spooled (up to
+    :data:`IN_FLIGHT` at once, while the next part streams in); every :data:`BATCH` instances
+    are then made durable and indexed together, and only then given a Referenced SOP item. The
+    outcomes keep the request's part order.
+    """
+
+    def __init__(self, ctx: ImagingContext, url_study: str | None, batches: TaskGroup) -> None:
+        self.ctx = ctx
+        self.url_study = url_study
+        self.outcomes: list[Outcome | None] = []  # None while in flight
+        self.room = anyio.Semaphore(IN_FLIGHT)
+        self._batches = batches
+        self._batch_room = anyio.Semaphore(BATCHES_IN_FLIGHT)
+        self._pending: list[tuple[int, Entry]] = []
+
+    def refuse(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    async def put(self, slot: int, spooled: SpooledInstance) -> None:
+        """Judge and put one spooled instance (a task holding one :attr:`room`)."""
+        try:
+            entry = await _put(self.ctx, spooled, self.url_study)
+            self._pending.append((slot, entry))
+            if len(self._pending) >= BATCH:
+                await self.flush()
+        except InstanceRejected as exc:
+            self.outcomes[slot] = _refused(exc)
+        finally:
+            self.room.release()
+
+    async def flush(self) -> None:
+        """Start making the instances put so far durable and indexed (waits while
+        :data:`BATCHES_IN_FLIGHT` batches are)."""
+        await self._batch_room.acquire()
+        batch, self._pending = self._pending, []
+        if batch:
+            self._batches.start_soon(self._commit, batch)
+        else:
+            self._batch_room.release()
+
+    async def _commit(self, batch: list[tuple[int, Entry]]) -> None:
+        entries = [entry for _, entry in batch]
+        try:
+            outcomes: list[Stored | Exception]
+            try:
+                await self.ctx.blobs.sync([entry.parsed.spooled.sha256 for entry in entries])
+            except Exception as exc:
+                outcomes = [exc] * len(entries)
+            else:
+                replace = self.ctx.settings.stow_overwrite == "replace"
+                outcomes = await self.ctx.index.add(entries, replace=replace)
+            for (slot, entry), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Stored):
+                    row = outcome.row
+                    url = _retrieve_url(self.ctx, row)
+                    self.outcomes[slot] = (True, _item(row.sop_class_uid, row.sop_uid, **{"00081190": url}))
+                elif isinstance(outcome, InstanceRejected):
+                    self.outcomes[slot] = _refused(outcome)
+                else:
+                    self.outcomes[slot] = _refused(_not_stored(outcome, entry.parsed))
+        finally:
+            self._batch_room.release()
+
+
 async def store_instances(ctx: ImagingContext, request: Request, url_study: str | None) -> Response:
     """Store every instance of a STOW-RS request and answer per instance (PS3.18 §10.5.3)."""
     settings = ctx.settings
@@ -101,58 +171,45 @@ async def store_instances(ctx: ImagingContext, request: Request, url_study: str 
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_request_bytes:
         raise DicomwebError(413, f"the request body exceeds {settings.max_request_bytes} bytes")
-    # one slot per part, in the request's order: (stored?, response item), None while in flight;
-    # parts are spooled in turn while up to IN_FLIGHT earlier ones are judged, fsynced and indexed
-    slots: list[tuple[bool, dict[str, Any]] | None] = []
     spool_dir = settings.data_dir / "spool"
     spool_dir.mkdir(parents=True, exist_ok=True)
-    room = anyio.Semaphore(IN_FLIGHT)
     disconnected = False
     cut: Exception | None = None  # why the body ended early (too large, malformed)
-
-    async def store(slot: int, spooled: SpooledInstance) -> None:
-        try:
-            row = await _accept(ctx, spooled, url_study)
-        except InstanceRejected as exc:
-            slots[slot] = (False, _failure(exc.reason, exc.sop_class, exc.sop_instance))
-        else:
-            item = _item(row.sop_class_uid, row.sop_uid, **{"00081190": _retrieve_url(ctx, row)})
-            slots[slot] = (True, item)
-        finally:
-            room.release()
-
-    async with anyio.create_task_group() as group:
-        try:
-            async for part in iter_parts(
-                _capped(request.stream(), settings.max_request_bytes),
-                content_type.boundary.encode("latin-1"),
-                max_part_bytes=settings.max_instance_bytes,
-            ):
-                part_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
-                if part_type != "application/dicom":
-                    slots.append((False, _failure(CANNOT_UNDERSTAND)))
-                    continue
-                await room.acquire()
-                try:
-                    spooled = await spool(part.body, spool_dir)
-                except InstanceRejected as exc:
-                    room.release()
-                    slots.append((False, _failure(exc.reason, exc.sop_class, exc.sop_instance)))
-                    continue
-                except BaseException:
-                    room.release()
-                    raise
-                slots.append(None)
-                group.start_soon(store, len(slots) - 1, spooled)
-        except (PartTooLarge, RequestTooLarge, MultipartError) as exc:
-            cut = exc
-        except ClientDisconnect:
-            disconnected = True
-        # leaving the group waits for every instance in flight: each is stored or refused whole
+    # leaving each task group waits for its tasks: every instance is then stored or refused whole
+    async with anyio.create_task_group() as batches:
+        intake = _Intake(ctx, url_study, batches)
+        async with anyio.create_task_group() as puts:
+            try:
+                async for part in iter_parts(
+                    _capped(request.stream(), settings.max_request_bytes),
+                    content_type.boundary.encode("latin-1"),
+                    max_part_bytes=settings.max_instance_bytes,
+                ):
+                    part_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
+                    if part_type != "application/dicom":
+                        intake.refuse((False, _failure(CANNOT_UNDERSTAND)))
+                        continue
+                    await intake.room.acquire()
+                    try:
+                        spooled = await spool(part.body, spool_dir)
+                    except InstanceRejected as exc:
+                        intake.room.release()
+                        intake.refuse(_refused(exc))
+                        continue
+                    except BaseException:
+                        intake.room.release()
+                        raise
+                    intake.outcomes.append(None)
+                    puts.start_soon(intake.put, len(intake.outcomes) - 1, spooled)
+            except (PartTooLarge, RequestTooLarge, MultipartError) as exc:
+                cut = exc
+            except ClientDisconnect:
+                disconnected = True
+        await intake.flush()
     if disconnected:
         # nobody is left to answer; what was stored stays stored, the spool is already clean
         return Response(status_code=400)
-    done = [slot for slot in slots if slot is not None]
+    done = [outcome for outcome in intake.outcomes if outcome is not None]
     if isinstance(cut, (PartTooLarge, RequestTooLarge)):
         if not done:
             raise DicomwebError(413, str(cut)) from cut
@@ -168,11 +225,12 @@ async def store_instances(ctx: ImagingContext, request: Request, url_study: str 
     return _response(ctx, url_study, referenced, failed)
 
 
-async def _accept(ctx: ImagingContext, spooled: SpooledInstance, url_study: str | None) -> InstanceRow:
-    """Judge, store and index one spooled instance; the spool file is gone afterwards, always."""
+async def _put(ctx: ImagingContext, spooled: SpooledInstance, url_study: str | None) -> Entry:
+    """Judge one spooled instance and put it in the blob store (durable after the batch's sync);
+    the spool file is gone afterwards, always."""
     try:
-        prepared = await anyio.to_thread.run_sync(_prepare, spooled, ctx.settings.max_inflated_bytes)
-        parsed = prepared.parsed
+        entry = await anyio.to_thread.run_sync(_prepare, spooled, ctx.settings.max_inflated_bytes)
+        parsed = entry.parsed
         if url_study is not None and parsed.attr("StudyInstanceUID") != url_study:
             raise InstanceRejected(
                 STUDY_MISMATCH,
@@ -182,46 +240,34 @@ async def _accept(ctx: ImagingContext, spooled: SpooledInstance, url_study: str 
             )
         try:
             await ctx.blobs.put_file(spooled.sha256, spooled.path)
-            stored = await ctx.index.add(
-                parsed,
-                study_json=prepared.study_json,
-                series_json=prepared.series_json,
-                metadata_json=prepared.metadata_json,
-                replace=ctx.settings.stow_overwrite == "replace",
-            )
-        except InstanceRejected:
-            raise
-        except OSError as exc:
-            no_room = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-            log.exception("storing instance %s failed", parsed.attr("SOPInstanceUID"))
-            raise InstanceRejected(
-                OUT_OF_RESOURCES if no_room else PROCESSING_FAILURE,
-                "the instance could not be stored",
-                parsed.attr("SOPClassUID"),
-                parsed.attr("SOPInstanceUID"),
-            ) from exc
         except Exception as exc:
-            log.exception("storing instance %s failed", parsed.attr("SOPInstanceUID"))
-            raise InstanceRejected(
-                PROCESSING_FAILURE,
-                "the instance could not be stored",
-                parsed.attr("SOPClassUID"),
-                parsed.attr("SOPInstanceUID"),
-            ) from exc
-        return stored.row
+            raise _not_stored(exc, parsed) from exc
+        return entry
     finally:
         await anyio.Path(spooled.path).unlink(missing_ok=True)
 
 
-def _prepare(spooled: SpooledInstance, max_inflated_bytes: int) -> Prepared:
+def _not_stored(exc: Exception, parsed: ParsedInstance) -> InstanceRejected:
+    """The failure reason for an instance the blob store or the index could not take."""
+    log.error("storing instance %s failed", parsed.attr("SOPInstanceUID"), exc_info=exc)
+    no_room = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return InstanceRejected(
+        OUT_OF_RESOURCES if no_room else PROCESSING_FAILURE,
+        "the instance could not be stored",
+        parsed.attr("SOPClassUID"),
+        parsed.attr("SOPInstanceUID"),
+    )
+
+
+def _prepare(spooled: SpooledInstance, max_inflated_bytes: int) -> Entry:
     """Parse, validate and precompute the metadata of one instance (in a worker thread)."""
     parsed = parse(spooled, max_inflated_bytes)
     try:
-        # from the file (up to the pixel data): Pixel Data gets its BulkDataURI (PS3.18 §F.2.7)
+        # Pixel Data gets its BulkDataURI (PS3.18 §F.2.7) from the element header parse() kept
         metadata = dicom_json.json_bytes(
-            [dicom_json.instance_json_from_file(spooled.path, _bulk_template(parsed))]
+            [dicom_json.instance_json(parsed.dataset, parsed.pixel_elements, _bulk_template(parsed))]
         )
-        return Prepared(
+        return Entry(
             parsed, metadata, level_json(parsed.dataset, "study"), level_json(parsed.dataset, "series")
         )
     except (ValueError, TypeError, KeyError, OverflowError, UnicodeError, LookupError) as exc:
