@@ -89,6 +89,22 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def study(
+    sid: str, patient: str, modality: str = "CT", labels: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """An ImagingStudy of ``patient`` whose Study Instance UID derives from its id (:func:`unique`)."""
+    return {
+        "resourceType": "ImagingStudy",
+        "id": sid,
+        "meta": {"security": labels or []},
+        "status": "available",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:2.25.{int(sid.split('-')[-1], 16)}"}],
+        "subject": {"reference": f"Patient/{patient}"},
+        "modality": [{"system": DCM, "code": modality}],
+        "started": "2025-01-02T10:00:00Z",
+    }
+
+
 def get(running: RunningStack, path: str, token: str | None, **params: str) -> httpx.Response:
     headers = {"Accept": "application/fhir+json"}
     if token:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
 import pytest
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import DCM, add_client, get, issue, put, unique
+from tests.ehr.fhir.ehr_access import add_client, get, issue, put, study, unique
 
 from imagebridge.ehr.policy.consent import CLIENT_SYSTEM
 from imagebridge.ehr.policy.labels import ACT_CODE, CONFIDENTIALITY
@@ -25,21 +24,6 @@ class World:
     running: RunningStack
     ids: dict[str, str]
     app: str  # a public client some consents name
-
-
-def _study(
-    sid: str, patient: str, modality: str, labels: list[dict[str, str]] | None = None
-) -> dict[str, Any]:
-    return {
-        "resourceType": "ImagingStudy",
-        "id": sid,
-        "meta": {"security": labels or []},
-        "status": "available",
-        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:2.25.{int(sid.split('-')[-1], 16)}"}],
-        "subject": {"reference": f"Patient/{patient}"},
-        "modality": [{"system": DCM, "code": modality}],
-        "started": "2025-01-02T10:00:00Z",
-    }
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +54,7 @@ def world(running: RunningStack) -> World:
     app = add_client(running, "public", "patient/*.rs user/*.rs")
     r = {"system": CONFIDENTIALITY, "code": "R"}
     psy = {"system": ACT_CODE, "code": "PSY"}
-    unreconciled = _study(n["s-unrec"], n["adult"], "CT")
+    unreconciled = study(n["s-unrec"], n["adult"], "CT")
     unreconciled["subject"] = {"identifier": {"system": "urn:imagebridge:mrn", "value": "NOBODY"}}
     put(
         running,
@@ -83,12 +67,12 @@ def world(running: RunningStack) -> World:
         },
         {"resourceType": "Patient", "id": n["other"], "birthDate": "1971-01-01"},
         {"resourceType": "Patient", "id": n["teen"], "birthDate": teen_born},
-        _study(n["s-ct"], n["adult"], "CT"),
-        _study(n["s-r"], n["adult"], "MR", [r]),
-        _study(n["s-dx"], n["other"], "DX"),
-        _study(n["s-other2"], n["other"], "CT"),
-        _study(n["s-teen"], n["teen"], "DX"),
-        _study(n["s-psy"], n["teen"], "MR", [psy]),
+        study(n["s-ct"], n["adult"], "CT"),
+        study(n["s-r"], n["adult"], "MR", [r]),
+        study(n["s-dx"], n["other"], "DX"),
+        study(n["s-other2"], n["other"], "CT"),
+        study(n["s-teen"], n["teen"], "DX"),
+        study(n["s-psy"], n["teen"], "MR", [psy]),
         unreconciled,
         {"resourceType": "Practitioner", "id": n["dr-a"]},
         {"resourceType": "Practitioner", "id": n["dr-r"]},

@@ -36,6 +36,7 @@ from imagebridge.ehr.fhir.subjects import resolve_subject
 from imagebridge.ehr.fhir.visible import visible
 from imagebridge.ehr.policy import constraints
 from imagebridge.ehr.policy.engine import PolicyView, subject_patient
+from imagebridge.ehr.smart.memo import read_generation
 
 MAX_BODY = 8 * 1024 * 1024
 SUPPORTED_TYPES = frozenset(PARAMS)
@@ -61,9 +62,19 @@ class Note:
 
 async def audited_caller(request: Request, kind: audit.Kind) -> tuple[EhrContext, Authenticated, Note]:
     """The authenticated caller; the request will be audited as ``kind``."""
+    ctx, auth, note, _ = await versioned_caller(request, kind)
+    return ctx, auth, note
+
+
+async def versioned_caller(
+    request: Request, kind: audit.Kind
+) -> tuple[EhrContext, Authenticated, Note, int | None]:
+    """:func:`audited_caller`, and the EHR's resource change counter as the request began (for
+    :meth:`PolicyEngine.view`)."""
     ctx: EhrContext = request.app.state.ctx
     note = request.state.audit = Note(kind)
-    auth = await authenticate(ctx, request)
+    generation = await read_generation(ctx.engine)  # before anything it guards is read
+    auth = await authenticate(ctx, request, generation)
     if request.path_params.get("type") == "AuditEvent":
         await audit.trail(ctx).flush()  # the report shows every access this process has answered
     token = bearer_token(request)
@@ -73,7 +84,7 @@ async def audited_caller(request: Request, kind: audit.Kind) -> tuple[EhrContext
         token_id(token) if token else None,
         request.client.host if request.client else None,
     )
-    return ctx, auth, note
+    return ctx, auth, note, generation.resources if generation else None
 
 
 def _require_scope(auth: Authenticated, resource_type: str, interaction: Interaction) -> list[Scope]:
@@ -101,7 +112,7 @@ def _not_found(resource_type: str, resource_id: str) -> FhirError:
 
 
 async def read(request: Request) -> Response:
-    ctx, auth, note = await audited_caller(request, audit.READ)
+    ctx, auth, note, data_version = await versioned_caller(request, audit.READ)
     resource_type = _resource_type(request)
     scopes = _require_scope(auth, resource_type, "r")
     resource_id = str(request.path_params["id"])
@@ -109,7 +120,7 @@ async def read(request: Request) -> Response:
         resource = await store.read(resource_type, resource_id) if _ID.fullmatch(resource_id) else None
         if resource is None:
             raise _not_found(resource_type, resource_id)
-        view = await ctx.policy.view(auth.principal, store)
+        view = await ctx.policy.view(auth.principal, store, data_version=data_version)
     disclosure = audit.read_disclosure(view, scopes, resource)
     note.disclosures = [disclosure]
     if not disclosure.allowed:
@@ -124,14 +135,14 @@ async def search(request: Request) -> Response:
     token searching without ``patient`` is restricted to its patient: the policy filter admits
     nothing else.
     """
-    ctx, auth, note = await audited_caller(request, audit.SEARCH)
+    ctx, auth, note, data_version = await versioned_caller(request, audit.SEARCH)
     resource_type = _resource_type(request)
     note.query = f"{resource_type}?{request.url.query}"
     scopes = _require_scope(auth, resource_type, "s")
     strict = "handling=strict" in request.headers.get("prefer", "")
     parsed = parse_search(resource_type, request.query_params.multi_items(), strict=strict)
     async with ctx.store.reading() as store:
-        view = await ctx.policy.view(auth.principal, store)
+        view = await ctx.policy.view(auth.principal, store, data_version=data_version)
         if parsed.patient is not None and parsed.patient not in view.patients(scopes):
             note.disclosures = [
                 audit.Disclosure(parsed.patient, why="the patient is outside this authorization")

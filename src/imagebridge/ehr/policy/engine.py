@@ -18,7 +18,8 @@ backend client's registered Group. Unreconciled resources (no patient) are visib
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -35,6 +36,12 @@ from imagebridge.ehr.policy.relationships import PatientAccess, Reach, Relations
 from imagebridge.ehr.tables import resources, search_tokens
 
 log = logging.getLogger(__name__)
+
+#: The longest a worker reuses one principal's view while the data stands still (the rules read
+#: the clock: ages, periods of proxy links, roles and Consents).
+VIEW_SECONDS: Final = 1.0
+#: Views one worker keeps; the oldest goes first when full.
+MAX_VIEWS: Final = 1024
 
 #: Resources outside any patient compartment (directory data), visible with a covering scope.
 DIRECTORY: Final = frozenset({"Organization", "Practitioner", "PractitionerRole", "Endpoint"})
@@ -240,14 +247,38 @@ def _lacks_labels(labels: Sequence[tuple[str | None, str]], resource_type: str) 
 class PolicyEngine:
     """Builds :class:`PolicyView` s from the EHR's data."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.relationships = Relationships(store)
+        self._clock = clock
+        #: principal → (data version, when its build began, view)
+        self._views: dict[Principal, tuple[int, float, PolicyView]] = {}
 
-    async def view(self, principal: Principal, store: Store | None = None) -> PolicyView:
+    async def view(
+        self, principal: Principal, store: Store | None = None, *, data_version: int | None = None
+    ) -> PolicyView:
         """The access of ``principal`` now, read from ``store`` (default: the engine's; a request
-        passes its :meth:`Store.reading` so that all its reads share one connection)."""
-        store = store or self.store
+        passes its :meth:`Store.reading` so that all its reads share one connection).
+
+        ``data_version`` is the EHR's resource change counter (``generations.resources``, bumped by
+        a trigger in the transaction of every FHIR write except AuditEvents: migration 0003), read
+        before this call. With it, this worker reuses the principal's view while the counter stands
+        still, for at most :data:`VIEW_SECONDS`: a Consent, label or relationship written through
+        any worker or the admin CLI applies to the very next request.
+        """
+        if data_version is not None:
+            kept = self._views.get(principal)
+            if kept is not None and kept[0] == data_version and self._clock() - kept[1] < VIEW_SECONDS:
+                return kept[2]
+        started = self._clock()
+        view = await self._build(principal, store or self.store)
+        if data_version is not None:
+            if len(self._views) >= MAX_VIEWS and principal not in self._views:
+                del self._views[next(iter(self._views))]
+            self._views[principal] = (data_version, started, view)
+        return view
+
+    async def _build(self, principal: Principal, store: Store) -> PolicyView:
         relationships = Relationships(store)
         now = now_instant()
         reach: dict[str, Reach] = {}
