@@ -46,6 +46,9 @@ Apply = Callable[[Sequence[Entry], Origin], Awaitable[None]]
 SUFFIX = ".journal"
 #: A segment holding this many bytes is replaced by a new one (and retired once committed).
 SEGMENT_BYTES = 64 * 1024
+#: Seconds the writer lets records gather before a commit (unless a reader is waiting): one
+#: commit for every request of that time instead of one per request, off the requests' loop time.
+COMMIT_DELAY = 0.25
 #: Seconds between looks for segments of dead processes.
 RECOVER_SECONDS = 30.0
 #: Seconds shutdown waits for journaled records to be committed.
@@ -92,16 +95,26 @@ class _Segment:
 class Journal:
     """This process's segments in ``directory`` and the task committing what they hold."""
 
-    def __init__(self, directory: Path, apply: Apply, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        apply: Apply,
+        *,
+        segment_bytes: int = SEGMENT_BYTES,
+        commit_delay: float = COMMIT_DELAY,
+    ) -> None:
         self.directory = directory
         self.apply = apply
         self.segment_bytes = segment_bytes
+        self.commit_delay = commit_delay
         self._segments: list[_Segment] = []
         #: Entries appended and not yet committed, each with the segment holding it.
         self._pending: list[tuple[Entry, _Segment]] = []
         self._appended = 0
         self._committed = 0
         self._progress = asyncio.Event()
+        #: Set by a waiting reader: commit now, without the delay.
+        self._hurry = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -129,6 +142,7 @@ class Journal:
         target = self._appended
         while self._committed < target:
             self._progress.clear()
+            self._hurry.set()
             await self._progress.wait()
 
     async def settle(self) -> None:
@@ -185,6 +199,10 @@ class Journal:
 
     async def _write(self) -> None:
         while self._pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.commit_delay):
+                    await self._hurry.wait()
+            self._hurry.clear()
             batch = self._pending
             self._pending = []
             while True:

@@ -22,7 +22,9 @@ resource now (the policy engine's AuditEvent rule), whatever labels it had when 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 
 from imagebridge.common import balp
-from imagebridge.common.audit_journal import Entry, Journal, Origin
+from imagebridge.common.audit_journal import CLOSE_SECONDS, RETRY_SECONDS, Entry, Journal, Origin
 from imagebridge.common.balp import DCM
 from imagebridge.common.smart_scopes import Scope
 from imagebridge.ehr.context import EhrContext
@@ -45,6 +47,8 @@ from imagebridge.ehr.policy.engine import PolicyView, subject_patient
 from imagebridge.ehr.policy.labels import Label
 from imagebridge.ehr.policy.relationships import PatientAccess
 from imagebridge.ehr.tables import resources
+
+log = logging.getLogger(__name__)
 
 EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTION: Final = "http://hl7.org/fhir/restful-interaction"
@@ -182,8 +186,8 @@ class AuditTrail:
     :meth:`record` appends a request's events to the audit journal
     (:mod:`imagebridge.common.audit_journal`: one write, safe from a killed process) and returns;
     one task of this process commits them, many requests per transaction. A request whose
-    disclosures come later (:data:`Later`) journals a stand-in event that the completed events
-    replace (the first takes its id); if the process ends first, the stand-in is what remains.
+    disclosures come later (:data:`Later`) journals a stand-in event at once and its completed
+    events as soon as they are known; the stand-in is written only if the process ended before.
     A read of AuditEvents first settles the journal of every process sharing it (:meth:`flush`).
     A failure is retried, never dropped.
     """
@@ -192,7 +196,8 @@ class AuditTrail:
         self.store = store
         self.source = source
         self.journal = Journal(journal_dir, self._commit)
-        self._pending: dict[str, _Pending] = {}
+        #: Requests whose disclosures are being completed, by their stand-in's id.
+        self._completing: dict[str, asyncio.Task[None]] = {}
 
     def record(
         self,
@@ -212,8 +217,11 @@ class AuditTrail:
             self.journal.append({"events": events})
             return
         stand_in = self._event(kind, actor, status, Disclosure(None, why=UNFINISHED), query, recorded)
-        self._pending[stand_in["id"]] = _Pending(kind, actor, status, query, recorded, disclosures)
         self.journal.append({"later": stand_in})
+        pending = _Pending(kind, actor, status, query, recorded, disclosures)
+        self._completing[stand_in["id"]] = asyncio.get_running_loop().create_task(
+            self._complete(stand_in["id"], pending)
+        )
 
     async def start(self) -> None:
         """Commit what ended processes journaled and never committed (at startup, then periodically)."""
@@ -221,10 +229,14 @@ class AuditTrail:
 
     async def flush(self) -> None:
         """Commit every event journaled so far by any EHR process sharing the journal (before a read)."""
+        if self._completing:
+            await asyncio.wait(list(self._completing.values()))
         await self.journal.settle()
 
     async def aclose(self) -> None:
         """Commit what this process journaled and retire its journal (on shutdown)."""
+        if self._completing:
+            await asyncio.wait(list(self._completing.values()), timeout=CLOSE_SECONDS)
         await self.journal.aclose()
 
     def _event(
@@ -233,36 +245,38 @@ class AuditTrail:
         event = audit_event(kind, actor, self.source, status, disclosure, query, recorded)
         return {"id": uuid.uuid4().hex, **event}
 
-    def _completed(self, pending: _Pending, disclosure: Disclosure) -> dict[str, Any]:
-        p = pending
-        return self._event(p.kind, p.actor, p.status, disclosure, p.query, p.recorded)
+    async def _complete(self, key: str, p: _Pending) -> None:
+        """Journal the completed events of the request whose stand-in is ``key``."""
+        while True:
+            try:
+                found = await p.disclosures()
+                break
+            except Exception:
+                log.exception("the disclosures of an audited request could not be completed yet; retrying")
+                await asyncio.sleep(RETRY_SECONDS)
+        events = [
+            self._event(p.kind, p.actor, p.status, d, p.query, p.recorded)
+            for d in found or [Disclosure(None)]
+        ]
+        self.journal.append({"events": events, "completes": key})
 
     async def _commit(self, entries: Sequence[Entry], origin: Origin) -> None:
+        completed = {entry.get("completes") for entry in entries}
         events: list[dict[str, Any]] = []
-        completed: list[str] = []
         for entry in entries:
             events.extend(entry.get("events", ()))
             stand_in = entry.get("later")
             if stand_in is None:
                 continue
-            pending = self._pending.get(stand_in["id"]) if origin == "own" else None
-            if pending is not None:
-                found = await pending.disclosures()
-                done = [
-                    self._event(
-                        pending.kind, pending.actor, pending.status, d, pending.query, pending.recorded
-                    )
-                    for d in (found or [Disclosure(None)])
-                ]
-                done[0]["id"] = stand_in["id"]  # a replay of the stand-in then finds it written
-                events.extend(done)
-                completed.append(stand_in["id"])
-            elif origin == "dead":
-                events.append(stand_in)
+            key = stand_in["id"]
+            if origin == "own":
+                task = self._completing.pop(key, None)
+                if task is not None:
+                    await asyncio.shield(task)  # its completion is journaled before the stand-in goes
+            elif origin == "dead" and key not in completed:
+                events.append(stand_in)  # the process ended before completing it
             # "live": the process that journaled it completes it
         await self._create(events)
-        for key in completed:
-            del self._pending[key]
 
     async def _create(self, events: list[dict[str, Any]]) -> None:
         """Create ``events`` in one transaction, skipping those already there (a replay)."""

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -83,7 +83,12 @@ def operation_of(request: Request) -> str:
     if request.method == "POST":
         return "store"
     route = request.scope.get("route")
-    return _operation(str(getattr(route, "path", request.url.path)))
+    return _operation(str(getattr(route, "path", None) or _path(request)))
+
+
+def _path(request: Request) -> str:
+    """The request's path (ASGI ``path``, decoded), without building the whole URL."""
+    return str(request.scope["path"])
 
 
 @functools.lru_cache(maxsize=256)
@@ -134,7 +139,7 @@ class AuditLog:
         """
         params = request.path_params
         streaming = isinstance(response, StreamingResponse)
-        key = uuid.uuid4().hex
+        key = os.urandom(16).hex()
         self.journal.append(
             dict(
                 record_key=key,
@@ -150,7 +155,7 @@ class AuditLog:
                 outcome=outcome_of(response.status_code),
                 status=response.status_code,
                 bytes_sent=0 if streaming else len(response.body),
-                request_path=request.url.path[:400],
+                request_path=_path(request)[:400],
                 detail=detail[:2000] if detail else None,
                 streaming=streaming,
                 elapsed_ms=(time.monotonic() - started) * 1000 if started is not None else None,

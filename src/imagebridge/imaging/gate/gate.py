@@ -10,6 +10,7 @@ patterns"). The EHR unreachable means 503 + Retry-After: the gate never guesses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -20,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imagebridge.common.responses import JSONResponse, bearer_challenge
-from imagebridge.common.smart_scopes import Interaction, Level, covers_imaging_read
-from imagebridge.common.tokens import digest, token_id
+from imagebridge.common.smart_scopes import Level
+from imagebridge.common.tokens import digest
 from imagebridge.imaging.dicomweb.errors import not_found as not_found_response
 from imagebridge.imaging.gate.cache import Backend, SingleFlightCache
 from imagebridge.imaging.gate.capability import Capabilities, Capability, InvalidCapability
@@ -64,9 +65,15 @@ class Access:
     info: TokenInfo
     levels: frozenset[Level]
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """The token's digest: its key in the gate's caches (computed once per request)."""
+        return digest(self.token)
+
     @property
     def token_id(self) -> str:
-        return token_id(self.token)
+        """The token's id for audit records (:func:`~imagebridge.common.tokens.token_id`)."""
+        return self.digest[:16]
 
 
 def unavailable(reason: str) -> GateRefusal:
@@ -162,18 +169,8 @@ class Gate:
             raise GateRefusal(
                 bearer_challenge("invalid_token", "the token is not valid at this server"), "audience"
             )
-        interaction: Interaction | None = "c" if operation == "write" else None
-        all_levels: tuple[Level, ...] = ("patient", "user", "system")
-        covered: set[Level] = {
-            level
-            for level in all_levels
-            if (
-                info.scopes.allows((level,), "ImagingStudy", interaction)
-                if interaction
-                else covers_imaging_read(info.scopes, level)
-            )
-        }
-        levels: set[Level] = covered if info.patient else covered - {"patient"}
+        covered = info.imaging_write_levels if operation == "write" else info.imaging_read_levels
+        levels = covered if info.patient else covered - {"patient"}
         if not levels:
             if "patient" in covered:
                 # SMART: patient-level scopes come with a patient context; without one the EHR's
@@ -186,7 +183,7 @@ class Gate:
                 bearer_challenge("insufficient_scope", "no granted scope covers this request", status=403),
                 "insufficient scope",
             )
-        return Access(token=token, info=info, levels=frozenset(levels))
+        return Access(token=token, info=info, levels=levels)
 
     @staticmethod
     def study_restriction(access: Access) -> frozenset[str] | None:
@@ -209,7 +206,7 @@ class Gate:
         restriction = self.study_restriction(access)
         if restriction is not None:
             return frozenset(u for u in study_uids if u in restriction)
-        prefix = digest(access.token)
+        prefix = access.digest
         visible: set[str] = set()
         undecided: list[str] = []
         for uid in dict.fromkeys(study_uids):
@@ -273,7 +270,7 @@ class Gate:
                 return True, expires_at
             return False, time.time() + self.negative_ttl
 
-        return await self.studies.get(f"{digest(access.token)}:{study_uid}", ask)
+        return await self.studies.get(f"{access.digest}:{study_uid}", ask)
 
     async def _introspect(self, token: str) -> TokenInfo:
         async def ask() -> tuple[TokenInfo, float]:
@@ -313,7 +310,7 @@ def _capability_refused(reason: str) -> GateRefusal:
 
 def _bearer(request: Request) -> str:
     """The token of the one ``Authorization: Bearer`` header (RFC 6750 §2.1 only, never §2.3)."""
-    if "access_token" in request.query_params:
+    if request.scope.get("query_string") and "access_token" in request.query_params:
         raise GateRefusal(
             bearer_challenge("invalid_request", "send the token in the Authorization header, not the URL"),
             "token in query",

@@ -7,9 +7,17 @@ Anything malformed is treated as an EHR fault (fail closed), never as permission
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
-from imagebridge.common.smart_scopes import InvalidScope, ScopeSet, parse_scopes
+from imagebridge.common.smart_scopes import (
+    LEVELS,
+    InvalidScope,
+    Level,
+    ScopeSet,
+    covers_imaging_read,
+    parse_scopes,
+)
 
 IMAGING_GRANT = "urn:imagebridge:imaging-grant"
 
@@ -33,6 +41,16 @@ class TokenInfo:
     allowed_studies: frozenset[str] | None = None
     #: The granted scopes as the EHR wrote them (``scopes`` parsed).
     scope_text: str = ""
+
+    @cached_property
+    def imaging_read_levels(self) -> frozenset[Level]:
+        """The levels whose granted scopes allow reading ImagingStudy (computed once per answer)."""
+        return frozenset(level for level in LEVELS if covers_imaging_read(self.scopes, level))
+
+    @cached_property
+    def imaging_write_levels(self) -> frozenset[Level]:
+        """The levels whose granted scopes allow creating ImagingStudy (STOW-RS)."""
+        return frozenset(level for level in LEVELS if self.scopes.allows((level,), "ImagingStudy", "c"))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form for a shared cache (it never contains the token itself)."""
