@@ -169,3 +169,19 @@ def test_a_failing_database_is_retried_never_dropped(tmp_path: Path, monkeypatch
 
     asyncio.run(run())
     assert list(sink.rows) == ["a"]
+
+
+def test_a_replay_the_database_refuses_keeps_the_segment_and_the_service_starts(tmp_path: Path) -> None:
+    dead = tmp_path / "00000000000000000001-1-dead.journal"
+    dead.write_bytes(encode({"k": "a"}))
+
+    async def refuse(entries: Sequence[Entry], origin: Origin) -> None:
+        raise RuntimeError("no such table")
+
+    async def run() -> None:
+        journal = Journal(tmp_path, refuse)
+        await journal.start()  # logged, not raised
+        await journal.aclose()
+
+    asyncio.run(run())
+    assert dead.exists()

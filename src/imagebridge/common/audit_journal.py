@@ -133,8 +133,11 @@ class Journal:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def start(self) -> None:
-        """Replay dead processes' segments now, then every :data:`RECOVER_SECONDS`."""
-        await self.recover()
+        """Replay dead processes' segments now, then every :data:`RECOVER_SECONDS`.
+
+        A replay that fails (the database refuses) is logged and retried later; the segments stay.
+        """
+        await self._recover_logged()
         self._watcher = asyncio.create_task(self._watch())
 
     async def flush(self) -> None:
@@ -232,10 +235,13 @@ class Journal:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(RECOVER_SECONDS)
-            try:
-                await self.recover()
-            except Exception:
-                log.exception("replaying audit journals of ended processes failed; will retry")
+            await self._recover_logged()
+
+    async def _recover_logged(self) -> None:
+        try:
+            await self.recover()
+        except Exception:
+            log.exception("replaying the audit journals of ended processes failed; will retry")
 
     async def _replay(self, *, include_live: bool) -> int:
         """Apply other processes' segments, oldest first; retire the dead ones. Returns how many."""

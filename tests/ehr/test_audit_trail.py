@@ -1,0 +1,110 @@
+"""The EHR's AuditTrail over the audit journal: deferred disclosures and their stand-ins.
+
+A search's disclosures are completed after its response; a stand-in event is journaled first.
+The completed events are what the database gets; the stand-in only when its process died before
+completing it (ehr/audit.py, docs/audit.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from imagebridge.common import db
+from imagebridge.common.audit_journal import decode, encode
+from imagebridge.ehr import audit
+from imagebridge.ehr.app import MIGRATIONS
+from imagebridge.ehr.fhir.store import Store
+from imagebridge.ehr.tables import resources
+
+ACTOR = audit.Actor("demo-app", "Patient/p1", "0123456789abcdef")
+QUERY = "ImagingStudy?patient=p1"
+NOW = "2026-12-01T10:00:00.000Z"
+
+
+def _database(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ehr.sqlite3'}"
+    db.upgrade(MIGRATIONS, url)
+    return url
+
+
+async def _events(store: Store) -> dict[str, dict[str, Any]]:
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(resources.c.content).where(resources.c.resource_type == "AuditEvent")
+        )
+        return {event["id"]: event for event in (orjson.loads(r.content) for r in rows)}
+
+
+def _patients(event: dict[str, Any]) -> list[str]:
+    refs = [str(e.get("what", {}).get("reference", "")) for e in event["entity"]]
+    return [r for r in refs if r.startswith("Patient/")]
+
+
+def test_completed_disclosures_are_written_not_their_stand_in(tmp_path: Path) -> None:
+    url = _database(tmp_path)
+    journal = tmp_path / "journal"
+
+    async def run() -> None:
+        engine = db.create_engine(url, pool_size=1)
+        store = Store(engine)
+        trail = audit.AuditTrail(store, "http://ehr/fhir", journal)
+        try:
+
+            async def later() -> Sequence[audit.Disclosure]:
+                return [audit.Disclosure("p1", ["ImagingStudy/s1"], why="self")]
+
+            trail.record(audit.SEARCH, ACTOR, 200, later, QUERY)
+            [segment] = journal.glob("*.journal")
+            [entry], _ = decode(segment.read_bytes())  # before the response: the stand-in only
+            stand_in = entry["later"]
+            assert stand_in["outcomeDesc"] == audit.UNFINISHED
+            await trail.flush()
+            events = await _events(store)
+            assert stand_in["id"] not in events
+            assert [_patients(e) for e in events.values()] == [["Patient/p1"]]
+        finally:
+            await trail.aclose()
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_dead_process_leaves_stand_ins_only_for_what_it_did_not_complete(tmp_path: Path) -> None:
+    url = _database(tmp_path)
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    trail = audit.AuditTrail(Store(db.create_engine(url, pool_size=1)), "http://ehr/fhir", journal)
+    unfinished = trail._event(
+        audit.SEARCH, ACTOR, 200, audit.Disclosure(None, why=audit.UNFINISHED), QUERY, NOW
+    )
+    finished = trail._event(
+        audit.SEARCH, ACTOR, 200, audit.Disclosure(None, why=audit.UNFINISHED), QUERY, NOW
+    )
+    completed = trail._event(
+        audit.SEARCH, ACTOR, 200, audit.Disclosure("p1", ["ImagingStudy/s1"]), QUERY, NOW
+    )
+    lines = [
+        {"later": unfinished},
+        {"later": finished},
+        {"events": [completed], "completes": finished["id"]},
+    ]
+    (journal / "00000000000000000001-1-dead.journal").write_bytes(b"".join(encode(e) for e in lines))
+
+    async def run() -> dict[str, dict[str, Any]]:
+        try:
+            assert await trail.journal.recover() == 1
+            assert await trail.journal.recover() == 0  # retired
+            return await _events(trail.store)
+        finally:
+            await trail.store.engine.dispose()
+
+    events = asyncio.run(run())
+    assert set(events) == {unfinished["id"], completed["id"]}
+    assert events[unfinished["id"]]["outcomeDesc"] == audit.UNFINISHED
+    assert _patients(events[completed["id"]]) == ["Patient/p1"]
