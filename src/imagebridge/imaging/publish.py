@@ -30,6 +30,12 @@ REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinit
 ENDPOINT_SYSTEM = "urn:imagebridge:wado-rs"
 #: DICOM acquisition modalities (PS3.16 CID 29 subset) that belong in ImagingStudy.modality.
 NON_ACQUISITION = frozenset({"SR", "KO", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "OT"})
+_DEQUEUE = delete(publish_queue).where(
+    publish_queue.c.study_uid == bindparam("uid"), publish_queue.c.queued_at == bindparam("at")
+)
+#: Seconds without a new instance before the publisher sends a study: a study arriving over
+#: several requests is published once, complete, not again after every request.
+SETTLE = 1.0
 _QUEUED = select(publish_queue.c.study_uid).where(
     publish_queue.c.study_uid.in_(bindparam("uids", expanding=True))
 )
@@ -172,12 +178,12 @@ class Publisher:
         self._endpoint_ref: str | None = None
 
     async def run(self) -> None:
-        """Publish forever (the app's background task)."""
+        """Publish forever (the app's background task), each study once it has settled."""
         delay = 0.5
         while True:
             self.wakeup.clear()
             try:
-                pending = await self.publish_pending()
+                pending = await self.publish_pending(settle=SETTLE)
                 delay = 0.5 if not pending else min(delay * 2, 30.0)
             except EhrUnavailable as exc:
                 log.warning("publishing deferred: %s", exc)
@@ -185,31 +191,34 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
 
-    async def publish_pending(self) -> int:
-        """Publish every queued study once; return how many remain queued."""
+    async def publish_pending(self, settle: float = 0.0) -> int:
+        """Publish once every study queued at least ``settle`` seconds ago; return how many of
+        them remain queued (refused by the EHR). The published ones leave the queue together."""
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
                     select(publish_queue)
-                    .where(publish_queue.c.queued_at <= time.time())
+                    .where(publish_queue.c.queued_at <= time.time() - settle)
                     .order_by(publish_queue.c.queued_at)
                     .limit(100)
                 )
             ).all()
         remaining = 0
-        for row in rows:
-            try:
-                await self.publish(row.study_uid)
-            except PublishRefused as exc:
-                remaining += 1
-                await self._failed(row.study_uid, str(exc))
-                continue
-            async with self.engine.begin() as conn:
-                await conn.execute(
-                    delete(publish_queue).where(
-                        publish_queue.c.study_uid == row.study_uid, publish_queue.c.queued_at == row.queued_at
-                    )
-                )
+        published: list[dict[str, Any]] = []
+        try:
+            for row in rows:
+                try:
+                    await self.publish(row.study_uid)
+                except PublishRefused as exc:
+                    remaining += 1
+                    await self._failed(row.study_uid, str(exc))
+                    continue
+                # a study queued again meanwhile (queued_at moved on) stays queued
+                published.append({"uid": row.study_uid, "at": row.queued_at})
+        finally:
+            if published:
+                async with self.engine.begin() as conn:
+                    await conn.execute(_DEQUEUE, published)
         return remaining
 
     async def publish(self, study_uid: str) -> None:
