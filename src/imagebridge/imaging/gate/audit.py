@@ -113,7 +113,8 @@ class AuditLog:
     def __init__(self, engine: AsyncEngine, mrn_system: str, journal_dir: Path) -> None:
         self.engine = engine
         self.mrn_system = mrn_system
-        #: Set whenever a final record is committed (the EHR publisher's wakeup).
+        #: Set whenever a record becomes final and again once it is committed: the EHR publisher
+        #: waits for a quiet moment (no new record) before reading the committed ones.
         self.written = asyncio.Event()
         self.journal = Journal(journal_dir, self._commit)
 
@@ -163,6 +164,8 @@ class AuditLog:
         )
         if isinstance(response, StreamingResponse):
             self._count_stream(response, key)
+        else:
+            self.written.set()
         return response
 
     async def _commit(self, entries: Sequence[Entry], _: Origin) -> None:
@@ -210,6 +213,7 @@ class AuditLog:
 
         async def after() -> None:
             self.journal.append({"key": key, "sent": sent})
+            self.written.set()
             if previous is not None:
                 await previous()
 
