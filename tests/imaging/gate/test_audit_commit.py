@@ -1,0 +1,97 @@
+"""Journaled imaging audit records reach the ``audit`` table once each (SQLite and PostgreSQL):
+a replay inserts nothing twice, a streamed body's count lands on its record, and a record without
+a patient gets the study's patient (gate/audit.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+from tests.pg import temporary_database
+from tests.services import require_postgres
+
+from imagebridge.common import db
+from imagebridge.imaging.app import MIGRATIONS
+from imagebridge.imaging.gate.audit import AuditLog
+from imagebridge.imaging.tables import audit, studies
+
+MRN = "urn:mrn"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'imaging.db'}"
+        db.upgrade(MIGRATIONS, url)
+        yield url
+        return
+    require_postgres()
+    with temporary_database("auditcommit") as url:
+        db.upgrade(MIGRATIONS, url)
+        yield url
+
+
+def _record(key: str, patient: str | None, *, streaming: bool = False) -> dict[str, Any]:
+    return dict(
+        record_key=key,
+        at=time.time(),
+        client_id="demo-app",
+        user=None,
+        patient=patient,
+        token_id="0123456789abcdef",
+        operation="retrieve",
+        study_uid="1.2.3",
+        series_uid=None,
+        sop_uid=None,
+        outcome="allow",
+        status=200,
+        bytes_sent=0 if streaming else 10,
+        request_path="/dicom-web/studies/1.2.3",
+        detail=None,
+        streaming=streaming,
+        elapsed_ms=0.4,
+    )
+
+
+def test_records_are_committed_once_with_counts_and_patients(database_url: str, tmp_path: Path) -> None:
+    async def run() -> list[Any]:
+        engine = db.create_engine(database_url, pool_size=2)
+        log = AuditLog(engine, MRN, tmp_path / "journal")
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    insert(studies).values(
+                        study_uid="1.2.3", patient_id="MRN-7", study_json=b"{}", updated_at=0
+                    )
+                )
+            entries = [
+                _record("a" * 32, "alice"),
+                _record("b" * 32, None, streaming=True),
+                {"key": "b" * 32, "sent": 12345},
+            ]
+            for entry in entries:
+                log.journal.append(entry)
+            await log.journal.flush()
+            assert log.written.is_set()
+            await log._commit(entries, "dead")  # a replay of the same lines
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    select(
+                        audit.c.record_key, audit.c.patient, audit.c.bytes_sent, audit.c.streaming
+                    ).order_by(audit.c.id)
+                )
+                return list(rows)
+        finally:
+            await log.aclose()
+            await engine.dispose()
+
+    rows = asyncio.run(run())
+    assert [tuple(r) for r in rows] == [
+        ("a" * 32, "alice", 10, False),
+        ("b" * 32, f"{MRN}|MRN-7", 12345, False),
+    ]
