@@ -36,7 +36,8 @@ class BlobStore(Protocol):
     """Where instance bytes live. Keys are SHA-256 hex digests."""
 
     async def put_file(self, key: str, source: Path) -> None:
-        """Put the spooled file ``source`` under ``key`` (idempotent); durable after :meth:`sync`."""
+        """Put the spooled file ``source`` under ``key`` (idempotent; ``source`` is gone after a
+        success); durable after :meth:`sync`."""
 
     async def sync(self, keys: Collection[str]) -> None:
         """Make the blobs put under ``keys`` durable (ARCHITECTURE.md invariant 5)."""

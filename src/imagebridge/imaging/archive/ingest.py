@@ -190,6 +190,33 @@ async def _normalised(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield file_start(head, final=True) or b""
 
 
+class _SpoolFile:
+    """A part's spool file, created with its first bytes and closed with its last, in worker
+    threads: a part of up to :data:`SPOOL_WRITE` bytes costs one thread hop."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.digest = hashlib.sha256()
+        self.path: Path | None = None
+        self._file: IO[bytes] | None = None
+
+    def write(self, data: bytes, last: bool) -> None:
+        if self._file is None:
+            fd, name = tempfile.mkstemp(dir=self.directory, prefix="stow-", suffix=".part")
+            self.path = Path(name)
+            self._file = os.fdopen(fd, "wb")
+        self.digest.update(data)  # hashlib lets go of the GIL for large buffers
+        self._file.write(data)
+        if last:
+            self._file.close()
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 async def spool(body: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
     """Write a part body to a temporary file in ``directory``, hashing it as it goes.
 
@@ -198,36 +225,27 @@ async def spool(body: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
     File Meta Information on. The file is removed if anything goes wrong, including the client
     disconnecting (security.md FT-11); a full disk fails with :data:`OUT_OF_RESOURCES`.
     """
-    digest = hashlib.sha256()
+    file = _SpoolFile(directory)
     size = 0
-    fd, name = tempfile.mkstemp(dir=directory, prefix="stow-", suffix=".part")
-    os.close(fd)
-    path = Path(name)
-
-    def write(fh: IO[bytes], data: bytes) -> None:
-        digest.update(data)  # hashlib lets go of the GIL for large buffers
-        fh.write(data)
-
     try:
-        async with await anyio.open_file(path, "wb") as fh:
-            pending = bytearray()
-            async for chunk in _normalised(body):
-                size += len(chunk)
-                pending += chunk
-                if len(pending) >= SPOOL_WRITE:  # one worker-thread hop per SPOOL_WRITE bytes
-                    await anyio.to_thread.run_sync(write, fh.wrapped, bytes(pending))
-                    pending.clear()
-            if pending:
-                await anyio.to_thread.run_sync(write, fh.wrapped, bytes(pending))
+        pending = bytearray()
+        async for chunk in _normalised(body):
+            size += len(chunk)
+            pending += chunk
+            if len(pending) >= SPOOL_WRITE:  # one worker-thread hop per SPOOL_WRITE bytes
+                await anyio.to_thread.run_sync(file.write, bytes(pending), False)
+                pending.clear()
+        await anyio.to_thread.run_sync(file.write, bytes(pending), True)
     except OSError as exc:
-        await anyio.Path(path).unlink(missing_ok=True)
+        file.discard()
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise InstanceRejected(OUT_OF_RESOURCES, "no space left to receive the instance") from exc
         raise
     except BaseException:
-        await anyio.Path(path).unlink(missing_ok=True)
+        file.discard()
         raise
-    return SpooledInstance(path=path, size=size, sha256=digest.hexdigest())
+    assert file.path is not None  # the last write made it
+    return SpooledInstance(path=file.path, size=size, sha256=file.digest.hexdigest())
 
 
 def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:

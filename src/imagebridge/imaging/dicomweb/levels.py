@@ -6,8 +6,9 @@ documents, so a search never opens an instance file.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from imagebridge.imaging.dicomweb import dicom_json
@@ -49,11 +50,34 @@ SERIES_KEYWORDS = (
 )
 
 
-def level_json(ds: Dataset, level: Literal["study", "series"]) -> bytes:
-    """The DICOM JSON of ``ds``'s attributes at ``level``."""
-    keywords = STUDY_KEYWORDS if level == "study" else SERIES_KEYWORDS
-    subset = Dataset()
-    for keyword in keywords:
-        if keyword in ds:
-            subset[keyword] = ds[keyword]
-    return dicom_json.json_bytes(dicom_json.dataset_to_json(subset, bulkdata_uri=None))
+_KEYS = {
+    level: tuple((keyword, f"{tag_for_keyword(keyword):08X}") for keyword in keywords)
+    for level, keywords in (("study", STUDY_KEYWORDS), ("series", SERIES_KEYWORDS))
+}
+
+
+def level_json(instance: dict[str, Any], ds: Dataset, level: Literal["study", "series"]) -> bytes:
+    """The DICOM JSON of the attributes at ``level`` of an instance, taken from its DICOM JSON
+    ``instance`` (made from ``ds``). Every binary value is inline here (QIDO-RS answers have no
+    bulk data to fetch): an attribute holding a ``BulkDataURI`` there is converted again from
+    ``ds``."""
+    result: dict[str, Any] = {}
+    for keyword, key in _KEYS[level]:
+        attribute = instance.get(key)
+        if attribute is None:
+            continue
+        if _refers_to_bulk_data(attribute):
+            single = Dataset()
+            single[keyword] = ds[keyword]
+            attribute = dicom_json.dataset_to_json(single, bulkdata_uri=None)[key]
+        result[key] = attribute
+    return dicom_json.json_bytes(dict(sorted(result.items())))
+
+
+def _refers_to_bulk_data(attribute: dict[str, Any]) -> bool:
+    if "BulkDataURI" in attribute:
+        return True
+    if attribute.get("vr") != "SQ":
+        return False
+    items = attribute.get("Value", [])
+    return any(_refers_to_bulk_data(member) for item in items for member in item.values())

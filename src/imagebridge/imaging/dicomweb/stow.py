@@ -227,7 +227,7 @@ async def store_instances(ctx: ImagingContext, request: Request, url_study: str 
 
 async def _put(ctx: ImagingContext, spooled: SpooledInstance, url_study: str | None) -> Entry:
     """Judge one spooled instance and put it in the blob store (durable after the batch's sync);
-    the spool file is gone afterwards, always."""
+    the spool file is gone afterwards, always (the blob store takes it, or it is removed)."""
     try:
         entry = await anyio.to_thread.run_sync(_prepare, spooled, ctx.settings.max_inflated_bytes)
         parsed = entry.parsed
@@ -243,8 +243,9 @@ async def _put(ctx: ImagingContext, spooled: SpooledInstance, url_study: str | N
         except Exception as exc:
             raise _not_stored(exc, parsed) from exc
         return entry
-    finally:
-        await anyio.Path(spooled.path).unlink(missing_ok=True)
+    except BaseException:
+        spooled.path.unlink(missing_ok=True)  # no await: also when the request is cancelled
+        raise
 
 
 def _not_stored(exc: Exception, parsed: ParsedInstance) -> InstanceRejected:
@@ -264,11 +265,13 @@ def _prepare(spooled: SpooledInstance, max_inflated_bytes: int) -> Entry:
     parsed = parse(spooled, max_inflated_bytes)
     try:
         # Pixel Data gets its BulkDataURI (PS3.18 §F.2.7) from the element header parse() kept
-        metadata = dicom_json.json_bytes(
-            [dicom_json.instance_json(parsed.dataset, parsed.pixel_elements, _bulk_template(parsed))]
-        )
+        ds = parsed.dataset
+        instance = dicom_json.instance_json(ds, parsed.pixel_elements, _bulk_template(parsed))
         return Entry(
-            parsed, metadata, level_json(parsed.dataset, "study"), level_json(parsed.dataset, "series")
+            parsed,
+            dicom_json.json_bytes([instance]),
+            level_json(instance, ds, "study"),
+            level_json(instance, ds, "series"),
         )
     except (ValueError, TypeError, KeyError, OverflowError, UnicodeError, LookupError) as exc:
         raise InstanceRejected(
