@@ -3,12 +3,15 @@ limits table, and the study copies the ingest scenario stores. No servers and no
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pydicom
 from bench.context import alternate
 from bench.data import Instance, variant
+from bench.load import encode_post, raw_throughput
 from bench.report import limits_table, render, table, verdict
 from bench.result import Better, Result, Samples, Target, failed
 
@@ -123,3 +126,38 @@ def test_a_study_variant_has_new_uids_and_the_same_length(tmp_path: Path) -> Non
         again.SOPInstanceUID == again.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID[:-4] + "0007"
     )
     assert again.PixelData == ds.PixelData
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Keeps connections alive; answers each POST with its body, 201 when the body asks for it."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(201 if b"created" in body else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def test_raw_throughput_counts_every_answer_over_kept_alive_connections() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/auth/token"
+        requests = [
+            encode_post(url, {"n": str(n), "kind": "created" if n % 5 == 0 else "ok"}, {"X-Test": "1"})
+            for n in range(50)
+        ]
+        load = raw_throughput(url, requests, concurrency=4)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert load.requests == 46  # the first request of each connection is not timed
+    assert load.statuses == {201: 10, 200: 40}
+    assert load.rate > 0
+    assert load.server_cpu is None
