@@ -250,7 +250,10 @@ repeats, under 5 minutes) writes its JSON under `bench/results/` and its page un
   streamed and counted, never buffered. imagebridge runs as real processes (`imagebridge ehr serve`,
   `imagebridge imaging serve`); it is read through its gate with a valid token (a patient-context
   token for the CT studies, a backend token pre-authorized for a Group of every patient for QIDO and
-  the samples), Orthanc directly without authentication, as issues 5 and 6 specify.
+  the samples), Orthanc directly without authentication, as issues 5 and 6 specify. The EHR's
+  tokens/s and introspections/s, which have no peer, are driven by a minimal HTTP/1.1 client
+  (`raw_throughput` in bench/load.py: requests encoded beforehand, only status and length parsed)
+  so that the client's CPU does not cap the rate; each note gives client and server CPU.
 * **Alternation.** Each scenario runs A B A B …: one untimed warm-up pair (which also warms the
   gate's cache), then the repeats. Reported: the median, min and max over the repeats; the ratio is
   imagebridge / peer on medians. Latency samples are each the median of a batch of sequential
