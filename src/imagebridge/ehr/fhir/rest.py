@@ -36,7 +36,6 @@ from imagebridge.ehr.fhir.subjects import resolve_subject
 from imagebridge.ehr.fhir.visible import visible
 from imagebridge.ehr.policy import constraints
 from imagebridge.ehr.policy.engine import PolicyView, subject_patient
-from imagebridge.ehr.smart.memo import read_generation
 
 MAX_BODY = 8 * 1024 * 1024
 SUPPORTED_TYPES = frozenset(PARAMS)
@@ -73,7 +72,7 @@ async def versioned_caller(
     :meth:`PolicyEngine.view`)."""
     ctx: EhrContext = request.app.state.ctx
     note = request.state.audit = Note(kind)
-    generation = await read_generation(ctx.engine)  # before anything it guards is read
+    generation = await ctx.memo.generation(ctx.engine)  # before anything it guards is read
     auth = await authenticate(ctx, request, generation)
     if request.path_params.get("type") == "AuditEvent":
         await audit.trail(ctx).flush()  # the report shows every access this process has answered
