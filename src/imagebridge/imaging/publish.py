@@ -33,9 +33,17 @@ NON_ACQUISITION = frozenset({"SR", "KO", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN
 _DEQUEUE = delete(publish_queue).where(
     publish_queue.c.study_uid == bindparam("uid"), publish_queue.c.queued_at == bindparam("at")
 )
+_RELEASE = (
+    update(publish_queue)
+    .where(publish_queue.c.study_uid == bindparam("uid"), publish_queue.c.queued_at == bindparam("at"))
+    .values(queued_at=bindparam("now"))
+)
 #: Seconds without a new instance before the publisher sends a study: a study arriving over
 #: several requests is published once, complete, not again after every request.
 SETTLE = 1.0
+#: Seconds a worker holds the studies it took from the queue (their ``queued_at`` moved this far
+#: ahead): the other workers skip them meanwhile, and take them over if it dies before dequeuing.
+LEASE = 120.0
 _QUEUED = select(publish_queue.c.study_uid).where(
     publish_queue.c.study_uid.in_(bindparam("uids", expanding=True))
 )
@@ -193,32 +201,50 @@ class Publisher:
 
     async def publish_pending(self, settle: float = 0.0) -> int:
         """Publish once every study queued at least ``settle`` seconds ago; return how many of
-        them remain queued (refused by the EHR). The published ones leave the queue together."""
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(publish_queue)
-                    .where(publish_queue.c.queued_at <= time.time() - settle)
-                    .order_by(publish_queue.c.queued_at)
-                    .limit(100)
+        them remain queued (refused by the EHR). The published ones leave the queue together.
+
+        The studies are first leased (one UPDATE that moves their ``queued_at`` :data:`LEASE`
+        seconds ahead, only where it still lies behind the cut-off), so workers sharing the queue
+        never publish the same study at once: the database lets one UPDATE take a given row.
+        """
+        now = time.time()
+        cutoff, lease = now - settle, now + LEASE
+        due = select(publish_queue.c.study_uid).where(publish_queue.c.queued_at <= cutoff)
+        async with self.engine.begin() as conn:
+            taken = await conn.scalars(
+                update(publish_queue)
+                .where(
+                    publish_queue.c.study_uid.in_(due.order_by(publish_queue.c.queued_at).limit(100)),
+                    publish_queue.c.queued_at <= cutoff,
                 )
-            ).all()
+                .values(queued_at=lease)
+                .returning(publish_queue.c.study_uid)
+            )
+            uids = sorted(taken)
         remaining = 0
         published: list[dict[str, Any]] = []
+        handled: set[str] = set()
         try:
-            for row in rows:
+            for uid in uids:
                 try:
-                    await self.publish(row.study_uid)
+                    await self.publish(uid)
                 except PublishRefused as exc:
                     remaining += 1
-                    await self._failed(row.study_uid, str(exc))
+                    await self._failed(uid, str(exc))
+                    handled.add(uid)
                     continue
-                # a study queued again meanwhile (queued_at moved on) stays queued
-                published.append({"uid": row.study_uid, "at": row.queued_at})
+                handled.add(uid)
+                # a study queued again meanwhile (queued_at moved off the lease) stays queued
+                published.append({"uid": uid, "at": lease})
         finally:
-            if published:
+            # what an unavailable EHR left unpublished is due again at once, not when the lease ends
+            released = [{"uid": uid, "at": lease, "now": now} for uid in uids if uid not in handled]
+            if published or released:
                 async with self.engine.begin() as conn:
-                    await conn.execute(_DEQUEUE, published)
+                    if published:
+                        await conn.execute(_DEQUEUE, published)
+                    if released:
+                        await conn.execute(_RELEASE, released)
         return remaining
 
     async def publish(self, study_uid: str) -> None:
