@@ -43,7 +43,7 @@ from bench.servers import (
     stow_parallel,
     sync_upstream,
 )
-from tests.pg import temporary_database
+from tests.pg import analyze, temporary_database
 from tests.s3 import seaweedfs
 
 from imagebridge.apps.stack import free_port
@@ -517,8 +517,8 @@ def qido(b: Bench, small: DataSet, patient: str, scaled: Ours | None = None) -> 
 
 
 @contextmanager
-def scaled_stack(b: Bench, patients: list[PatientSpec]) -> Iterator[Ours]:
-    """imagebridge on PostgreSQL + S3 (SeaweedFS) with ``--workers 2``."""
+def scaled_stack(b: Bench, patients: list[PatientSpec]) -> Iterator[tuple[Ours, tuple[str, str]]]:
+    """imagebridge on PostgreSQL + S3 (SeaweedFS) with ``--workers 2``, and its two databases' URLs."""
     with (
         seaweedfs(b.ctx.scratch("seaweedfs")) as s3,
         temporary_database("bench_ehr") as ehr_db,
@@ -534,12 +534,12 @@ def scaled_stack(b: Bench, patients: list[PatientSpec]) -> Iterator[Ours]:
             imaging_database_url=imaging_db,
             extra_imaging_env=s3.imaging_env(bucket),
         ) as ours:
-            yield ours
+            yield ours, (ehr_db, imaging_db)
 
 
 def scale(b: Bench, small: DataSet, patients: list[PatientSpec]) -> None:
     """The WADO-RS and QIDO scenarios on PostgreSQL + S3 with 2 workers, next to SQLite + folder."""
-    with scaled_stack(b, patients) as pg:
+    with scaled_stack(b, patients) as (pg, databases):
         for data in (b.big, small):
             pg.fresh()
             seconds = stow_parallel(pg.side, data, STOW_CONNECTIONS)
@@ -554,6 +554,8 @@ def scale(b: Bench, small: DataSet, patients: list[PatientSpec]) -> None:
                 )
             )
         pg.wait_published(1 + len(small.studies))
+        for url in databases:  # as autovacuum would after a bulk load (it is off on this machine)
+            analyze(url)
         uid = b.big.studies[0]
 
         def one(side: Side) -> Callable[[], float]:

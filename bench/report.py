@@ -265,8 +265,10 @@ repeats, under 5 minutes) writes its JSON under `bench/results/` and its page un
 * **Orthanc's settings.** Orthanc {meta.get("Orthanc", "?")}: `StorageCompression` off, authentication
   off, HTTP tracing off, 50 HTTP threads (its default), its SQLite index, DICOMweb plugin defaults
   (`StudiesMetadata`/`SeriesMetadata` = `Full`). imagebridge: defaults, SQLite + a folder, one worker,
-  except the PostgreSQL + S3 (SeaweedFS) scenarios, which use `--workers 2`. Backend tokens of the
-  benchmark's EHR live 2 h (not 300 s) so a run never outlives them.
+  except the PostgreSQL + S3 (SeaweedFS) scenarios, which use `--workers 2` and whose two
+  databases are `ANALYZE`d once loaded (this machine's PostgreSQL runs with autovacuum off, which
+  would otherwise do it). Backend tokens of the benchmark's EHR live 2 h (not 300 s) so a run never
+  outlives them.
 * **Data.** A CT study of 512 x 512 slices (>= 390 instances, >= 200 MB; smaller in `--quick`), a CT
   study of 1024 x 1024 slices (>= 1 GB), 10,000 one-image studies across 1,000 patients and pydicom's
   compressed sample files, stored into both servers by STOW-RS (the ingest scenarios time it).

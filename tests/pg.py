@@ -18,6 +18,21 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+def analyze(url: str) -> None:
+    """``ANALYZE`` the database at ``url`` (what autovacuum does after bulk changes: this machine's
+    PostgreSQL runs with autovacuum off, and a planner without statistics picks slow plans)."""
+    name = url.rpartition("/")[2]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database=name)
+        try:
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 @contextmanager
 def temporary_database(label: str) -> Iterator[str]:
     """A new, empty database; yields its SQLAlchemy URL and drops it afterwards."""
