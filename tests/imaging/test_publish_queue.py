@@ -6,33 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tests.pg import temporary_database
-from tests.services import require_postgres
 
 from imagebridge.common import db
-from imagebridge.imaging.app import MIGRATIONS
 from imagebridge.imaging.gate.ehr_client import EhrUnavailable
 from imagebridge.imaging.publish import Publisher, queue_studies
 from imagebridge.imaging.tables import publish_queue
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'imaging.db'}"
-        db.upgrade(MIGRATIONS, url)
-        yield url
-        return
-    require_postgres()
-    with temporary_database("publish") as url:
-        db.upgrade(MIGRATIONS, url)
-        yield url
 
 
 class _Ehr:

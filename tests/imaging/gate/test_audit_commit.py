@@ -6,34 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import insert, select
-from tests.pg import temporary_database
-from tests.services import require_postgres
 
 from imagebridge.common import db
-from imagebridge.imaging.app import MIGRATIONS
 from imagebridge.imaging.gate.audit import AuditLog
 from imagebridge.imaging.tables import audit, studies
 
 MRN = "urn:mrn"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'imaging.db'}"
-        db.upgrade(MIGRATIONS, url)
-        yield url
-        return
-    require_postgres()
-    with temporary_database("auditcommit") as url:
-        db.upgrade(MIGRATIONS, url)
-        yield url
 
 
 def _record(key: str, patient: str | None, *, streaming: bool = False) -> dict[str, Any]:
