@@ -2,7 +2,7 @@
 # Debian packages the test suite and benchmarks use. Installed when running as root and missing;
 # otherwise the tests that need them skip with a reason (and fail under CI=true).
 set -eu
-PACKAGES="chromium dicom3tools orthanc orthanc-dicomweb"
+PACKAGES="chromium dicom3tools fuse3 libfuse2 orthanc orthanc-dicomweb"
 missing=""
 for pkg in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"

@@ -56,7 +56,7 @@ def archive_cli(stack: ArchiveStack, *args: str) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout)
 
 
-def _stow_in_background(stack: ArchiveStack, parts: list[bytes], outcome: dict[str, Any]) -> threading.Thread:
+def stow_in_background(stack: ArchiveStack, parts: list[bytes], outcome: dict[str, Any]) -> threading.Thread:
     headers = stack.headers()  # token first: the EHR stays up, only imaging dies
 
     def send() -> None:
@@ -108,7 +108,7 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(crash_stack: ArchiveStac
     for round_ in range(KILLS):
         parts = batch(round_)
         outcome: dict[str, Any] = {}
-        thread = _stow_in_background(crash_stack, parts, outcome)
+        thread = stow_in_background(crash_stack, parts, outcome)
         time.sleep(rng.uniform(0.0, span))
         assert crash_stack.stack.imaging is not None
         crash_stack.stack.imaging.kill()

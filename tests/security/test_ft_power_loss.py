@@ -1,0 +1,149 @@
+"""Simulated power loss right after STOW-RS answers (security.md FT-08) against the real processes.
+
+The imaging system's whole data folder (SQLite index, blobs, spool, audit journal) lives on
+:mod:`tests.security.unsynced_fs`, a FUSE file system that keeps only what was fsynced. Each round
+stores instances; the moment the answer arrives (or at a random moment while the request is in
+flight) the imaging process is killed and the file system "loses power": every write that was not
+made durable is gone. The restarted system must still serve every acknowledged instance
+byte-identical, and ``fsck`` must find no index row without its blob. A SIGKILL alone (the
+durability test) cannot show this: the kernel still writes back the page cache of a killed
+process, which is why FT-08 asks for lost unsynced writes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+from tests.imaging.archive.archive_stack import (
+    ArchiveStack,
+    instance,
+    part10,
+    referenced_uids,
+    sha256,
+    started,
+)
+from tests.imaging.test_durability import archive_cli, stow_in_background
+from tests.services import missing
+
+ROUNDS = 8
+INSTANCES_PER_STOW = 6
+
+
+class PowerLossVolume:
+    """The mounted :class:`UnsyncedFS` (a process of its own) and its control file."""
+
+    def __init__(self, mountpoint: Path) -> None:
+        self.mountpoint = mountpoint
+        mountpoint.mkdir(parents=True)
+        if not Path("/dev/fuse").exists():
+            missing("/dev/fuse is missing: FUSE is needed to simulate power loss (FT-08)")
+        log = mountpoint.parent / "unsynced-fs.log"
+        with log.open("wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.security.unsynced_fs", str(mountpoint)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(mountpoint):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                self.process.wait()
+                error = log.read_text(errors="replace")[-500:]
+                missing(f"cannot mount the FUSE power-loss volume (needs root and libfuse): {error}")
+            time.sleep(0.05)
+
+    def command(self, word: str) -> None:
+        (self.mountpoint / ".unsynced-fs").write_text(word)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def power_loss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArchiveStack, PowerLossVolume]]:
+    """A stack whose imaging data folder is on the power-loss volume; set up, then made durable."""
+    data_dir = tmp_path_factory.mktemp("power-loss")
+    volume = PowerLossVolume(data_dir / "imaging")
+    try:
+        for stack in started(data_dir):
+            volume.command("persist")  # the installation itself was durable before the test
+            yield stack, volume
+    finally:
+        volume.unmount()
+
+
+def test_the_volume_really_loses_unsynced_writes(power_loss: tuple[ArchiveStack, PowerLossVolume]) -> None:
+    """The control: without fsync, data and names are gone after the crash; with it, they stay."""
+    _, volume = power_loss
+    root = volume.mountpoint
+    (root / "unsynced").write_bytes(b"lost")
+    durable = os.open(root / "synced", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.write(durable, b"kept")
+    os.fsync(durable)
+    os.close(durable)
+    folder = os.open(root, os.O_RDONLY)
+    os.fsync(folder)
+    os.close(folder)
+    (root / "synced").write_bytes(b"overwritten, not synced")
+    volume.command("crash")
+    assert (root / "unsynced").read_bytes() == b""  # its name was made durable, its data never
+    assert (root / "synced").read_bytes() == b"kept"
+    for name in ("unsynced", "synced"):
+        (root / name).unlink()
+    volume.command("persist")
+
+
+@pytest.mark.slow  # 8 restarts on a file system in Python: about a minute on 2 idle cores
+def test_power_loss_after_stow_loses_nothing_acknowledged(
+    power_loss: tuple[ArchiveStack, PowerLossVolume],
+) -> None:
+    stack, volume = power_loss
+    rng = random.Random(20261206)
+    study = generate_uid()
+    acknowledged: dict[str, str] = {}  # SOP Instance UID → SHA-256 of what was sent
+    sent: dict[str, str] = {}
+    for round_ in range(ROUNDS):
+        datasets = [
+            instance(study=study, number=round_ * 100 + i, seed=round_ * 100 + i, rows=96, columns=96)
+            for i in range(INSTANCES_PER_STOW)
+        ]
+        parts = [part10(ds) for ds in datasets]
+        sent.update({str(ds.SOPInstanceUID): sha256(p) for ds, p in zip(datasets, parts, strict=True)})
+        outcome: dict[str, Any] = {}
+        thread = stow_in_background(stack, parts, outcome)
+        if round_ % 2:  # odd rounds: power fails while the request is still in flight
+            thread.join(rng.uniform(0.0, 1.0))
+        else:  # even rounds: right after the 200, as FT-08 says
+            thread.join(120)
+        assert stack.stack.imaging is not None
+        stack.stack.imaging.kill()
+        volume.command("crash")
+        thread.join(60)
+        response = outcome.get("response")
+        if response is not None and response.status_code in (200, 202):
+            acknowledged.update({uid: sent[uid] for uid in referenced_uids(response.json())})
+        elif round_ % 2 == 0:
+            raise AssertionError(f"round {round_}: the undisturbed STOW failed: {outcome}")
+        stack.stack.start_imaging()
+
+    assert acknowledged, "no STOW was acknowledged: the test proved nothing"
+    retrieved = {sha256(p) for p in stack.retrieve(study)}
+    assert set(acknowledged.values()) <= retrieved  # every acknowledged instance, byte-identical
+    assert retrieved <= set(sent.values())  # nothing else, nothing torn
+    code, report = archive_cli(stack, "fsck")
+    assert code == 0, report
+    assert report["dangling_rows"] == []

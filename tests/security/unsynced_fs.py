@@ -1,0 +1,260 @@
+"""A FUSE file system that forgets every write not made durable, to simulate power loss (FT-08).
+
+security.md FT-08 asks for LazyFS's ``lose-unfsynced-writes``: after a crash, only what was
+fsynced survives. LazyFS cannot be installed here, so this is our own model of a disk behind a
+page cache, stricter than most real file systems (POSIX fsync(2), "Rationale"):
+
+* a file's contents and size become durable when that file is fsynced (``fsync``/``fdatasync``);
+* a directory's entries (create, rename, unlink, mkdir) become durable when that directory is
+  fsynced; an entry naming a file whose data was never fsynced survives as an empty file;
+* ``crash`` (written to the control file) drops everything else: the live tree becomes the
+  durable one. ``persist`` makes everything durable, as an orderly shutdown would.
+
+The whole file system lives in memory. Run ``python -m tests.security.unsynced_fs <mountpoint>``
+(foreground; unmount to stop) and write a command to ``<mountpoint>/.unsynced-fs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import stat
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import mfusepy as fuse
+
+CONTROL = "/.unsynced-fs"
+ROOT = 1
+
+
+@dataclass
+class Node:
+    """An inode: a regular file (``data``) or a directory (``entries``: name → inode number)."""
+
+    mode: int
+    data: bytearray = field(default_factory=bytearray)
+    entries: dict[str, int] = field(default_factory=dict)
+    mtime: int = field(default_factory=time.time_ns)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    def emptied(self) -> Node:
+        """This inode as it is on disk before any of its own contents were made durable."""
+        return Node(self.mode, mtime=self.mtime)
+
+
+class UnsyncedFS(fuse.Operations):
+    """The file system's operations (libfuse high-level API); one lock serializes them."""
+
+    use_ns = True
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.live: dict[int, Node] = {ROOT: Node(stat.S_IFDIR | 0o755)}
+        self.durable: dict[int, Node] = copy.deepcopy(self.live)
+        self.next_ino = ROOT + 1
+        self.crashes = 0
+
+    # -- the model -------------------------------------------------------------------------
+
+    def _lookup(self, path: str) -> int:
+        ino = ROOT
+        for name in path.strip("/").split("/") if path != "/" else []:
+            node = self.live[ino]
+            if not node.is_dir:
+                raise fuse.FuseOSError(errno.ENOTDIR)
+            if name not in node.entries:
+                raise fuse.FuseOSError(errno.ENOENT)
+            ino = node.entries[name]
+        return ino
+
+    def _parent(self, path: str) -> tuple[Node, str]:
+        head, _, name = path.rstrip("/").rpartition("/")
+        parent = self.live[self._lookup(head or "/")]
+        if not parent.is_dir:
+            raise fuse.FuseOSError(errno.ENOTDIR)
+        return parent, name
+
+    def _new(self, path: str, mode: int) -> int:
+        parent, name = self._parent(path)
+        if name in parent.entries:
+            raise fuse.FuseOSError(errno.EEXIST)
+        ino, self.next_ino = self.next_ino, self.next_ino + 1
+        self.live[ino] = Node(mode)
+        parent.entries[name] = ino
+        parent.mtime = time.time_ns()
+        return ino
+
+    def _sync_file(self, ino: int) -> None:
+        node = self.live[ino]
+        durable = self.durable.setdefault(ino, node.emptied())
+        durable.data = bytearray(node.data)
+        durable.mode, durable.mtime = node.mode, node.mtime
+
+    def _sync_dir(self, ino: int) -> None:
+        node = self.live[ino]
+        for child in node.entries.values():
+            self.durable.setdefault(child, self.live[child].emptied())
+        durable = self.durable.setdefault(ino, node.emptied())
+        durable.entries = dict(node.entries)
+
+    def control(self, command: str) -> None:
+        """``crash``: lose what was not made durable; ``persist``: make everything durable."""
+        if command == "crash":
+            self.live = copy.deepcopy(self.durable)
+            self.crashes += 1
+        elif command == "persist":
+            self.durable = copy.deepcopy(self.live)
+        else:
+            raise fuse.FuseOSError(errno.EINVAL)
+
+    # -- libfuse operations ----------------------------------------------------------------
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        with self.mutex:
+            if path == CONTROL:
+                return {"st_mode": stat.S_IFREG | 0o600, "st_nlink": 1, "st_size": 0}
+            node = self.live[fh if fh is not None and fh in self.live else self._lookup(path)]
+            return {
+                "st_mode": node.mode,
+                "st_nlink": 2 if node.is_dir else 1,
+                "st_size": len(node.data),
+                "st_mtime": node.mtime,
+                "st_ctime": node.mtime,
+                "st_atime": node.mtime,
+                "st_blocks": (len(node.data) + 511) // 512,
+            }
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        with self.mutex:
+            return [".", "..", *self.live[self._lookup(path)].entries]
+
+    def mkdir(self, path: str, mode: int) -> int:
+        with self.mutex:
+            self._new(path, stat.S_IFDIR | mode)
+        return 0
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        with self.mutex:
+            return self._new(path, stat.S_IFREG | (mode & 0o7777))
+
+    def open(self, path: str, flags: int) -> int:
+        with self.mutex:
+            if path == CONTROL:
+                return 0
+            return self._lookup(path)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        with self.mutex:
+            return bytes(self.live[fh].data[offset : offset + size])
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        with self.mutex:
+            if path == CONTROL:
+                self.control(data.decode().strip())
+                return len(data)
+            node = self.live[fh]
+            if offset > len(node.data):
+                node.data.extend(bytes(offset - len(node.data)))
+            node.data[offset : offset + len(data)] = data
+            node.mtime = time.time_ns()
+            return len(data)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        with self.mutex:
+            if path == CONTROL:
+                return 0
+            node = self.live[fh if fh is not None and fh in self.live else self._lookup(path)]
+            del node.data[length:]
+            node.data.extend(bytes(length - len(node.data)))
+            node.mtime = time.time_ns()
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        with self.mutex:
+            self._sync_file(fh)
+        return 0
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        with self.mutex:
+            self._sync_dir(self._lookup(path))
+        return 0
+
+    def unlink(self, path: str) -> int:
+        with self.mutex:
+            parent, name = self._parent(path)
+            if name not in parent.entries:
+                raise fuse.FuseOSError(errno.ENOENT)
+            del parent.entries[name]
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        with self.mutex:
+            parent, name = self._parent(path)
+            if self.live[self._lookup(path)].entries:
+                raise fuse.FuseOSError(errno.ENOTEMPTY)
+            del parent.entries[name]
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        with self.mutex:
+            ino = self._lookup(old)
+            old_parent, old_name = self._parent(old)
+            new_parent, new_name = self._parent(new)
+            replaced = new_parent.entries.get(new_name)
+            if replaced is not None and self.live[replaced].is_dir and self.live[replaced].entries:
+                raise fuse.FuseOSError(errno.ENOTEMPTY)
+            del old_parent.entries[old_name]
+            new_parent.entries[new_name] = ino
+        return 0
+
+    def chmod(self, path: str, mode: int) -> int:
+        with self.mutex:
+            node = self.live[self._lookup(path)]
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return 0
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        with self.mutex:
+            self.live[self._lookup(path)].mtime = times[1] if times else time.time_ns()
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        blocks = 1 << 24  # 64 GiB of 4 KiB blocks: never the reason a write fails here
+        return {
+            "f_bsize": 4096,
+            "f_frsize": 4096,
+            "f_blocks": blocks,
+            "f_bfree": blocks,
+            "f_bavail": blocks,
+            "f_files": 1 << 20,
+            "f_ffree": 1 << 20,
+            "f_favail": 1 << 20,
+            "f_namemax": 255,
+        }
+
+
+def main(mountpoint: str) -> None:
+    """Mount in the foreground until unmounted; the kernel must not cache what a crash undoes."""
+    fuse.FUSE(
+        UnsyncedFS(),
+        mountpoint,
+        foreground=True,
+        nothreads=False,
+        attr_timeout=0,
+        entry_timeout=0,
+        negative_timeout=0,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
