@@ -147,3 +147,31 @@ def test_power_loss_after_stow_loses_nothing_acknowledged(
     code, report = archive_cli(stack, "fsck")
     assert code == 0, report
     assert report["dangling_rows"] == []
+
+
+def test_failed_fsync_is_never_acknowledged_nor_trusted_later(
+    power_loss: tuple[ArchiveStack, PowerLossVolume],
+) -> None:
+    """FT-09 on a real file system: while fsync fails with EIO nothing is acknowledged; once the
+    disk heals, storing the same instances again must write them anew (a second fsync of the
+    first, failed files would succeed without making anything durable) and survive power loss."""
+    stack, volume = power_loss
+    study = generate_uid()
+    datasets = [instance(study=study, number=i, seed=900 + i, rows=64, columns=64) for i in range(3)]
+    parts = [part10(ds) for ds in datasets]
+    volume.command("fail-fsync")
+    try:
+        failed = stack.stow(parts)
+    finally:
+        volume.command("heal")
+    assert referenced_uids(failed.json() if failed.content else {}) == [], failed.text
+    assert failed.status_code >= 400, failed.text
+
+    stored = stack.stow(parts)
+    assert stored.status_code == 200, stored.text
+    assert len(referenced_uids(stored.json())) == len(parts)
+    assert stack.stack.imaging is not None
+    stack.stack.imaging.kill()
+    volume.command("crash")
+    stack.stack.start_imaging()
+    assert sorted(sha256(p) for p in stack.retrieve(study)) == sorted(sha256(p) for p in parts)

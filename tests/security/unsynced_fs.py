@@ -9,6 +9,9 @@ page cache, stricter than most real file systems (POSIX fsync(2), "Rationale"):
   fsynced; an entry naming a file whose data was never fsynced survives as an empty file;
 * ``crash`` (written to the control file) drops everything else: the live tree becomes the
   durable one. ``persist`` makes everything durable, as an orderly shutdown would.
+* ``fail-fsync`` makes every fsync fail with EIO until ``heal``, the way Linux does it (FT-09,
+  "fsyncgate"): the failed writes stay readable but are no longer dirty, so fsyncing the same
+  file again succeeds without making them durable, until the file is written again.
 
 The whole file system lives in memory. Run ``python -m tests.security.unsynced_fs <mountpoint>``
 (foreground; unmount to stop) and write a command to ``<mountpoint>/.unsynced-fs``.
@@ -59,7 +62,8 @@ class UnsyncedFS(fuse.Operations):
         self.live: dict[int, Node] = {ROOT: Node(stat.S_IFDIR | 0o755)}
         self.durable: dict[int, Node] = copy.deepcopy(self.live)
         self.next_ino = ROOT + 1
-        self.crashes = 0
+        self.failing = False
+        self.forgotten: set[int] = set()  # files whose unsynced writes an fsync error dropped
 
     # -- the model -------------------------------------------------------------------------
 
@@ -92,12 +96,19 @@ class UnsyncedFS(fuse.Operations):
         return ino
 
     def _sync_file(self, ino: int) -> None:
+        if self.failing:
+            self.forgotten.add(ino)
+            raise fuse.FuseOSError(errno.EIO)
+        if ino in self.forgotten:
+            return  # the lie that FT-09 is about: success, and nothing made durable
         node = self.live[ino]
         durable = self.durable.setdefault(ino, node.emptied())
         durable.data = bytearray(node.data)
         durable.mode, durable.mtime = node.mode, node.mtime
 
     def _sync_dir(self, ino: int) -> None:
+        if self.failing:
+            raise fuse.FuseOSError(errno.EIO)
         node = self.live[ino]
         for child in node.entries.values():
             self.durable.setdefault(child, self.live[child].emptied())
@@ -105,12 +116,15 @@ class UnsyncedFS(fuse.Operations):
         durable.entries = dict(node.entries)
 
     def control(self, command: str) -> None:
-        """``crash``: lose what was not made durable; ``persist``: make everything durable."""
+        """``crash``, ``persist``, ``fail-fsync`` or ``heal`` (the module's docstring)."""
         if command == "crash":
             self.live = copy.deepcopy(self.durable)
-            self.crashes += 1
+            self.forgotten.clear()
         elif command == "persist":
             self.durable = copy.deepcopy(self.live)
+            self.forgotten.clear()
+        elif command in ("fail-fsync", "heal"):
+            self.failing = command == "fail-fsync"
         else:
             raise fuse.FuseOSError(errno.EINVAL)
 
@@ -160,6 +174,7 @@ class UnsyncedFS(fuse.Operations):
                 self.control(data.decode().strip())
                 return len(data)
             node = self.live[fh]
+            self.forgotten.discard(fh)
             if offset > len(node.data):
                 node.data.extend(bytes(offset - len(node.data)))
             node.data[offset : offset + len(data)] = data
