@@ -108,19 +108,27 @@ class Store:
             return await self._write(conn, resource, version=1, new=True)
 
     async def create_many(self, created: Sequence[Resource], *, flush: bool = True) -> None:
-        """Create several resources in one transaction (e.g. one request's AuditEvents).
+        """Create several resources in one transaction (e.g. one request's AuditEvents), their
+        documents and index rows each inserted by one statement for the whole batch.
 
         ``flush=False`` on PostgreSQL commits without waiting for the WAL flush
         (``synchronous_commit = off``, this transaction only): the commit is atomic and ordered,
         only an operating-system crash can lose the last fraction of a second of such writes.
         """
+        if not created:
+            return
+        documents: list[dict[str, Any]] = []
+        token_rows: list[dict[str, Any]] = []
+        date_rows: list[dict[str, Any]] = []
+        for resource in created:
+            stored = _versioned({**resource, "id": resource.get("id") or uuid.uuid4().hex}, 1)
+            documents.append(_document_row(stored))
+            _index_rows(stored, token_rows, date_rows)
         async with self.engine.begin() as conn:
             if not flush and conn.dialect.name == "postgresql":
                 await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-            for resource in created:
-                await self._write(
-                    conn, {**resource, "id": resource.get("id") or uuid.uuid4().hex}, version=1, new=True
-                )
+            await conn.execute(insert(resources), documents)
+            await _insert_index(conn, token_rows, date_rows)
 
     async def put(self, resource: Resource) -> tuple[Resource, bool]:
         """Create or replace ``resource`` by id; returns (stored, created)."""
@@ -158,26 +166,16 @@ class Store:
         return await self._write(conn, resource, version=version, new=False), False
 
     async def _write(self, conn: AsyncConnection, resource: Resource, *, version: int, new: bool) -> Resource:
+        resource = _versioned(resource, version)
         rtype, rid = resource["resourceType"], resource["id"]
-        meta = dict(resource.get("meta", {}))
-        meta.update(versionId=str(version), lastUpdated=now_instant())
-        resource = {**resource, "meta": meta}
-        content = orjson.dumps(resource).decode()
+        row = _document_row(resource)
         if new:
-            await conn.execute(
-                insert(resources).values(
-                    resource_type=rtype,
-                    id=rid,
-                    version=version,
-                    last_updated=meta["lastUpdated"],
-                    content=content,
-                )
-            )
+            await conn.execute(insert(resources).values(**row))
         else:
             await conn.execute(
                 update(resources)
                 .where(resources.c.resource_type == rtype, resources.c.id == rid)
-                .values(version=version, last_updated=meta["lastUpdated"], content=content)
+                .values(version=version, last_updated=row["last_updated"], content=row["content"])
             )
             await conn.execute(
                 delete(search_tokens).where(search_tokens.c.resource_type == rtype, search_tokens.c.id == rid)
@@ -185,34 +183,10 @@ class Store:
             await conn.execute(
                 delete(search_dates).where(search_dates.c.resource_type == rtype, search_dates.c.id == rid)
             )
-        token_rows: list[dict[str, str]] = []
-        date_rows: list[dict[str, str]] = []
-        for param in params_for(rtype).values():
-            for value in param.extract(resource):
-                if param.kind == "date":
-                    date_rows.append(
-                        {
-                            "resource_type": rtype,
-                            "id": rid,
-                            "param": param.name,
-                            "low": value[0],
-                            "high": value[1],
-                        }
-                    )
-                else:
-                    token_rows.append(
-                        {
-                            "resource_type": rtype,
-                            "id": rid,
-                            "param": param.name,
-                            "system": value[0],
-                            "code": value[1],
-                        }
-                    )
-        if token_rows:
-            await conn.execute(insert(search_tokens), token_rows)
-        if date_rows:
-            await conn.execute(insert(search_dates), date_rows)
+        token_rows: list[dict[str, Any]] = []
+        date_rows: list[dict[str, Any]] = []
+        _index_rows(resource, token_rows, date_rows)
+        await _insert_index(conn, token_rows, date_rows)
         return resource
 
     async def search(
@@ -297,6 +271,47 @@ class Store:
             .limit(limit)
             .offset(query.offset)
         )
+
+
+def _versioned(resource: Resource, version: int) -> Resource:
+    """``resource`` as stored: ``meta.versionId`` and ``meta.lastUpdated`` set now."""
+    meta = dict(resource.get("meta", {}))
+    meta.update(versionId=str(version), lastUpdated=now_instant())
+    return {**resource, "meta": meta}
+
+
+def _document_row(resource: Resource) -> dict[str, Any]:
+    """The ``resources`` row of a versioned resource."""
+    return {
+        "resource_type": resource["resourceType"],
+        "id": resource["id"],
+        "version": int(resource["meta"]["versionId"]),
+        "last_updated": resource["meta"]["lastUpdated"],
+        "content": orjson.dumps(resource).decode(),
+    }
+
+
+def _index_rows(
+    resource: Resource, token_rows: list[dict[str, Any]], date_rows: list[dict[str, Any]]
+) -> None:
+    """Append the search index rows of ``resource`` (FHIR R4 §3.1.1: one per indexed value)."""
+    rtype, rid = resource["resourceType"], resource["id"]
+    for param in params_for(rtype).values():
+        for value in param.extract(resource):
+            row = {"resource_type": rtype, "id": rid, "param": param.name}
+            if param.kind == "date":
+                date_rows.append({**row, "low": value[0], "high": value[1]})
+            else:
+                token_rows.append({**row, "system": value[0], "code": value[1]})
+
+
+async def _insert_index(
+    conn: AsyncConnection, token_rows: list[dict[str, Any]], date_rows: list[dict[str, Any]]
+) -> None:
+    if token_rows:
+        await conn.execute(insert(search_tokens), token_rows)
+    if date_rows:
+        await conn.execute(insert(search_dates), date_rows)
 
 
 def _where(query: Query, restrict: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
