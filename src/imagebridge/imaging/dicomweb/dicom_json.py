@@ -16,7 +16,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from typing import Any, BinaryIO
 
 import orjson
@@ -27,6 +27,7 @@ from pydicom.filereader import read_partial
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
+from pydicom.values import convert_value
 
 TagPath = tuple[int, ...]
 """Where an attribute sits: tag, then (item index, tag) per enclosing sequence level."""
@@ -50,6 +51,14 @@ _DS = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _TAG_PATH_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _TAG_PATH_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
+#: VRs whose raw bytes convert to the value pydicom's element would hold without the data set's
+#: help: not SQ (items), not UN (pydicom may look the VR up), not IS/DS (read as text below).
+_DIRECT_VRS = frozenset(
+    {"AE", "AS", "AT", "CS", "DA", "DT", "FD", "FL", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW"}
+    | {"PN", "SH", "SL", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UR", "US", "UT", "UV"}
+)
+#: (0028,xxxx) LUT Descriptors, whose first value pydicom corrects from the data set's context.
+_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 
 
 class DepthError(ValueError):
@@ -171,21 +180,50 @@ def _dataset(
     if depth > MAX_DEPTH:
         raise DepthError(f"sequences nested deeper than {MAX_DEPTH} levels")
     result: dict[str, Any] = {}
+    # what pydicom's Dataset.__getitem__ decodes text with, looked up once per data set
+    encoding = ds.original_character_set or ds._character_set
     for tag in sorted(ds.keys()):
         if tag & 0xFFFF:  # (gggg,0000) Group Length is never included (§F.2.2)
-            result[f"{tag:08X}"] = _attribute(ds, tag, (*prefix, tag), depth, uri, threshold)
+            result[f"{tag:08X}"] = _attribute(ds, tag, (*prefix, tag), depth, uri, threshold, encoding)
     return result
 
 
+def _direct(raw: RawDataElement, encoding: str | MutableSequence[str]) -> tuple[str, Any] | None:
+    """(VR, value) of a raw element converted as pydicom would, without making a DataElement
+    and storing it in the data set (most of the cost); None when pydicom needs the data set's
+    context (sequence, UN or ambiguous VR, private implicit VR, LUT descriptor) or fails."""
+    vr = raw.VR
+    if vr is None and not raw.tag.is_private:  # implicit VR: the dictionary's, when unambiguous
+        try:
+            vr = dictionary_VR(raw.tag)
+        except KeyError:
+            return None
+    if vr not in _DIRECT_VRS or raw.tag in _LUT_DESCRIPTORS or (raw.value is None and raw.length):
+        return None
+    try:
+        return vr, convert_value(vr, raw, encoding)
+    except Exception:  # pydicom raises many types; its own path then reports the failure
+        return None
+
+
 def _attribute(
-    ds: Dataset, tag: int, path: TagPath, depth: int, uri: BulkDataURIBuilder | None, threshold: int
+    ds: Dataset,
+    tag: int,
+    path: TagPath,
+    depth: int,
+    uri: BulkDataURIBuilder | None,
+    threshold: int,
+    encoding: str | MutableSequence[str],
 ) -> dict[str, Any]:
     raw = ds.get_item(tag)
-    if isinstance(raw, RawDataElement) and (raw.VR or _dictionary_vr(tag)) in ("IS", "DS"):
+    direct = _direct(raw, encoding) if isinstance(raw, RawDataElement) else None
+    if direct is not None:
+        vr, value = direct
+    elif isinstance(raw, RawDataElement) and (raw.VR or _dictionary_vr(tag)) in ("IS", "DS"):
         # Read IS/DS text ourselves: pydicom refuses invalid numbers, which must pass as strings.
         vr = raw.VR or _dictionary_vr(tag)
         text = (raw.value or b"").decode("ascii", "replace").strip(" \x00")
-        value: Any = text.split("\\") if text else None
+        value = text.split("\\") if text else None
     else:
         element = ds[tag]
         vr = element.VR if " or " not in element.VR else _resolve_vr(element, ds)
