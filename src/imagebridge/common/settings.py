@@ -48,6 +48,8 @@ class EhrSettings:
     registration_rate_limit: int = 100
     #: That window, in seconds.
     registration_rate_window: int = 3600
+    #: Most entries a FHIR ``batch`` Bundle may hold (413 beyond it).
+    batch_max_entries: int = 1000
     log_level: str = "info"
 
     @property

@@ -18,7 +18,7 @@ from imagebridge.ehr import audit
 from imagebridge.ehr.bulk import routes as bulk_routes
 from imagebridge.ehr.bulk.jobs import BulkExports
 from imagebridge.ehr.context import EhrContext
-from imagebridge.ehr.fhir import rest
+from imagebridge.ehr.fhir import batch, rest
 from imagebridge.ehr.fhir.store import Store
 from imagebridge.ehr.policy.engine import PolicyEngine
 from imagebridge.ehr.smart import discovery
@@ -94,6 +94,7 @@ def create_app(settings: EhrSettings) -> Starlette:
         Route("/auth/register/{client_id}", client_configuration_endpoint, methods=["GET", "PUT", "DELETE"]),
         *pages.routes,
         *bulk_routes.routes,  # before rest.routes: "/fhir/$export" would match "/fhir/{type}"
+        *batch.routes,
         *rest.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -77,6 +77,8 @@ READ: Final = _rest("read", "R")
 SEARCH: Final = _rest("search-type", "E")
 CREATE: Final = _rest("create", "C")
 UPDATE: Final = _rest("update", "U")
+#: A batch Bundle refused whole (each entry of one that is processed is audited as its interaction).
+BATCH: Final = _rest("batch", "E")
 EXPORT: Final = Kind((DCM, "110106", "Export"), (INTERACTION, "operation", "$export"), "R")
 TOKEN_ISSUED: Final = _auth("token-issued", "Access token issued")
 TOKEN_REFRESHED: Final = _auth("token-refreshed", "Access token refreshed")

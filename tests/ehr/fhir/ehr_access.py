@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from tests.conftest import RunningStack
 
+from imagebridge.apps.demo_data import MRN_SYSTEM
 from imagebridge.common import jose
 from imagebridge.ehr.admin import Admin
 from imagebridge.ehr.fhir.store import Query, TokenCriterion
@@ -102,6 +103,18 @@ def study(
         "subject": {"reference": f"Patient/{patient}"},
         "modality": [{"system": DCM, "code": modality}],
         "started": "2025-01-02T10:00:00Z",
+    }
+
+
+def published_study(uid: str, mrn: str, started: str = "2025-02-03") -> dict[str, Any]:
+    """An ImagingStudy as the imaging system publishes it: the patient by MRN (resolved by the EHR)."""
+    return {
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
+        "subject": {"identifier": {"system": MRN_SYSTEM, "value": mrn}},
+        "modality": [{"system": DCM, "code": "CT"}],
+        "started": started,
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import DCM, add_client, cohort, get, issue, put, unique
+from tests.ehr.fhir.ehr_access import add_client, cohort, get, issue, published_study, put, unique
 
 from imagebridge.apps.demo_data import MRN_SYSTEM, RESTRICTED
 
@@ -24,17 +24,6 @@ SCOPE = "system/ImagingStudy.cru system/Endpoint.cru"
 @pytest.fixture(scope="module")
 def publisher(running: RunningStack) -> str:
     return issue(running, add_client(running, "backend", SCOPE), SCOPE)
-
-
-def _study(uid: str, mrn: str) -> dict[str, Any]:
-    return {
-        "resourceType": "ImagingStudy",
-        "status": "available",
-        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}],
-        "subject": {"identifier": {"system": MRN_SYSTEM, "value": mrn}},
-        "modality": [{"system": DCM, "code": "CT"}],
-        "started": "2025-02-03",
-    }
 
 
 def _publish(running: RunningStack, token: str, study: dict[str, Any]) -> httpx.Response:
@@ -80,15 +69,15 @@ def test_labels_survive_republishing_and_subject_never_moves(
 ) -> None:
     a, b = people
     uid = _uid()
-    created = _publish(running, publisher, _study(uid, a))
+    created = _publish(running, publisher, published_study(uid, a))
     assert created.status_code == 201
     stored = created.json()
     assert stored["subject"]["reference"] == f"Patient/{a}"
     put(running, {**stored, "meta": {"security": [RESTRICTED]}})  # the EHR labels it
-    again = _publish(running, publisher, _study(uid, a))
+    again = _publish(running, publisher, published_study(uid, a))
     assert again.status_code == 200
     assert RESTRICTED in again.json()["meta"]["security"]
-    moved = _publish(running, publisher, _study(uid, b))
+    moved = _publish(running, publisher, published_study(uid, b))
     assert moved.status_code == 409
     assert moved.json()["resourceType"] == "OperationOutcome"
     token = issue(running, "demo-app", "patient/ImagingStudy.rs", patient=a)
@@ -101,7 +90,7 @@ def test_unreconciled_listed_and_linked_by_the_administrator(
 ) -> None:
     a, b = people
     uid, unknown = _uid(), unique("MRN-UNKNOWN")
-    assert _publish(running, publisher, _study(uid, unknown)).status_code == 201
+    assert _publish(running, publisher, published_study(uid, unknown)).status_code == 201
     listed = _cli(running, "unreconciled")
     assert listed.returncode == 0
     assert uid in listed.stdout
@@ -112,7 +101,7 @@ def test_unreconciled_listed_and_linked_by_the_administrator(
     assert _cli(running, "link", uid, f"Patient/{a}").returncode == 0
     assert get(running, "ImagingStudy", token, **query).json()["total"] == 1
     # Republishing with the still-unknown MRN keeps the administrator's link.
-    assert _publish(running, publisher, _study(uid, unknown)).status_code == 200
+    assert _publish(running, publisher, published_study(uid, unknown)).status_code == 200
     assert get(running, "ImagingStudy", token, **query).json()["total"] == 1
     assert _cli(running, "link", uid, f"Patient/{b}").returncode == 1  # never moved
 
@@ -124,7 +113,9 @@ def test_concurrent_publishes_of_one_study_create_it_once(
     workers) store one study: the match and the write are one atomic step (FHIR R4 §3.1.0.4.3)."""
     uid = _uid()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda _: _publish(running, publisher, _study(uid, people[0])), range(8)))
+        answers = list(
+            pool.map(lambda _: _publish(running, publisher, published_study(uid, people[0])), range(8))
+        )
     assert sorted(a.status_code for a in answers) == [200] * 7 + [201]
     assert len({a.json()["id"] for a in answers}) == 1
     token = issue(running, "demo-app", "patient/ImagingStudy.rs", patient=people[0])
@@ -143,8 +134,8 @@ def test_backend_bound_to_a_group_writes_only_within_it(
     put(running, cohort(group, inside))
     scope = "system/ImagingStudy.cru system/Group.cru"
     token = issue(running, add_client(running, "backend", scope, f"Group/{group}"), scope)
-    assert _publish(running, token, _study(_uid(), inside)).status_code == 201
-    refused = _publish(running, token, _study(_uid(), outside))
+    assert _publish(running, token, published_study(_uid(), inside)).status_code == 201
+    refused = _publish(running, token, published_study(_uid(), outside))
     assert refused.status_code == 403
     assert refused.json()["resourceType"] == "OperationOutcome"
     enlarged = httpx.put(

@@ -86,6 +86,8 @@ def capability_statement(ctx: EhrContext) -> dict[str, Any]:
                     ],
                 },
                 "resource": resources,
+                # POST [base] takes batch Bundles only: a transaction is refused (ehr/fhir/batch.py)
+                "interaction": [{"code": "batch"}],
                 "operation": [_bulk_operation("export")],
             }
         ],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -57,6 +57,27 @@ class Note:
     actor: audit.Actor | None = None
     disclosures: Sequence[audit.Disclosure] | audit.Later = field(default_factory=list)
     query: str | None = None
+    #: False when the request is its own record (an AuditEvent added) or its parts are audited
+    #: one by one (a batch's entries).
+    audited: bool = True
+
+
+#: Reads the resource a write sends, checked to be of the given type: the request body of a
+#: single interaction, or a batch entry's ``resource``.
+Body = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a create or update stored."""
+
+    resource: dict[str, Any]
+    created: bool
+    location: str
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.resource["meta"]["versionId"]}"'
 
 
 async def audited_caller(request: Request, kind: audit.Kind) -> tuple[EhrContext, Authenticated, Note]:
@@ -217,7 +238,8 @@ def _links(
     return links
 
 
-async def _body(request: Request, resource_type: str) -> dict[str, Any]:
+async def read_body(request: Request, resource_type: str) -> dict[str, Any]:
+    """The request body: a ``resource_type`` resource in JSON (415, 413, 400 otherwise)."""
     if request.headers.get("content-type", "").split(";")[0].strip() not in (
         "application/fhir+json",
         "application/json",
@@ -232,8 +254,13 @@ async def _body(request: Request, resource_type: str) -> dict[str, Any]:
         resource = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise FhirError(400, "structure", f"the body is not valid JSON: {exc}") from exc
+    return typed(resource, resource_type, "the body")
+
+
+def typed(resource: Any, resource_type: str, what: str) -> dict[str, Any]:
+    """``resource`` when it is a ``resource_type`` resource, else 400."""
     if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
-        raise FhirError(400, "invalid", f"the body must be a {resource_type} resource")
+        raise FhirError(400, "invalid", f"{what} must be a {resource_type} resource")
     return resource
 
 
@@ -266,20 +293,40 @@ async def create(request: Request) -> Response:
     a match is returned unchanged (200), more than one is 412, none creates (201), atomically."""
     ctx, auth, note = await audited_caller(request, audit.CREATE)
     resource_type = _resource_type(request)
+    written = await create_resource(
+        ctx,
+        auth,
+        note,
+        resource_type,
+        lambda t: read_body(request, t),
+        request.headers.get("if-none-exist"),
+    )
+    return _written_response(written)
+
+
+async def create_resource(
+    ctx: EhrContext,
+    auth: Authenticated,
+    note: Note,
+    resource_type: str,
+    body: Body,
+    condition: str | None,
+) -> Written:
+    """A create, conditional with ``condition`` (an ``If-None-Exist`` search), for ``POST [type]``
+    and a batch's POST entries: scopes, then the policy, then the atomic write."""
     scopes = _require_scope(auth, resource_type, "c")
     if resource_type == "AuditEvent":
         scopes = _audit_writer(scopes)
-        request.state.audit = None  # an added record is its own audit (a refusal is audited below)
-    resource = await resolve_subject(ctx, await _body(request, resource_type))
+        note.audited = False  # an added record is its own audit (a refusal is audited below)
+    resource = await resolve_subject(ctx, await body(resource_type))
     resource.pop("id", None)
     view = await ctx.policy.view(auth.principal)
     try:
         _may_write(view, resource, scopes)
     except FhirError:
-        request.state.audit = note
+        note.audited = True
         note.disclosures = [audit.Disclosure(subject_patient(resource), [resource_type])]
         raise
-    condition = request.headers.get("if-none-exist")
     if condition is None:
         return await _stored(ctx, note, ctx.store.put({**resource, "id": uuid.uuid4().hex}))
     parsed = parse_search(resource_type, parse_qsl(condition, keep_blank_values=True), strict=True)
@@ -319,7 +366,7 @@ def _checked(
     return resource
 
 
-async def _stored(ctx: EhrContext, note: Note, write: Awaitable[tuple[dict[str, Any], bool]]) -> Response:
+async def _stored(ctx: EhrContext, note: Note, write: Awaitable[tuple[dict[str, Any], bool]]) -> Written:
     try:
         stored, created = await write
     except ResourceConflict as exc:
@@ -334,7 +381,11 @@ async def _stored(ctx: EhrContext, note: Note, write: Awaitable[tuple[dict[str, 
         f"{ctx.settings.fhir_base}/{stored['resourceType']}/{stored['id']}"
         f"/_history/{stored['meta']['versionId']}"
     )
-    return fhir_response(stored, 201 if created else 200, {"Location": location})
+    return Written(stored, created, location)
+
+
+def _written_response(written: Written) -> Response:
+    return fhir_response(written.resource, 201 if written.created else 200, {"Location": written.location})
 
 
 async def conditional_update(request: Request) -> Response:
@@ -344,11 +395,31 @@ async def conditional_update(request: Request) -> Response:
     retry or run in parallel never create the same study twice.
     """
     ctx, auth, note = await audited_caller(request, audit.UPDATE)
-    resource_type = _not_audit(_resource_type(request))
+    written = await conditional_update_resource(
+        ctx,
+        auth,
+        note,
+        _resource_type(request),
+        lambda t: read_body(request, t),
+        request.query_params.multi_items(),
+    )
+    return _written_response(written)
+
+
+async def conditional_update_resource(
+    ctx: EhrContext,
+    auth: Authenticated,
+    note: Note,
+    resource_type: str,
+    body: Body,
+    criteria: Sequence[tuple[str, str]],
+) -> Written:
+    """``PUT [type]?[criteria]`` for the interaction and a batch's entries."""
+    _not_audit(resource_type)
     _require_scope(auth, resource_type, "u")
-    resource = await resolve_subject(ctx, await _body(request, resource_type))
+    resource = await resolve_subject(ctx, await body(resource_type))
     note.disclosures = [audit.Disclosure(subject_patient(resource), [resource_type])]
-    parsed = parse_search(resource_type, request.query_params.multi_items(), strict=True)
+    parsed = parse_search(resource_type, criteria, strict=True)
     if not parsed.query.criteria:
         raise FhirError(400, "invalid", "a conditional update needs search criteria")
     view = await ctx.policy.view(auth.principal)
@@ -365,12 +436,26 @@ async def conditional_update(request: Request) -> Response:
 async def update(request: Request) -> Response:
     """``PUT [type]/[id]`` (FHIR R4 §3.1.0.4): update, or create with the client's id."""
     ctx, auth, note = await audited_caller(request, audit.UPDATE)
-    resource_type = _not_audit(_resource_type(request))
-    resource_id = str(request.path_params["id"])
+    written = await update_resource(
+        ctx,
+        auth,
+        note,
+        _resource_type(request),
+        str(request.path_params["id"]),
+        lambda t: read_body(request, t),
+    )
+    return _written_response(written)
+
+
+async def update_resource(
+    ctx: EhrContext, auth: Authenticated, note: Note, resource_type: str, resource_id: str, body: Body
+) -> Written:
+    """``PUT [type]/[id]`` for the interaction and a batch's entries."""
+    _not_audit(resource_type)
     if not _ID.fullmatch(resource_id):
         raise FhirError(400, "invalid", "not a FHIR id ([A-Za-z0-9.-]{1,64})")
     note.disclosures = [audit.Disclosure(None, [f"{resource_type}/{resource_id}"])]
-    resource = await resolve_subject(ctx, await _body(request, resource_type))
+    resource = await resolve_subject(ctx, await body(resource_type))
     if resource.get("id") != resource_id:
         raise FhirError(400, "invalid", "the body's id must equal the id in the URL")
     existing = await ctx.store.read(resource_type, resource_id)
@@ -382,11 +467,10 @@ async def update(request: Request) -> Response:
     return await _stored(ctx, note, ctx.store.put(_checked(view, auth, resource, existing)))
 
 
-def _not_audit(resource_type: str) -> str:
+def _not_audit(resource_type: str) -> None:
     """AuditEvents are never changed through the API (security.md AU-05): 405."""
     if resource_type == "AuditEvent":
         raise FhirError(405, "not-supported", "AuditEvents cannot be changed", {"Allow": "GET, POST"})
-    return resource_type
 
 
 def _audit_writer(scopes: list[Scope]) -> list[Scope]:
@@ -410,6 +494,12 @@ async def delete(request: Request) -> Response:
     )
 
 
+def journal(ctx: EhrContext, note: Note, status: int) -> None:
+    """Queue the AuditEvents of an answered interaction (or batch entry) for writing."""
+    if note.actor is not None and note.audited:
+        audit.trail(ctx).record(note.kind, note.actor, status, note.disclosures, note.query)
+
+
 def handle_errors(endpoint: Any) -> Any:
     """Errors become OperationOutcomes; then the request's AuditEvents are queued for writing."""
 
@@ -424,10 +514,8 @@ def handle_errors(endpoint: Any) -> Any:
             log.exception("unhandled error in %s %s", request.method, request.url.path)
             response = FhirError(500, "exception", "internal error").response()
         note: Note | None = getattr(request.state, "audit", None)
-        if note is not None and note.actor is not None:
-            audit.trail(request.app.state.ctx).record(
-                note.kind, note.actor, response.status_code, note.disclosures, note.query
-            )
+        if note is not None:
+            journal(request.app.state.ctx, note, response.status_code)
         return response
 
     return wrapped

@@ -1,0 +1,288 @@
+"""``POST [base]`` with a ``batch`` Bundle (FHIR R4 §3.1.0.11) against the running EHR: entries
+processed on their own, in order, each through the single interaction's scopes, policy and audit;
+malformed Bundles refused whole with a 4xx OperationOutcome and nothing written."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from tests.conftest import RunningStack
+from tests.ehr.fhir.ehr_access import add_client, cohort, get, issue, published_study, put, unique
+
+from imagebridge.apps.demo_data import MRN_SYSTEM
+from imagebridge.common.balp import GRANT_URN
+from imagebridge.common.tokens import token_id
+
+SCOPE = "system/ImagingStudy.crus system/Endpoint.c"
+
+
+@pytest.fixture(scope="module")
+def patient(running: RunningStack) -> str:
+    """A patient of this module's own (MRN = id), so its access report holds only this module's events."""
+    pid = unique("batch")
+    put(running, {"resourceType": "Patient", "id": pid, "identifier": [{"system": MRN_SYSTEM, "value": pid}]})
+    return pid
+
+
+@pytest.fixture(scope="module")
+def writer(running: RunningStack, patient: str) -> str:
+    """A backend client registered for a Group holding ``patient`` (it reads and writes there)."""
+    group = unique("batch-cohort")
+    put(running, cohort(group, patient))
+    return issue(running, add_client(running, "backend", SCOPE, group=f"Group/{group}"), SCOPE)
+
+
+def _uid() -> str:
+    return f"2.25.{uuid.uuid4().int}"
+
+
+def _post(
+    running: RunningStack, token: str | None, body: Any, *, raw: bytes | None = None, prefer: str = ""
+) -> httpx.Response:
+    headers = {"Content-Type": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if prefer:
+        headers["Prefer"] = prefer
+    return httpx.post(
+        running.fhir_base, content=raw if raw is not None else orjson.dumps(body), headers=headers, timeout=60
+    )
+
+
+def _batch(*entries: dict[str, Any], kind: str = "batch") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def _entry(method: str, url: str, resource: dict[str, Any] | None = None, **request: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"request": {"method": method, "url": url, **request}}
+    if resource is not None:
+        entry["resource"] = resource
+    return entry
+
+
+def _by_uid(running: RunningStack, token: str, uid: str) -> list[dict[str, Any]]:
+    bundle = get(running, "ImagingStudy", token, identifier=f"urn:dicom:uid|urn:oid:{uid}").json()
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+def test_mixed_creates_and_updates_answered_in_order(
+    running: RunningStack, writer: str, patient: str
+) -> None:
+    kept, updated, conditional, twice = _uid(), _uid(), _uid(), _uid()
+    first = _post(
+        running,
+        writer,
+        _batch(
+            _entry("POST", "ImagingStudy", published_study(kept, patient)),
+            _entry(
+                "PUT",
+                f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{updated}",
+                published_study(updated, patient),
+            ),
+        ),
+    )
+    assert first.status_code == 200, first.text
+    study_id = first.json()["entry"][1]["resource"]["id"]
+    replaced = {**published_study(updated, patient, "2025-05-06"), "id": study_id}
+    answer = _post(
+        running,
+        writer,
+        _batch(
+            _entry(
+                "POST",
+                "ImagingStudy",
+                published_study(kept, patient, "1999-01-01"),
+                ifNoneExist=f"identifier=urn:dicom:uid|urn:oid:{kept}",
+            ),
+            _entry("PUT", f"{running.fhir_base}/ImagingStudy/{study_id}", replaced),
+            _entry("POST", "Endpoint", {"resourceType": "Endpoint", "status": "active"}),
+            _entry(
+                "PUT",
+                f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{conditional}",
+                published_study(conditional, patient),
+            ),
+            _entry(
+                "POST",
+                "ImagingStudy",
+                published_study(twice, patient),
+                ifNoneExist=f"identifier=urn:dicom:uid|urn:oid:{twice}",
+            ),
+            _entry(
+                "POST",
+                "ImagingStudy",
+                published_study(twice, patient),
+                ifNoneExist=f"identifier=urn:dicom:uid|urn:oid:{twice}",
+            ),
+        ),
+        prefer="return=minimal",
+    )
+    assert answer.status_code == 200, answer.text
+    bundle = answer.json()
+    assert bundle["type"] == "batch-response"
+    responses = [e["response"] for e in bundle["entry"]]
+    assert [r["status"] for r in responses] == [
+        "200 OK",  # If-None-Exist matched: unchanged
+        "200 OK",  # updated
+        "201 Created",
+        "201 Created",  # conditional update without a match creates
+        "201 Created",
+        "200 OK",  # the entry before it created the match: entries run in order
+    ]
+    assert all("resource" not in e for e in bundle["entry"])  # Prefer: return=minimal
+    assert responses[1]["location"].startswith(f"{running.fhir_base}/ImagingStudy/{study_id}/_history/")
+    assert responses[1]["etag"] == f'W/"{responses[1]["location"].rsplit("/", 1)[1]}"'
+    assert responses[2]["location"].startswith(f"{running.fhir_base}/Endpoint/")
+    assert all(r["lastModified"].endswith("Z") for r in responses)
+    assert [s["started"] for s in _by_uid(running, writer, kept)] == ["2025-02-03"]
+    assert [s["started"] for s in _by_uid(running, writer, updated)] == ["2025-05-06"]
+    assert len(_by_uid(running, writer, conditional)) == 1
+    assert len(_by_uid(running, writer, twice)) == 1
+    assert _by_uid(running, writer, twice)[0]["subject"]["reference"] == f"Patient/{patient}"
+
+
+def test_an_entry_outside_the_scopes_fails_alone_and_each_entry_is_audited(
+    running: RunningStack, patient: str
+) -> None:
+    scope = "system/ImagingStudy.c"  # no update, no Patient
+    token = issue(running, add_client(running, "backend", scope), scope)
+    created, refused = _uid(), _uid()
+    answer = _post(
+        running,
+        token,
+        _batch(
+            _entry(
+                "PUT",
+                f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{refused}",
+                published_study(refused, patient),
+            ),
+            _entry("POST", "ImagingStudy", published_study(created, patient)),
+            _entry("POST", "Patient", {"resourceType": "Patient"}),
+            _entry("POST", "ImagingStudy", {"resourceType": "Patient"}),
+            _entry("GET", "ImagingStudy"),
+            _entry("POST", "Unknown", {"resourceType": "Unknown"}),
+        ),
+    )
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == [
+        "403 Forbidden",
+        "201 Created",
+        "403 Forbidden",
+        "400 Bad Request",
+        "405 Method Not Allowed",
+        "404 Not Found",
+    ]
+    for failed in entries[:1] + entries[2:]:
+        assert failed["response"]["outcome"]["resourceType"] == "OperationOutcome"
+        assert "resource" not in failed
+    assert "do not allow 'u' on ImagingStudy" in entries[0]["response"]["outcome"]["issue"][0]["diagnostics"]
+    stored = entries[1]["resource"]
+    assert stored["subject"]["reference"] == f"Patient/{patient}"
+    assert entries[1]["fullUrl"] == f"{running.fhir_base}/ImagingStudy/{stored['id']}"
+    # the entries were audited as single writes: the create names the patient and the study
+    report = issue(
+        running, "demo-app", "patient/AuditEvent.rs", patient=patient, fhir_user=f"Patient/{patient}"
+    )
+    events = get(running, "AuditEvent", report, patient=patient, _count="1000").json()["entry"]
+    mine = [
+        e["resource"]
+        for e in events
+        if any(f"{GRANT_URN}{token_id(token)}" in a.get("policy", []) for a in e["resource"]["agent"])
+    ]
+    assert [(e["subtype"][0]["code"], e["outcome"]) for e in mine] == [("create", "0")]
+    assert {"reference": f"ImagingStudy/{stored['id']}"} in [x["what"] for x in mine[0]["entity"]]
+
+
+def test_audit_events_in_a_batch_are_their_own_record(running: RunningStack) -> None:
+    """The imaging system's publishing path: AuditEvent creates kept once per record key, and a
+    writer without ``system/AuditEvent.c`` refused entry by entry."""
+    scope = "system/AuditEvent.c"
+    token = issue(running, add_client(running, "backend", scope), scope)
+    keys = [unique("imaging") for _ in range(3)]
+
+    def event(key: str) -> dict[str, Any]:
+        return {
+            "resourceType": "AuditEvent",
+            "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110103"},
+            "recorded": "2026-01-02T03:04:05.000Z",
+            "agent": [{"who": {"identifier": {"value": "x"}}, "requestor": True}],
+            "source": {"observer": {"display": "test"}},
+            "entity": [{"what": {"identifier": {"system": "urn:imagebridge:imaging-audit", "value": key}}}],
+        }
+
+    def entries() -> list[dict[str, Any]]:
+        return [
+            _entry(
+                "POST",
+                "AuditEvent",
+                event(k),
+                ifNoneExist=f"entity:identifier=urn:imagebridge:imaging-audit|{k}",
+            )
+            for k in keys
+        ]
+
+    first = _post(running, token, _batch(*entries()), prefer="return=minimal")
+    again = _post(running, token, _batch(*entries()), prefer="return=minimal")
+    assert [e["response"]["status"] for e in first.json()["entry"]] == ["201 Created"] * 3
+    assert [e["response"]["status"] for e in again.json()["entry"]] == ["200 OK"] * 3
+    assert [e["response"]["location"] for e in first.json()["entry"]] == [
+        e["response"]["location"] for e in again.json()["entry"]
+    ]
+    other = issue(running, add_client(running, "backend", "system/*.cruds"), "system/*.cruds")
+    refused = _post(running, other, _batch(*entries()))
+    assert [e["response"]["status"] for e in refused.json()["entry"]] == ["403 Forbidden"] * 3
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[]", 400, "must be a Bundle"),
+        (orjson.dumps({"resourceType": "Patient"}), 400, "must be a Bundle"),
+        (orjson.dumps(_batch(kind="collection")), 400, "Bundle.type must be 'batch'"),
+        (orjson.dumps(_batch(kind="transaction")), 400, "only batch Bundles are supported"),
+        (orjson.dumps({"resourceType": "Bundle", "type": "batch", "entry": {}}), 400, "must be an array"),
+        (orjson.dumps(_batch({"resource": {"resourceType": "Endpoint"}})), 400, "entry[0] has no request"),
+        (orjson.dumps(_batch(_entry("POST", ""))), 400, "entry[0].request.url is missing"),
+        (orjson.dumps(_batch(_entry("FOO", "Endpoint"))), 400, "request.method must be one of"),
+        (orjson.dumps(_batch(*[_entry("POST", "Endpoint")] * 1001)), 413, "at most 1000 entries"),
+    ],
+)
+def test_malformed_bundles_are_refused_whole(
+    running: RunningStack, writer: str, patient: str, body: bytes, status: int, says: str
+) -> None:
+    """Nothing of a refused Bundle is written: a valid last entry stays unwritten."""
+    uid = _uid()
+    if body.startswith(b"{") and b'"entry":[' in body:
+        bundle = orjson.loads(body)
+        bundle["entry"].append(_entry("POST", "ImagingStudy", published_study(uid, patient)))
+        body = orjson.dumps(bundle)
+    answer = _post(running, writer, None, raw=body)
+    assert answer.status_code == status, answer.text
+    outcome = answer.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert says in outcome["issue"][0]["diagnostics"]
+    assert _by_uid(running, writer, uid) == []
+
+
+def test_batch_needs_a_token_json_and_a_bounded_body(running: RunningStack, writer: str) -> None:
+    assert _post(running, None, _batch()).status_code == 401
+    wrong_type = httpx.post(
+        running.fhir_base,
+        content=b"{}",
+        headers={"Authorization": f"Bearer {writer}", "Content-Type": "text/plain"},
+    )
+    assert wrong_type.status_code == 415
+    huge = _post(running, writer, None, raw=b" " * (8 * 1024 * 1024 + 1))
+    assert huge.status_code == 413
+    empty = _post(running, writer, _batch())
+    assert empty.json() == {"resourceType": "Bundle", "type": "batch-response", "entry": []}
+
+
+def test_capability_statement_names_batch_only(running: RunningStack) -> None:
+    rest = httpx.get(f"{running.fhir_base}/metadata").json()["rest"][0]
+    assert rest["interaction"] == [{"code": "batch"}]
