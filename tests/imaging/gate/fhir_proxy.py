@@ -16,8 +16,9 @@ from imagebridge.apps.stack import free_port
 
 class FhirProxy:
     """Between the imaging system and the EHR's FHIR API: forwards every call. It can lose the
-    EHR's answer to the next ``lose`` AuditEvent creates after the EHR committed them (what a
-    connection cut at that instant looks like to the imaging system: no answer, here a 502), and
+    EHR's answer to the next ``lose`` batch Bundles (the imaging system's AuditEvents) after the
+    EHR committed them (what a connection cut at that instant looks like to the imaging system: no
+    answer, here a 502), and
     hold ImagingStudy searches for ``search_delay`` seconds (a slow EHR)."""
 
     def __init__(self, ehr_port: int) -> None:
@@ -28,7 +29,10 @@ class FhirProxy:
         self.lose = 0
         self.lost = 0
         self.search_delay = 0.0
-        routes = [Route("/fhir/{path:path}", self._forward, methods=["GET", "POST", "PUT"])]
+        routes = [
+            Route("/fhir", self._forward, methods=["POST"]),
+            Route("/fhir/{path:path}", self._forward, methods=["GET", "POST", "PUT"]),
+        ]
         self._app = ThreadedApp(Starlette(routes=routes), self.port)
 
     def start(self) -> None:
@@ -38,7 +42,7 @@ class FhirProxy:
         self._app.stop()
 
     async def _forward(self, request: Request) -> Response:
-        path = request.path_params["path"]
+        path = request.path_params.get("path", "")
         if request.method == "GET" and path == "ImagingStudy" and self.search_delay:
             await asyncio.sleep(self.search_delay)
         headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
@@ -46,14 +50,14 @@ class FhirProxy:
             async with httpx.AsyncClient(timeout=30) as http:
                 answer = await http.request(
                     request.method,
-                    f"{self.target}/{path}",
+                    f"{self.target}/{path}" if path else self.target,
                     params=request.query_params.multi_items(),
                     content=await request.body(),
                     headers=headers,
                 )
         except httpx.HTTPError:
             return Response(b"", 502)  # the EHR is stopped
-        if request.method == "POST" and path == "AuditEvent" and answer.status_code == 201 and self.lose:
+        if request.method == "POST" and not path and answer.status_code == 200 and self.lose:
             self.lose -= 1
             self.lost += 1
             return Response(b"", 502)

@@ -8,6 +8,7 @@ they stay in the spool and arrive after it returns, none lost and none twice.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from imagebridge.common import db
 from imagebridge.common.balp import GRANT_URN
 from imagebridge.common.tokens import token_id
 from imagebridge.imaging.gate.audit import reader
-from imagebridge.imaging.gate.audit_publish import RECORD_SYSTEM
+from imagebridge.imaging.gate.audit_publish import BATCH, RECORD_SYSTEM
 from imagebridge.imaging.tables import audit
 
 
@@ -174,15 +175,42 @@ def test_two_workers_publish_a_burst_exactly_once(spool_stack: GateStack) -> Non
 def test_a_lost_answer_is_retried_without_a_second_copy(
     spool_stack: GateStack, fhir_proxy: FhirProxy
 ) -> None:
-    """The EHR committed the AuditEvent but its answer never arrived: the imaging system retries
-    with ``If-None-Exist`` on the record's identifier, and the EHR keeps the one copy."""
+    """The EHR committed a batch of AuditEvents but its answer never arrived: the imaging system
+    sends the batch again, each entry with ``ifNoneExist`` on the record's identifier, and the EHR
+    keeps one copy of each."""
     before = _last_id(spool_stack)
     token = spool_stack.patient_token("alice")
-    fhir_proxy.lose, fhir_proxy.lost = 3, 0
+    fhir_proxy.lose, fhir_proxy.lost = 2, 0
     assert [_metadata(spool_stack, token).status_code for _ in range(3)] == [200] * 3
     ids = set(_spool(spool_stack, before))
     assert len(ids) == 3
     _wait(lambda: _published(spool_stack, ids))
-    assert fhir_proxy.lost == 3, "the answers were lost after the EHR had committed"
+    assert fhir_proxy.lost == 2, "the answers were lost after the EHR had committed"
+    counts = _record_keys(spool_stack.access_report("alice"))
+    assert {key: counts[key] for key in (f"imaging/{i}" for i in ids)} == {f"imaging/{i}": 1 for i in ids}
+
+
+def _batch_posts(stack: GateStack) -> int:
+    """``POST [base]`` requests the EHR has answered, from its own access log (uvicorn)."""
+    assert stack.stack.ehr is not None
+    return stack.stack.ehr.log().count('"POST /fhir HTTP/1.1"')
+
+
+def test_records_reach_the_ehr_in_batches(spool_stack: GateStack) -> None:
+    """150 records spooled while the EHR is down reach it in ceil(150 / 100) = 2 batch Bundles,
+    counted in the EHR's access log, each record once."""
+    stack = spool_stack.stack
+    assert stack.ehr is not None
+    before, posts = _last_id(spool_stack), _batch_posts(spool_stack)
+    token = spool_stack.patient_token("alice")
+    stack.ehr.stop()
+    try:
+        assert {_metadata(spool_stack, token).status_code for _ in range(150)} == {503}
+        ids = set(_spool(spool_stack, before))
+        assert len(ids) == 150
+    finally:
+        stack.ehr = start_service("ehr", stack.ehr_env(), stack.ehr.url, stack.ehr.log_path)
+    _wait(lambda: _published(spool_stack, ids))
+    assert _batch_posts(spool_stack) - posts == math.ceil(150 / BATCH) == 2
     counts = _record_keys(spool_stack.access_report("alice"))
     assert {key: counts[key] for key in (f"imaging/{i}" for i in ids)} == {f"imaging/{i}": 1 for i in ids}

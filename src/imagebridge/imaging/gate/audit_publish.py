@@ -3,11 +3,12 @@
 The ``audit`` table is the durable spool: a record is published once it is final (a streamed
 body has finished, or was abandoned long enough ago) and marked ``published`` only after the EHR
 accepted it, so an EHR outage delays records and loses none. Each record becomes one
-``POST [base]/AuditEvent`` with this system's own Backend Services token
-(``system/AuditEvent.c``), shaped as an IHE BALP event for a DICOMweb access (DICOM PS3.15 A.5
-event codes, the DICOMweb operation as subtype). The record's id goes into the event as an
-identifier and into ``If-None-Exist`` (FHIR R4 §3.1.0.8), so an EHR that honors conditional
-create keeps one copy when a retry follows a lost response.
+AuditEvent, shaped as an IHE BALP event for a DICOMweb access (DICOM PS3.15 A.5 event codes, the
+DICOMweb operation as subtype); up to :data:`BATCH` of them go to the EHR in one ``batch``
+Bundle (``POST [base]``, FHIR R4 §3.1.0.11) with this system's own Backend Services token
+(``system/AuditEvent.c``). The record's id goes into the event as an identifier and into its
+entry's ``ifNoneExist`` (FHIR R4 §3.1.0.8), so an EHR that honors conditional create keeps one
+copy when a retry follows a lost response.
 
 Several worker processes share one database: a lease (``leases`` table) lets one publisher drain
 at a time; the others wait for it to lapse.
@@ -49,7 +50,11 @@ SETTLE_MAX = 2.0
 #: Backoff while the EHR is unavailable or refuses: from RETRY_FIRST doubling up to RETRY_MAX seconds.
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
-BATCH = 50
+#: Records per ``batch`` Bundle (one EHR request).
+BATCH = 100
+#: Seconds the EHR may take to answer one Bundle: well within the lease's renewal margin
+#: (half of LEASE_SECONDS), so another worker does not take over while it is being answered.
+BATCH_TIMEOUT = 10.0
 #: A streamed response whose end was never recorded (client gone) is published after this long.
 ABANDONED_STREAM_SECONDS = 600.0
 
@@ -127,6 +132,12 @@ def audit_event(record: AuditRecord, *, client_id: str, source: str, mrn_system:
     return event
 
 
+def _status(answer: dict[str, Any]) -> int:
+    """The HTTP code of a ``Bundle.entry.response.status`` ("201 Created"); 0 when unusable."""
+    code = str(answer.get("status", ""))[:3]
+    return int(code) if code.isdigit() else 0
+
+
 class AuditPublisher:
     """Drains unpublished audit records into the EHR, in order, while holding the lease."""
 
@@ -181,33 +192,49 @@ class AuditPublisher:
                 return
 
     async def drain(self) -> int:
-        """Publish every final, unpublished record while this process holds the lease; return how many."""
+        """Publish every final, unpublished record while this process holds the lease; return how many.
+
+        Up to :data:`BATCH` records go in one ``batch`` Bundle (FHIR R4 §3.1.0.11), each entry a
+        conditional create on the record's identifier. Records whose entry the EHR stored (or
+        already had) are marked published; a failed entry stays in the spool, and the first
+        failure is raised once the others are marked (a 4xx as :class:`PublishRefused`, anything
+        else as :class:`EhrUnavailable`), so :meth:`run` backs off and retries it.
+        """
         published = 0
         while True:
-            lease_until = await self._lease()
-            if lease_until is None:
+            if await self._lease() is None:
                 return published
             batch = await self._batch()
             if not batch:
                 return published
-            done: list[int] = []
-            try:
-                for record in batch:
-                    if time.time() > lease_until - 5:
-                        break  # renew before another worker could take over
-                    event = audit_event(
-                        record, client_id=self.ehr.client_id, source=self.source, mrn_system=self.mrn_system
-                    )
-                    key = f"entity:identifier={RECORD_SYSTEM}|{record_key(self.ehr.client_id, record)}"
-                    await self.ehr.fhir_create("AuditEvent", event, key)
-                    done.append(record.id)
-            finally:
-                # One commit for the records the EHR accepted (a crash before it re-sends them,
-                # and If-None-Exist keeps one copy each).
-                if done:
-                    async with self.engine.begin() as conn:
-                        await conn.execute(update(audit).where(audit.c.id.in_(done)).values(published=True))
-                published += len(done)
+            answers = await self.ehr.fhir_batch([self._entry(r) for r in batch], wait=BATCH_TIMEOUT)
+            done = [r.id for r, a in zip(batch, answers, strict=True) if _status(a) // 100 == 2]
+            # One commit for the records the EHR accepted (a crash before it re-sends them, and
+            # If-None-Exist keeps one copy each).
+            if done:
+                async with self.engine.begin() as conn:
+                    await conn.execute(update(audit).where(audit.c.id.in_(done)).values(published=True))
+            published += len(done)
+            failed = next((a for a in answers if _status(a) // 100 != 2), None)
+            if failed is not None:
+                status, detail = _status(failed), str(failed.get("outcome", failed))[:500]
+                if 400 <= status < 500:
+                    raise PublishRefused(status, detail)
+                raise EhrUnavailable(
+                    f"the EHR answered an audit record with {failed.get('status')!r}: {detail}"
+                )
+
+    def _entry(self, record: AuditRecord) -> dict[str, Any]:
+        """The batch entry publishing ``record``: a create unless its identifier is already there."""
+        key = record_key(self.ehr.client_id, record)
+        event = audit_event(
+            record, client_id=self.ehr.client_id, source=self.source, mrn_system=self.mrn_system
+        )
+        condition = f"entity:identifier={RECORD_SYSTEM}|{key}"
+        return {
+            "resource": event,
+            "request": {"method": "POST", "url": "AuditEvent", "ifNoneExist": condition},
+        }
 
     async def _batch(self) -> list[AuditRecord]:
         final = or_(audit.c.streaming.is_(False), audit.c.at < time.time() - ABANDONED_STREAM_SECONDS)

@@ -189,10 +189,26 @@ class EhrClient:
         """A conditional update with this system's own token (publishing)."""
         return await self._own_write("PUT", path, resource, params=params)
 
-    async def fhir_create(self, resource_type: str, resource: dict[str, Any], if_none_exist: str) -> None:
-        """A conditional create (FHIR R4 §3.1.0.8 ``If-None-Exist``) with this system's own token:
-        a retry after a lost response matches the first copy instead of adding a second."""
-        await self._own_write("POST", resource_type, resource, headers={"If-None-Exist": if_none_exist})
+    async def fhir_batch(self, entries: list[dict[str, Any]], *, wait: float) -> list[dict[str, Any]]:
+        """``POST [base]`` with a ``batch`` Bundle of ``entries`` (FHIR R4 §3.1.0.11) with this
+        system's own token, waiting up to ``wait`` s; the ``response`` of each entry, in order.
+
+        A Bundle refused whole is :class:`PublishRefused`; an answer that is not a
+        ``batch-response`` with one entry per request entry is :class:`EhrUnavailable`.
+        """
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": entries}
+        answer = await self._own_write("POST", "", bundle, headers={"Prefer": "return=minimal"}, wait=wait)
+        answers = answer.get("entry", [])
+        if (
+            answer.get("type") != "batch-response"
+            or not isinstance(answers, list)
+            or len(answers) != len(entries)
+        ):
+            raise EhrUnavailable("the EHR's batch-response does not answer each entry")
+        return [
+            a["response"] if isinstance(a, dict) and isinstance(a.get("response"), dict) else {}
+            for a in answers
+        ]
 
     async def _own_write(
         self,
@@ -202,13 +218,15 @@ class EhrClient:
         *,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        wait: float | None = None,
     ) -> dict[str, Any]:
         own = await self.own_token()
         response = await self._send(
             method,
-            f"{self.fhir_base}/{path}",
+            f"{self.fhir_base}/{path}" if path else self.fhir_base,
             params=params,
             json=resource,
+            timeout=wait if wait is not None else self.http.timeout,
             headers={
                 "Authorization": f"Bearer {own}",
                 "Content-Type": "application/fhir+json",
