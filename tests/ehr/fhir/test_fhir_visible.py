@@ -1,14 +1,18 @@
 """What one search shows one authorization (ehr/fhir/visible.py): a search by a list of identifiers
 is decided in memory, any other search by the policy's SQL; both ways give the same page, total
-and count of what labels or Consents hid."""
+and count of what labels or Consents hid, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.pg import temporary_database
+from tests.services import require_postgres
 
 from imagebridge.common.settings import EhrSettings
 from imagebridge.common.smart_scopes import parse_scopes
@@ -60,8 +64,10 @@ def _world() -> list[dict[str, Any]]:
     return docs
 
 
-def _ask(settings: EhrSettings, pages: list[tuple[int, int]]) -> list[tuple[list[str], int, int]]:
-    """Each (offset, count) page of ``identifier=<every study>`` as the backend client sees it."""
+def _ask(
+    settings: EhrSettings, pages: list[tuple[int, int]], studies: tuple[str, ...] = tuple(STUDIES)
+) -> list[tuple[list[str], int, int]]:
+    """Each (offset, count) page of ``identifier=<studies>`` as the backend client sees it."""
 
     async def run() -> list[tuple[list[str], int, int]]:
         admin = Admin(settings)
@@ -71,7 +77,7 @@ def _ask(settings: EhrSettings, pages: list[tuple[int, int]]) -> list[tuple[list
             )
             view = await PolicyEngine(admin.store).view(principal)
             scopes = view.scopes_for("ImagingStudy", ("s",))
-            uids = tuple((UID, f"urn:oid:2.25.{sid[1:]}") for sid in STUDIES)
+            uids = tuple((UID, f"urn:oid:2.25.{sid[1:]}") for sid in studies)
             answers = []
             for offset, count in pages:
                 query = Query("ImagingStudy", [TokenCriterion("identifier", uids)], count, offset)
@@ -84,21 +90,29 @@ def _ask(settings: EhrSettings, pages: list[tuple[int, int]]) -> list[tuple[list
     return asyncio.run(run())
 
 
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> EhrSettings:
-    settings = EhrSettings(data_dir=Path(tmp_path_factory.mktemp("visible")))
-    migrate(settings)
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EhrSettings]:
+    data_dir = Path(tmp_path_factory.mktemp("visible"))
+    with ExitStack() as cleanup:
+        url = ""
+        if request.param == "postgres":
+            require_postgres()
+            url = cleanup.enter_context(temporary_database("visible"))
+        settings = EhrSettings(data_dir=data_dir, database_url=url)
+        migrate(settings)
 
-    async def seed() -> None:
-        admin = Admin(settings)
-        try:
-            for doc in _world():
-                await admin.put_resource(doc)
-        finally:
-            await admin.close()
+        async def seed() -> None:
+            admin = Admin(settings)
+            try:
+                for doc in _world():
+                    await admin.put_resource(doc)
+            finally:
+                await admin.close()
 
-    asyncio.run(seed())
-    return settings
+        asyncio.run(seed())
+        yield settings
 
 
 PAGES = [(0, 50), (0, 2), (2, 2), (1, 1), (3, 5), (0, 0)]
@@ -124,3 +138,13 @@ def test_identifier_search_agrees_with_the_policy_sql(
     in_memory = _ask(settings, PAGES)
     monkeypatch.setattr(visible_module, "IDENTIFIER_MATCHES", 2)
     assert _ask(settings, PAGES) == in_memory
+
+
+def test_sql_search_counts_matches_when_the_page_is_empty(
+    settings: EhrSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQL way reads a page and its counts in one statement; a page past the end or a search
+    whose every match is hidden has no row to carry them, and still gets its exact counts."""
+    monkeypatch.setattr(visible_module, "IDENTIFIER_MATCHES", 0)
+    assert _ask(settings, [(0, 50), (1, 5)], ("s4",)) == [([], 0, 1), ([], 0, 1)]
+    assert _ask(settings, [(3, 5), (9, 1), (0, 0)]) == [([], 3, 1), ([], 3, 1), ([], 3, 1)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Select, and_, case, delete, func, insert, or_, select, text, true, update
+from sqlalchemy import Select, and_, case, delete, func, insert, literal, or_, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -206,7 +206,10 @@ class Store:
         """:meth:`search`, and how many resources match within ``reached`` (a superset of
         ``restrict``, e.g. before labels hide some) counted in the same pass (0 without it)."""
         async with self._reader() as conn:
-            if reached is None:
+            rows = (await conn.execute(self._counted_page(query, restrict, reached))).all()
+            if rows:
+                return [_load(r.content) for r in rows], int(rows[0].total), int(rows[0].within or 0)
+            if reached is None:  # an empty page (nothing matches, or past the end): count apart
                 total = await conn.scalar(
                     select(func.count()).select_from(resources).where(*_where(query, restrict))
                 )
@@ -215,8 +218,7 @@ class Store:
                 admitted = func.count(case((true() if restrict is None else restrict, 1)))
                 counts = select(admitted, func.count()).select_from(resources).where(*_where(query, reached))
                 total, within = (await conn.execute(counts)).one()
-            rows = await conn.execute(self._select(query, restrict, limit=query.count))
-            return [_load(r.content) for r in rows], int(total or 0), int(within or 0)
+            return [], int(total or 0), int(within or 0)
 
     async def find(self, query: Query) -> list[Resource]:
         """The first ``query.count`` matches of ``query``, without counting them all (for internal
@@ -254,22 +256,47 @@ class Store:
 
     def _select(self, query: Query, restrict: ColumnElement[bool] | None, *, limit: int) -> Select[Any]:
         """The page of ``query``'s matches, in its sort order (then by id, so pages are stable)."""
-        order = [
-            (resources.c.last_updated.desc() if desc else resources.c.last_updated)
-            if param == "_lastUpdated"
-            else (
-                _date_sort(query.resource_type, param).desc()
-                if desc
-                else _date_sort(query.resource_type, param)
-            )
-            for param, desc in query.sort
-        ]
         return (
             select(resources.c.content)
             .where(*_where(query, restrict))
-            .order_by(*order, resources.c.id)
+            .order_by(*_order(query))
             .limit(limit)
             .offset(query.offset)
+        )
+
+    def _counted_page(
+        self, query: Query, restrict: ColumnElement[bool] | None, reached: ColumnElement[bool] | None
+    ) -> Select[Any]:
+        """One statement for a search's page and its counts: each row of the page carries the
+        number of matches within ``restrict`` (``total``) and within ``reached`` (``within``, 0
+        without it). The counts are computed over ids alone (an index), the documents read for
+        the page's rows only; an empty page carries no counts."""
+        order = _order(query)
+        within: ColumnElement[Any] = literal(0)
+        if reached is not None:  # its own scan of resources, not correlated with the page's
+            reached_rows = select(func.count()).select_from(resources).where(*_where(query, reached))
+            within = reached_rows.correlate(None).scalar_subquery()
+        page = (
+            select(
+                resources.c.id,
+                func.count().over().label("total"),
+                func.row_number().over(order_by=order).label("position"),
+            )
+            .where(*_where(query, restrict))
+            .order_by(*order)
+            .limit(query.count)
+            .offset(query.offset)
+            .subquery()
+        )
+        document = resources.alias()
+        return (
+            select(document.c.content, page.c.total, within.label("within"))
+            .join_from(
+                page,
+                document,
+                and_(document.c.resource_type == query.resource_type, document.c.id == page.c.id),
+            )
+            .order_by(page.c.position)
         )
 
 
@@ -312,6 +339,19 @@ async def _insert_index(
         await conn.execute(insert(search_tokens), token_rows)
     if date_rows:
         await conn.execute(insert(search_dates), date_rows)
+
+
+def _order(query: Query) -> list[Any]:
+    """ORDER BY of ``query``: its ``_sort`` keys, then the id (so pages are stable)."""
+    keys = [
+        (resources.c.last_updated.desc() if desc else resources.c.last_updated)
+        if param == "_lastUpdated"
+        else (
+            _date_sort(query.resource_type, param).desc() if desc else _date_sort(query.resource_type, param)
+        )
+        for param, desc in query.sort
+    ]
+    return [*keys, resources.c.id]
 
 
 def _where(query: Query, restrict: ColumnElement[bool] | None) -> list[ColumnElement[bool]]:
