@@ -95,6 +95,10 @@ class PolicyView:
     principal: Principal
     reach: dict[str, Reach]  # scope level → patients
     nobody: dict[str, str] = field(default_factory=dict)  # scope level → why it reaches no one
+    #: :meth:`sql` answers, built once per view (a worker reuses a view between requests).
+    _sql: dict[tuple[str, tuple[Scope, ...], bool], ColumnElement[bool]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def scopes_for(self, resource_type: str, interactions: Sequence[Interaction]) -> list[Scope]:
         found: dict[Scope, None] = {}
@@ -160,6 +164,13 @@ class PolicyView:
         ``hiding=False`` leaves out what labels and Consents hide: the rows the authorization
         reaches, so that the difference counts what the policy hid (security.md AU-09).
         """
+        key = (resource_type, tuple(scopes), hiding)
+        built = self._sql.get(key)
+        if built is None:
+            built = self._sql[key] = self._build_sql(resource_type, scopes, hiding)
+        return built
+
+    def _build_sql(self, resource_type: str, scopes: Sequence[Scope], hiding: bool) -> ColumnElement[bool]:
         options: list[ColumnElement[bool]] = []
         for scope in scopes:
             try:
