@@ -170,13 +170,16 @@ def start_gate_stack(
     with_studies: bool = True,
     imaging_args: tuple[str, ...] = (),
     ehr_port: int = 0,
+    ehr_env: dict[str, str] | None = None,
     **imaging_env: str,
 ) -> Iterator[GateStack]:
     """Start, seed and finally stop a gate stack (``with_studies=False``: clients and FHIR data only;
     ``imaging_args`` go to ``imaging serve``, e.g. ``--workers 2``; ``ehr_port`` chosen in advance
-    lets a test put something between the imaging system and the EHR)."""
+    lets a test put something between the imaging system and the EHR; ``ehr_env`` are settings of
+    the EHR process, ``imaging_env`` of the imaging one)."""
     data_dir = tmp.mktemp(name)
     stack = LocalStack(data_dir, ehr_port=ehr_port)
+    stack.extra_ehr_env = dict(ehr_env or {})
     proxy = FaultProxy(f"http://127.0.0.1:{stack.ehr_port}/auth/introspect")
     stack.extra_imaging_env = {
         "IMAGEBRIDGE_IMAGING_INTROSPECTION_ENDPOINT": proxy.url,

@@ -31,6 +31,7 @@ def _ehr_settings(args: argparse.Namespace) -> EhrSettings:
         config_file=args.config,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        audit_fsync=getattr(args, "audit_fsync", None),
     )
 
 
@@ -43,6 +44,7 @@ def _imaging_settings(args: argparse.Namespace) -> ImagingSettings:
         port=getattr(args, "port", None),
         upstream_url=getattr(args, "upstream", None),
         upstream_auth=getattr(args, "upstream_auth", None),
+        audit_fsync=getattr(args, "audit_fsync", None),
     )
 
 
@@ -55,6 +57,7 @@ def _export(section: str, args: argparse.Namespace) -> None:
         ("port", "port"),
         ("upstream", "upstream_url"),
         ("upstream_auth", "upstream_auth"),
+        ("audit_fsync", "audit_fsync"),
     ):
         if getattr(args, name, None) is not None:
             os.environ[f"IMAGEBRIDGE_{section.upper()}_{setting.upper()}"] = str(getattr(args, name))
@@ -253,6 +256,11 @@ def parser() -> argparse.ArgumentParser:
         run.add_argument("--host")
         run.add_argument("--port", type=int)
         run.add_argument("--workers", type=int, default=1)
+        run.add_argument(
+            "--audit-fsync",
+            action=argparse.BooleanOptionalAction,
+            help="fdatasync the audit journal before each response (default: the audit_fsync setting)",
+        )
         run.set_defaults(func=serve_cmd)
         service.add_parser("migrate", help="bring the database to the current schema").set_defaults(
             func=migrate_cmd

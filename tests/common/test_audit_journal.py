@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +187,63 @@ def test_a_replay_the_database_refuses_keeps_the_segment_and_the_service_starts(
 
     asyncio.run(run())
     assert dead.exists()
+
+
+def test_fsync_journal_is_fdatasynced_once_per_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fsync=True``: :meth:`Journal.durable` returns only after an ``fdatasync`` of the segment
+    holding the records (and an ``fsync`` of the directory that got its name); concurrent waiters
+    share the calls; nothing is synced twice and a journal without the setting never syncs."""
+    synced: list[int] = []  # inode of each fdatasync'ed file
+    dirs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(audit_journal.os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_ino))
+    monkeypatch.setattr(
+        audit_journal.os, "fsync", lambda fd: (dirs.append(os.fstat(fd).st_ino), real_fsync(fd))
+    )
+
+    async def run() -> None:
+        plain = Journal(tmp_path / "plain", Sink().apply)
+        plain.append({"k": "p"})
+        await plain.durable()
+        assert (synced, dirs) == ([], [])
+        await plain.aclose()
+
+        journal = Journal(tmp_path / "fsync", Sink().apply, fsync=True)
+        journal.append({"k": "0"})
+        (segment,) = (tmp_path / "fsync").glob("*.journal")
+        await journal.durable()
+        assert synced == [segment.stat().st_ino]
+        assert dirs == [(tmp_path / "fsync").stat().st_ino]
+        await journal.durable()  # nothing new: no call
+        assert len(synced) == 1
+        for i in range(1, 11):
+            journal.append({"k": str(i)})
+        await asyncio.gather(*(journal.durable() for _ in range(10)))
+        assert len(synced) == 2  # ten waiters, one fdatasync
+        assert len(dirs) == 1  # no new segment: the directory is not synced again
+        await journal.aclose()
+
+    asyncio.run(run())
+
+
+def test_durable_responses_wait_for_the_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ASGI middleware holds a response's start until the journal's appends are durable."""
+    order: list[str] = []
+    monkeypatch.setattr(audit_journal.os, "fdatasync", lambda fd: order.append("fdatasync"))
+
+    async def run() -> None:
+        journal = Journal(tmp_path, Sink().apply, fsync=True)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            journal.append({"k": "r"})
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        async def send(message: dict[str, Any]) -> None:
+            order.append(message["type"])
+
+        await audit_journal.DurableResponses(app, lambda: journal)({"type": "http"}, None, send)
+        await journal.aclose()
+
+    asyncio.run(run())
+    assert order == ["fdatasync", "http.response.start", "http.response.body"]

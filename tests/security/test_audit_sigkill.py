@@ -25,9 +25,19 @@ from imagebridge.common.tokens import token_id
 ROUNDS = 8
 
 
-@pytest.fixture(scope="module")
-def kill_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateStack]:
-    yield from start_gate_stack(tmp_path_factory, "audit-sigkill")
+@pytest.fixture(scope="module", params=["write", "fsync"])
+def kill_stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[GateStack]:
+    """Both services as deployed by default, then with ``audit_fsync`` on (the journal fdatasynced
+    before each response: the same records must survive, through the same replay)."""
+    fsync = "true" if request.param == "fsync" else "false"
+    yield from start_gate_stack(
+        tmp_path_factory,
+        "audit-sigkill",
+        ehr_env={"IMAGEBRIDGE_EHR_AUDIT_FSYNC": fsync},
+        IMAGEBRIDGE_IMAGING_AUDIT_FSYNC=fsync,
+    )
 
 
 def _rows(path: Any, sql: str, *args: object) -> list[sqlite3.Row]:

@@ -4,8 +4,11 @@ An audit record is appended to this process's journal segment with one ``write(2
 ``O_APPEND`` file before the response starts (security.md AU-01: every disclosure is recorded).
 Once the call returns the bytes belong to the operating system, so a killed process (SIGKILL, OOM,
 crash) loses none; power loss can lose what the database has not committed yet, typically the
-last few milliseconds (docs/audit.md). A background task writes the journaled records into the
-database in batches and retires a segment once everything in it is committed.
+last few milliseconds (docs/audit.md). With ``fsync`` on, :class:`DurableResponses` also holds
+each response until an ``fdatasync`` covering its records has returned (one call serving every
+record appended meanwhile: group commit), so power loss loses none either. A background task
+writes the journaled records into the database in batches and retires a segment once everything
+in it is committed.
 
 Each segment is locked (``flock``) by the process writing it, so any process sharing the
 directory tells a live segment from a dead process's: :meth:`Journal.recover` replays and
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,8 @@ class _Segment:
     size: int = 0
     #: Entries appended here and not yet committed.
     outstanding: int = 0
+    #: Bytes of it known to be on stable storage (``fsync`` journals).
+    synced: int = 0
 
 
 class Journal:
@@ -102,11 +108,15 @@ class Journal:
         *,
         segment_bytes: int = SEGMENT_BYTES,
         commit_delay: float = COMMIT_DELAY,
+        fsync: bool = False,
     ) -> None:
         self.directory = directory
         self.apply = apply
         self.segment_bytes = segment_bytes
         self.commit_delay = commit_delay
+        #: Make appends durable (:meth:`durable`) before responses; off: a killed process loses
+        #: nothing, power loss the uncommitted tail (docs/audit.md).
+        self.fsync = fsync
         self._segments: list[_Segment] = []
         #: Entries appended and not yet committed, each with the segment holding it.
         self._pending: list[tuple[Entry, _Segment]] = []
@@ -117,6 +127,11 @@ class Journal:
         self._hurry = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        #: Appends known to be on stable storage, and the fdatasync under way.
+        self._synced = 0
+        self._syncing: asyncio.Task[None] | None = None
+        #: A segment was created (renamed into the directory) since the last sync.
+        self._new_entries = False
 
     def append(self, entry: Entry) -> None:
         """Journal ``entry`` (one ``write``); the writer task commits it soon after."""
@@ -131,6 +146,31 @@ class Journal:
         self._appended += 1
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def durable(self) -> None:
+        """Wait until everything appended so far is on stable storage (``fsync`` journals; at
+        once otherwise). Concurrent waiters share one ``fdatasync`` per segment, run off the event
+        loop; appends made while one is under way wait for the next."""
+        target = self._appended
+        while self.fsync and self._synced < target:
+            if self._syncing is None or self._syncing.done():
+                self._syncing = asyncio.get_running_loop().create_task(self._sync())
+            await asyncio.shield(self._syncing)
+
+    async def _sync(self) -> None:
+        upto = self._appended
+        sizes = [(segment, segment.size) for segment in self._segments if segment.synced < segment.size]
+        # duplicates: a segment retired meanwhile closes its own descriptor, never this one
+        fds = [os.dup(segment.fd) for segment, _ in sizes]
+        directory, self._new_entries = self._new_entries, False
+        try:
+            await asyncio.to_thread(_sync_files, fds, self.directory if directory else None)
+        except BaseException:
+            self._new_entries = self._new_entries or directory
+            raise
+        for segment, size in sizes:
+            segment.synced = max(segment.synced, size)
+        self._synced = max(self._synced, upto)
 
     async def start(self) -> None:
         """Replay dead processes' segments now, then every :data:`RECOVER_SECONDS`.
@@ -196,6 +236,7 @@ class Journal:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = self.directory / f"{name}{SUFFIX}"
         os.rename(hidden, path)
+        self._new_entries = True
         segment = _Segment(path, fd)
         self._segments.append(segment)
         return segment
@@ -275,6 +316,43 @@ class Journal:
             finally:
                 os.close(fd)
         return retired
+
+
+def _sync_files(fds: Sequence[int], directory: Path | None) -> None:
+    """``fdatasync`` each of ``fds`` (closing them), then ``fsync`` ``directory`` (new names in it)."""
+    try:
+        for fd in fds:
+            os.fdatasync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if directory is not None:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class DurableResponses:
+    """ASGI middleware: no HTTP response starts before the audit journal's appends so far are on
+    stable storage (:meth:`Journal.durable`). ``journal`` gives the process's journal."""
+
+    def __init__(self, app: ASGIApp, journal: Callable[[], Journal]) -> None:
+        self.app = app
+        self.journal = journal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_durably(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await self.journal().durable()
+            await send(message)
+
+        await self.app(scope, receive, send_durably)
 
 
 def _read_all(fd: int) -> bytes:

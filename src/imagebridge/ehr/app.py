@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from imagebridge.common import db, http
 from imagebridge.common import settings as settings_mod
+from imagebridge.common.audit_journal import DurableResponses
 from imagebridge.common.settings import EhrSettings
 from imagebridge.ehr import audit
 from imagebridge.ehr.bulk import routes as bulk_routes
@@ -98,6 +99,8 @@ def create_app(settings: EhrSettings) -> Starlette:
         *rest.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    if settings.audit_fsync:
+        app.add_middleware(DurableResponses, journal=lambda: audit.trail(ctx).journal)
     app.state.ctx = ctx
     app.state.bulk = bulk
     return app

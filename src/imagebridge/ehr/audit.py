@@ -194,10 +194,10 @@ class AuditTrail:
     A failure is retried, never dropped.
     """
 
-    def __init__(self, store: Store, source: str, journal_dir: Path) -> None:
+    def __init__(self, store: Store, source: str, journal_dir: Path, *, fsync: bool = False) -> None:
         self.store = store
         self.source = source
-        self.journal = Journal(journal_dir, self._commit)
+        self.journal = Journal(journal_dir, self._commit, fsync=fsync)
         #: Requests whose disclosures are being completed, by their stand-in's id.
         self._completing: dict[str, asyncio.Task[None]] = {}
 
@@ -281,11 +281,16 @@ class AuditTrail:
         await self._create(events)
 
     async def _create(self, events: list[dict[str, Any]]) -> None:
-        """Create ``events`` in one transaction, skipping those already there (a replay)."""
+        """Create ``events`` in one transaction, skipping those already there (a replay).
+
+        The commit waits for PostgreSQL's WAL flush only for an fsync journal: its segments may be
+        retired once committed, and must not take the power-loss promise with them.
+        """
         if not events:
             return
+        flush = self.journal.fsync
         try:
-            await self.store.create_many(events, flush=False)
+            await self.store.create_many(events, flush=flush)
         except IntegrityError:
             async with self.store.engine.connect() as conn:
                 found = await conn.execute(
@@ -295,7 +300,7 @@ class AuditTrail:
                     )
                 )
                 there = set(found.scalars())
-            await self.store.create_many([e for e in events if e["id"] not in there], flush=False)
+            await self.store.create_many([e for e in events if e["id"] not in there], flush=flush)
 
 
 _TRAILS: WeakKeyDictionary[Store, AuditTrail] = WeakKeyDictionary()
@@ -306,7 +311,10 @@ def trail(ctx: EhrContext) -> AuditTrail:
     found = _TRAILS.get(ctx.store)
     if found is None:
         found = _TRAILS[ctx.store] = AuditTrail(
-            ctx.store, ctx.settings.fhir_base, ctx.settings.data_dir / JOURNAL_DIR
+            ctx.store,
+            ctx.settings.fhir_base,
+            ctx.settings.data_dir / JOURNAL_DIR,
+            fsync=ctx.settings.audit_fsync,
         )
     return found
 

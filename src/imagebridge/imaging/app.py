@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from imagebridge.common import db, http, jose, log_redaction
 from imagebridge.common import settings as settings_mod
+from imagebridge.common.audit_journal import DurableResponses
 from imagebridge.common.settings import ImagingSettings
 from imagebridge.imaging.archive.blobs import open_blob_store
 from imagebridge.imaging.archive.index import Index
@@ -83,7 +84,9 @@ def build_context(settings: ImagingSettings) -> ImagingContext:
             settings.mrn_system,
         ),
         http=client,
-        audit=AuditLog(engine, settings.mrn_system, settings.data_dir / JOURNAL_DIR),
+        audit=AuditLog(
+            engine, settings.mrn_system, settings.data_dir / JOURNAL_DIR, fsync=settings.audit_fsync
+        ),
         upstream=upstream,
     )
 
@@ -135,7 +138,14 @@ def create_app(settings: ImagingSettings) -> Starlette:
 
     app = Starlette(
         routes=[Route("/healthz", health), *(proxy.routes if ctx.upstream else dicomweb_routes.routes)],
-        middleware=[Middleware(DicomwebCors, allowed_origins=settings.cors_allowed_origins)],
+        middleware=[
+            Middleware(DicomwebCors, allowed_origins=settings.cors_allowed_origins),
+            *(
+                [Middleware(DurableResponses, journal=lambda: ctx.audit.journal)]
+                if settings.audit_fsync
+                else []
+            ),
+        ],
         lifespan=lifespan,
     )
     app.state.ctx = ctx

@@ -110,13 +110,15 @@ def presented_token_id(request: Request) -> str | None:
 class AuditLog:
     """Writes and reads the imaging system's audit trail."""
 
-    def __init__(self, engine: AsyncEngine, mrn_system: str, journal_dir: Path) -> None:
+    def __init__(
+        self, engine: AsyncEngine, mrn_system: str, journal_dir: Path, *, fsync: bool = False
+    ) -> None:
         self.engine = engine
         self.mrn_system = mrn_system
         #: Set whenever a record becomes final and again once it is committed: the EHR publisher
         #: waits for a quiet moment (no new record) before reading the committed ones.
         self.written = asyncio.Event()
-        self.journal = Journal(journal_dir, self._commit)
+        self.journal = Journal(journal_dir, self._commit, fsync=fsync)
 
     async def start(self) -> None:
         """Commit what ended processes journaled and never committed (at startup, then periodically)."""
