@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,31 @@ def test_token_lookups_are_kept_until_the_credentials_counter_moves() -> None:
         assert load.calls == 4
 
     asyncio.run(run())
+
+
+def test_included_resources_are_kept_until_the_resources_counter_moves() -> None:
+    """An Endpoint a search page includes is read once while no resource changes; a write of any
+    resource (the counter moves) reads it again; a reference to nothing is never remembered."""
+    memo, reads = Memo(), []
+    endpoint = {"resourceType": "Endpoint", "id": "wado"}
+
+    async def load(refs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        reads.append(list(refs))
+        return [endpoint] if ("Endpoint", "wado") in refs else []
+
+    async def run() -> None:
+        refs = [("Endpoint", "gone"), ("Endpoint", "wado")]
+        for at in (3, 3, 4, 4, None):
+            assert await memo.included(at, refs, load) == [endpoint]
+
+    asyncio.run(run())
+    assert reads == [
+        [("Endpoint", "gone"), ("Endpoint", "wado")],
+        [("Endpoint", "gone")],
+        [("Endpoint", "gone"), ("Endpoint", "wado")],
+        [("Endpoint", "gone")],
+        [("Endpoint", "gone"), ("Endpoint", "wado")],
+    ]
 
 
 def test_an_answer_read_under_an_older_counter_is_not_filed() -> None:

@@ -171,7 +171,7 @@ async def search(request: Request) -> Response:
         # where labels or Consents can hide matches, the search counts them too (audit, AU-09)
         rules = audit.hiding(view, scopes, [parsed.patient] if parsed.patient else view.patients(scopes))
         found = await visible(store, view, scopes, parsed.query, count_hidden=bool(rules))
-        included = await _included(store, ctx.settings.fhir_base, parsed.includes, found.page)
+        included = await _included(ctx, store, data_version, parsed.includes, found.page)
 
     async def disclosures() -> list[audit.Disclosure]:
         """After the response: what was shown, and hidden, per patient."""
@@ -198,9 +198,14 @@ async def search(request: Request) -> Response:
 
 
 async def _included(
-    store: Store, fhir_base: str, includes: list[str], matches: list[dict[str, Any]]
+    ctx: EhrContext,
+    store: Store,
+    data_version: int | None,
+    includes: list[str],
+    matches: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """``_include=ImagingStudy:endpoint``: the referenced Endpoints on the same page (FHIR R4 §3.1.1.5.4)."""
+    """``_include=ImagingStudy:endpoint``: the referenced Endpoints on the same page (FHIR R4 §3.1.1.5.4),
+    remembered by the worker while ``data_version`` stands still (every study names the same few)."""
     refs: dict[tuple[str, str], None] = {}
     for include in includes:
         source, _, param = include.partition(":")
@@ -211,10 +216,10 @@ async def _included(
                 kind, _, rid = str(ref.get("reference", "")).partition("/")
                 if kind == "Endpoint" and rid:
                     refs[(kind, rid)] = None
-    found = await store.read_many(list(refs))
+    found = await ctx.memo.included(data_version, list(refs), store.read_many)
     return [
         {
-            "fullUrl": f"{fhir_base}/Endpoint/{e['id']}",
+            "fullUrl": f"{ctx.settings.fhir_base}/Endpoint/{e['id']}",
             "resource": e,
             "search": {"mode": "include"},
         }

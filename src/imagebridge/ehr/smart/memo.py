@@ -10,7 +10,8 @@ change: migration 0003) once per introspection:
   user disabled) or of a client registration: every remembered token lookup is dropped, so a token
   revoked through any worker or the admin CLI is inactive at the next introspection everywhere;
 * ``resources`` moves with any write of a FHIR resource other than an AuditEvent (studies, labels,
-  Consent, RelatedPerson, Patient, Group…): every remembered imaging grant is dropped.
+  Consent, RelatedPerson, Patient, Group…): every remembered imaging grant is dropped, and so is
+  every remembered included resource (the Endpoint each ImagingStudy of a search page names).
 
 Requests arriving while a read of the counters is under way share the next read (never the one
 under way, which may predate a change committed before they arrived).
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
@@ -105,6 +106,7 @@ class Memo:
         self._read_counters = read
         self._tokens: _Table[str, Found] = _Table()
         self._grants: _Table[Principal, tuple[float, dict[str, Any]]] = _Table()
+        self._included: _Table[tuple[str, str], dict[str, Any]] = _Table()
         #: Grants being computed, by counter value and principal: asked again meanwhile, awaited.
         self._computing: dict[tuple[int, Principal], asyncio.Task[dict[str, Any]]] = {}
         #: The next read of the counters, shared by every request that arrives before it starts.
@@ -146,6 +148,29 @@ class Memo:
             if found is not None:
                 self._tokens.put(generation.credentials, key, found)
         return found
+
+    async def included(
+        self,
+        resources: int | None,
+        refs: Sequence[tuple[str, str]],
+        load: Callable[[Sequence[tuple[str, str]]], Awaitable[list[dict[str, Any]]]],
+    ) -> list[dict[str, Any]]:
+        """The resources ``refs`` names (type, id) that exist, as ``load`` reads them, in ``refs``'
+        order (shared: callers must not change them).
+
+        ``resources`` is the resources counter read before this call (None: nothing remembered);
+        a resource is remembered under it, so a later write of any resource drops it.
+        """
+        if resources is None:
+            return await load(refs)
+        found = {ref: kept for ref in refs if (kept := self._included.get(resources, ref)) is not None}
+        missing = [ref for ref in refs if ref not in found]
+        if missing:
+            for resource in await load(missing):
+                ref = (str(resource["resourceType"]), str(resource["id"]))
+                self._included.put(resources, ref, resource)
+                found[ref] = resource
+        return [found[ref] for ref in refs if ref in found]
 
     async def imaging_grant(
         self,
