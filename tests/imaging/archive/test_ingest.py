@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pydicom
 import pytest
 from tests.imaging.archive.archive_stack import instance
 
-from imagebridge.imaging.archive.ingest import OUT_OF_RESOURCES, InstanceRejected, spool
+from imagebridge.imaging.archive.ingest import OUT_OF_RESOURCES, InstanceRejected, SpooledInstance, spool
 
 
 async def _chunks(data: bytes, size: int, fail: OSError | None = None) -> AsyncIterator[bytes]:
@@ -23,10 +24,15 @@ async def _chunks(data: bytes, size: int, fail: OSError | None = None) -> AsyncI
         raise fail
 
 
+def _spool(chunks: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
+    """Spool, then write the last bytes as the worker thread judging the instance does."""
+    return anyio.run(spool, chunks, directory).finish()
+
+
 @pytest.mark.parametrize("size", [1, 7, 128, 129, 4096])
 def test_preamble_is_zeroed_whatever_the_chunking(tmp_path: Path, size: int) -> None:
     data = b"MZ" + bytes(range(126)) + b"DICM" + b"rest of the file" * 10
-    spooled = anyio.run(spool, _chunks(data, size), tmp_path)
+    spooled = _spool(_chunks(data, size), tmp_path)
     stored = spooled.path.read_bytes()
     assert stored == bytes(128) + data[128:]
     assert (spooled.size, spooled.sha256) == (len(data), hashlib.sha256(stored).hexdigest())
@@ -36,6 +42,27 @@ def test_disk_full_is_out_of_resources_and_leaves_nothing(tmp_path: Path) -> Non
     full = OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(InstanceRejected) as rejected:
         anyio.run(spool, _chunks(b"x" * 1000, 100, full), tmp_path)
+    assert rejected.value.reason == OUT_OF_RESOURCES
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_at_the_last_write_is_out_of_resources_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last bytes are written in the worker thread that judges the instance (Spool.finish)."""
+
+    class Full(io.BytesIO):
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_file(fd: int, mode: str) -> Full:
+        os.close(fd)
+        return Full()
+
+    pending = anyio.run(spool, _chunks(b"x" * 1000, 100), tmp_path)
+    monkeypatch.setattr(os, "fdopen", full_file)
+    with pytest.raises(InstanceRejected) as rejected:
+        pending.finish()
     assert rejected.value.reason == OUT_OF_RESOURCES
     assert list(tmp_path.iterdir()) == []
 
@@ -56,14 +83,14 @@ def _meta_first() -> bytes:
 @pytest.mark.parametrize("size", [1, 5, 131, 132, 133, 65536])
 def test_a_part_without_preamble_is_completed_whatever_the_chunking(tmp_path: Path, size: int) -> None:
     data = _meta_first()
-    whole = anyio.run(spool, _chunks(data, len(data)), tmp_path).path.read_bytes()
+    whole = _spool(_chunks(data, len(data)), tmp_path).path.read_bytes()
     assert whole.startswith(bytes(128) + b"DICM\x02\x00\x00\x00UL")  # Group Length added first
-    spooled = anyio.run(spool, _chunks(data, size), tmp_path)
+    spooled = _spool(_chunks(data, size), tmp_path)
     assert spooled.path.read_bytes() == whole
     assert (spooled.size, spooled.sha256) == (len(whole), hashlib.sha256(whole).hexdigest())
 
 
 @pytest.mark.parametrize("data", [b"", b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00ZZ" + b"x" * 200, b"short"])
 def test_short_or_broken_starts_are_kept_for_the_guard_to_refuse(tmp_path: Path, data: bytes) -> None:
-    stored = anyio.run(spool, _chunks(data, 3), tmp_path).path.read_bytes()
+    stored = _spool(_chunks(data, 3), tmp_path).path.read_bytes()
     assert stored == bytes(min(128, len(data))) + data[128:]

@@ -69,11 +69,12 @@ class LocalBlobStore:
         return self.root / key[:2] / key[2:4] / key
 
     async def put_file(self, key: str, source: Path) -> None:
-        await anyio.to_thread.run_sync(self._put_sync, key, source)
+        await anyio.to_thread.run_sync(self.put_now, key, source)
 
-    def _put_sync(self, key: str, source: Path) -> None:
-        """Give ``source`` the blob's name; the file is fsynced before it has that name, so a
-        blob under its name always holds all its bytes. The new entry needs :meth:`sync`."""
+    def put_now(self, key: str, source: Path) -> None:
+        """:meth:`put_file` in the calling (worker) thread: give ``source`` the blob's name; the
+        file is fsynced before it has that name, so a blob under its name always holds all its
+        bytes. The new entry needs :meth:`sync`."""
         target = self.path(key)
         if target.exists():
             source.unlink(missing_ok=True)

@@ -190,25 +190,44 @@ async def _normalised(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield file_start(head, final=True) or b""
 
 
-class _SpoolFile:
-    """A part's spool file, created with its first bytes and closed with its last, in worker
-    threads: a part of up to :data:`SPOOL_WRITE` bytes costs one thread hop."""
+class Spool:
+    """A part being spooled: its file (created with its first written bytes), the SHA-256 and size
+    so far, and the bytes not written yet. :meth:`finish` writes those and closes the file, in the
+    worker thread that then judges the instance: a part of up to :data:`SPOOL_WRITE` bytes costs
+    that one thread hop, and at most :data:`SPOOL_WRITE` bytes wait in memory per part."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.digest = hashlib.sha256()
+        self.size = 0
+        self.pending = bytearray()
         self.path: Path | None = None
         self._file: IO[bytes] | None = None
 
-    def write(self, data: bytes, last: bool) -> None:
+    def write(self, data: bytes) -> None:
         if self._file is None:
             fd, name = tempfile.mkstemp(dir=self.directory, prefix="stow-", suffix=".part")
             self.path = Path(name)
             self._file = os.fdopen(fd, "wb")
         self.digest.update(data)  # hashlib lets go of the GIL for large buffers
         self._file.write(data)
-        if last:
+
+    def finish(self) -> SpooledInstance:
+        """Write the pending bytes and close the file (in a worker thread); the file is removed
+        if that fails, and a full disk fails with :data:`OUT_OF_RESOURCES`."""
+        try:
+            self.write(bytes(self.pending))
+            assert self._file is not None  # the write made it
+            assert self.path is not None
             self._file.close()
+        except OSError as exc:
+            self.discard()
+            _refuse_if_full(exc)
+            raise
+        except BaseException:
+            self.discard()
+            raise
+        return SpooledInstance(path=self.path, size=self.size, sha256=self.digest.hexdigest())
 
     def discard(self) -> None:
         if self._file is not None:
@@ -217,35 +236,38 @@ class _SpoolFile:
             self.path.unlink(missing_ok=True)
 
 
-async def spool(body: AsyncIterator[bytes], directory: Path) -> SpooledInstance:
-    """Write a part body to a temporary file in ``directory``, hashing it as it goes.
+def _refuse_if_full(exc: OSError) -> None:
+    """A full disk refuses the instance with :data:`OUT_OF_RESOURCES`."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        raise InstanceRejected(OUT_OF_RESOURCES, "no space left to receive the instance") from exc
+
+
+async def spool(body: AsyncIterator[bytes], directory: Path) -> Spool:
+    """Read a part body into a :class:`Spool` in ``directory``, hashing it as it goes; whole
+    :data:`SPOOL_WRITE` pieces are written in worker threads, the rest by :meth:`Spool.finish`.
 
     The start of the file is normalised by :func:`file_start` (zeroed preamble; a preamble-less
     part completed into PS3.10): the stored file, and its SHA-256, are the original bytes from the
     File Meta Information on. The file is removed if anything goes wrong, including the client
     disconnecting (security.md FT-11); a full disk fails with :data:`OUT_OF_RESOURCES`.
     """
-    file = _SpoolFile(directory)
-    size = 0
+    file = Spool(directory)
     try:
-        pending = bytearray()
         async for chunk in _normalised(body):
-            size += len(chunk)
-            pending += chunk
-            if len(pending) >= SPOOL_WRITE:  # one worker-thread hop per SPOOL_WRITE bytes
-                await anyio.to_thread.run_sync(file.write, bytes(pending), False)
-                pending.clear()
-        await anyio.to_thread.run_sync(file.write, bytes(pending), True)
+            file.size += len(chunk)
+            file.pending += chunk
+            if len(file.pending) >= SPOOL_WRITE:  # one worker-thread hop per SPOOL_WRITE bytes
+                data = bytes(file.pending)
+                file.pending.clear()
+                await anyio.to_thread.run_sync(file.write, data)
     except OSError as exc:
         file.discard()
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise InstanceRejected(OUT_OF_RESOURCES, "no space left to receive the instance") from exc
+        _refuse_if_full(exc)
         raise
     except BaseException:
         file.discard()
         raise
-    assert file.path is not None  # the last write made it
-    return SpooledInstance(path=file.path, size=size, sha256=file.digest.hexdigest())
+    return file
 
 
 def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:

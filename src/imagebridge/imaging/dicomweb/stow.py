@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from imagebridge.common.multipart import MultipartError, PartTooLarge, iter_parts
+from imagebridge.imaging.archive.blobs import LocalBlobStore
 from imagebridge.imaging.archive.index import Entry, InstanceRow, Stored
 from imagebridge.imaging.archive.ingest import (
     CANNOT_UNDERSTAND,
@@ -35,6 +36,7 @@ from imagebridge.imaging.archive.ingest import (
     STUDY_MISMATCH,
     InstanceRejected,
     ParsedInstance,
+    Spool,
     SpooledInstance,
     parse,
     spool,
@@ -113,7 +115,7 @@ class _Intake:
     def refuse(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
 
-    async def put(self, slot: int, spooled: SpooledInstance) -> None:
+    async def put(self, slot: int, spooled: Spool) -> None:
         """Judge and put one spooled instance (a task holding one :attr:`room`)."""
         try:
             entry = await _put(self.ctx, spooled, self.url_study)
@@ -225,27 +227,46 @@ async def store_instances(ctx: ImagingContext, request: Request, url_study: str 
     return _response(ctx, url_study, referenced, failed)
 
 
-async def _put(ctx: ImagingContext, spooled: SpooledInstance, url_study: str | None) -> Entry:
+async def _put(ctx: ImagingContext, spooled: Spool, url_study: str | None) -> Entry:
     """Judge one spooled instance and put it in the blob store (durable after the batch's sync);
-    the spool file is gone afterwards, always (the blob store takes it, or it is removed)."""
+    the spool file is gone afterwards, always (the blob store takes it, or it is removed). A local
+    blob store takes it in the same worker-thread hop as the spool's last write and the judging."""
+    local = ctx.blobs if isinstance(ctx.blobs, LocalBlobStore) else None
     try:
-        entry = await anyio.to_thread.run_sync(_prepare, spooled, ctx.settings.max_inflated_bytes)
-        parsed = entry.parsed
-        if url_study is not None and parsed.attr("StudyInstanceUID") != url_study:
-            raise InstanceRejected(
-                STUDY_MISMATCH,
-                "the instance belongs to another study than the URL names",
-                parsed.attr("SOPClassUID"),
-                parsed.attr("SOPInstanceUID"),
-            )
-        try:
-            await ctx.blobs.put_file(spooled.sha256, spooled.path)
-        except Exception as exc:
-            raise _not_stored(exc, parsed) from exc
+        entry = await anyio.to_thread.run_sync(
+            _take, spooled, ctx.settings.max_inflated_bytes, url_study, local
+        )
+        if local is None:
+            try:
+                await ctx.blobs.put_file(entry.parsed.spooled.sha256, entry.parsed.spooled.path)
+            except Exception as exc:
+                raise _not_stored(exc, entry.parsed) from exc
         return entry
     except BaseException:
-        spooled.path.unlink(missing_ok=True)  # no await: also when the request is cancelled
+        spooled.discard()  # no await: also when the request is cancelled
         raise
+
+
+def _take(
+    spooled: Spool, max_inflated_bytes: int, url_study: str | None, local: LocalBlobStore | None
+) -> Entry:
+    """Finish the spool file, judge the instance and, for a local blob store, put it (in a
+    worker thread)."""
+    entry = _prepare(spooled.finish(), max_inflated_bytes)
+    parsed = entry.parsed
+    if url_study is not None and parsed.attr("StudyInstanceUID") != url_study:
+        raise InstanceRejected(
+            STUDY_MISMATCH,
+            "the instance belongs to another study than the URL names",
+            parsed.attr("SOPClassUID"),
+            parsed.attr("SOPInstanceUID"),
+        )
+    if local is not None:
+        try:
+            local.put_now(parsed.spooled.sha256, parsed.spooled.path)
+        except Exception as exc:
+            raise _not_stored(exc, parsed) from exc
+    return entry
 
 
 def _not_stored(exc: Exception, parsed: ParsedInstance) -> InstanceRejected:
