@@ -18,8 +18,9 @@ import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from struct import unpack
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -27,7 +28,8 @@ import anyio.to_thread
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels.utils import pack_bits, pixel_array
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import as_pixel_options, pack_bits, pixel_array
 from pydicom.uid import UID
 
 from imagebridge.imaging.archive.blobs import BlobStore, LocalBlobStore
@@ -40,7 +42,9 @@ MAX_INSTANCE_BYTES = 256 * 1024**2
 #: At most this many pydicom decodes run at once in one process.
 DECODERS = anyio.CapacityLimiter(2)
 _WINDOW = 64 * 1024
-_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+#: VRs a pixel data element may have in explicit VR (PS3.5 §7.1.2; UN when a writer did not know).
+_PIXEL_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
+_PIXEL_KEYWORDS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 
 T = TypeVar("T")
 
@@ -111,13 +115,17 @@ class PixelHeader:
 
     ``value_offset`` is the file offset of the Pixel Data value (after the element header);
     ``value_length`` is None for encapsulated (undefined length) pixel data. Both are None when
-    the value cannot be located by offset (deflated data set or no Pixel Data).
+    the value cannot be located by offset (deflated data set, a data set not encoded as its
+    transfer syntax says, or no Pixel Data). ``keyword`` and ``vr`` name the located element
+    (Pixel Data, Float or Double Float Pixel Data; ``vr`` is "" in implicit VR).
     """
 
     dataset: Dataset
     transfer_syntax: UID
     value_offset: int | None
     value_length: int | None
+    keyword: str = "PixelData"
+    vr: str = ""
 
     @property
     def rows(self) -> int:
@@ -167,6 +175,16 @@ class PixelHeader:
             and self.bits_allocated % 8 == 0
         )
 
+    @cached_property
+    def decode_options(self) -> dict[str, Any]:
+        """pydicom's decoding options for the located pixel value (Image Pixel module, PS3.3 C.7.6.3)."""
+        options = as_pixel_options(
+            self.dataset, transfer_syntax_uid=self.transfer_syntax, pixel_keyword=self.keyword
+        )
+        if self.vr:
+            options["pixel_vr"] = self.vr
+        return options
+
     def check_frame_budget(self) -> None:
         """413 when one frame is beyond what we decode (security.md DI-09)."""
         if not self.has_pixels:
@@ -199,29 +217,36 @@ def read_header(fp: io.BufferedReader) -> PixelHeader:
     ts = UID(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
     if ts.is_deflated:
         return PixelHeader(dataset, ts, None, None)
-    offset, length = _pixel_element(fp, ts)
-    return PixelHeader(dataset, ts, offset, length)
+    return _pixel_element(fp, dataset, ts)
 
 
-def _pixel_element(fp: io.BufferedReader, ts: UID) -> tuple[int | None, int | None]:
-    """Read the Pixel Data element header at the current position: (value offset, length)."""
+def _pixel_element(fp: io.BufferedReader, dataset: Dataset, ts: UID) -> PixelHeader:
+    """Read the Pixel Data element header at the current position (PS3.5 §7.1) and locate its value.
+
+    An element that does not look encoded as the transfer syntax says (pydicom reads such a data
+    set as it finds it) is left unlocated: a wrong offset would give wrong pixels.
+    """
     start = fp.tell()
     order = "<" if ts.is_little_endian else ">"
     head = fp.read(12)
+    unlocated = PixelHeader(dataset, ts, None, None)
     if len(head) < 8:
-        return None, None
+        return unlocated
     group, element = unpack(f"{order}HH", head[:4])
-    if (group << 16 | element) not in _PIXEL_TAGS:
-        return None, None
+    keyword = _PIXEL_KEYWORDS.get(group << 16 | element)
+    if keyword is None or (head[4:6] in _PIXEL_VRS) == ts.is_implicit_VR:
+        return unlocated
+    vr = ""
     if ts.is_implicit_VR:
         (length,) = unpack(f"{order}L", head[4:8])
         offset = start + 8
     else:
         if len(head) < 12:
-            return None, None
+            return unlocated
+        vr = head[4:6].decode("latin-1")
         (length,) = unpack(f"{order}L", head[8:12])
         offset = start + 12
-    return offset, None if length == 0xFFFFFFFF else length
+    return PixelHeader(dataset, ts, offset, None if length == 0xFFFFFFFF else length, keyword, vr)
 
 
 def native_bytes(frame: np.ndarray, bits_allocated: int) -> bytes:
@@ -232,11 +257,20 @@ def native_bytes(frame: np.ndarray, bits_allocated: int) -> bytes:
 
 
 def decode_frame(fp: io.BufferedReader, header: PixelHeader, index: int) -> np.ndarray:
-    """Decode frame ``index`` (0-based) of the instance in ``fp`` (YBR colour converted to RGB)."""
+    """Decode frame ``index`` (0-based) of the instance in ``fp`` (YBR colour converted to RGB).
+
+    A located pixel value is decoded from its offset with the options of the header already
+    parsed; otherwise (deflated…) pydicom reads the file again from its start.
+    """
     header.check_frame_budget()
-    fp.seek(0)
     try:
-        frame: np.ndarray = pixel_array(fp, index=index)
+        frame: np.ndarray
+        if header.value_offset is None:
+            fp.seek(0)
+            frame = pixel_array(fp, index=index)
+        else:
+            fp.seek(header.value_offset)
+            frame = get_decoder(header.transfer_syntax).as_array(fp, index=index, **header.decode_options)[0]
         return frame
     except Exception as exc:  # codecs raise anything from ValueError to RuntimeError
         raise DicomwebError(

@@ -34,7 +34,6 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import UID
 
 from imagebridge.imaging.archive.blobs import CHUNK, BlobStore
@@ -213,17 +212,13 @@ class _BitPacker:
 
 
 def _frames(
-    fp: io.BufferedReader, where: _Pixels, row: InstanceRow, vr: str
+    fp: io.BufferedReader, where: _Pixels, row: InstanceRow
 ) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
     """Decoded frames with the Image Pixel attributes they came out with (RGB, planar 0…)."""
     header = where.header
-    ts = header.transfer_syntax
-    options = as_pixel_options(header.dataset, transfer_syntax_uid=ts, pixel_keyword="PixelData")
-    if not ts.is_implicit_VR:
-        options["pixel_vr"] = vr
     fp.seek(where.start)
     try:
-        yield from get_decoder(ts).iter_array(fp, **options)
+        yield from get_decoder(header.transfer_syntax).iter_array(fp, **header.decode_options)
     except DicomwebError:
         raise
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
@@ -255,7 +250,7 @@ def _streamed(blobs: BlobStore, row: InstanceRow) -> Iterator[bytes]:
     header = pixels.read_header(fp)
     ts = header.transfer_syntax
     streamable = header.has_pixels and not ts.is_deflated and header.value_offset is not None
-    stored_vr = _stored_vr(fp, header) if streamable else None
+    stored_vr = _stored_vr(header) if streamable else None
     if stored_vr is None:
         yield _whole(blobs, row)
         return
@@ -269,7 +264,7 @@ def _streamed(blobs: BlobStore, row: InstanceRow) -> Iterator[bytes]:
         yield from _blob_range(blobs, row, where.start, where.end)
         yield b"\0" * (where.length % 2) + tail
         return
-    frames = _frames(fp, where, row, stored_vr or by_bits)
+    frames = _frames(fp, where, row)
     first = next(frames, None)
     if first is None:
         raise _cannot(row, ValueError("no frame could be decoded"))
@@ -293,21 +288,15 @@ def _streamed(blobs: BlobStore, row: InstanceRow) -> Iterator[bytes]:
     yield b"\0" * (where.length % 2) + tail
 
 
-def _stored_vr(fp: io.BufferedReader, header: pixels.PixelHeader) -> str | None:
-    """The VR of the located element if it is (7FE0,0010) Pixel Data as the transfer syntax
-    says it is encoded (``""`` for implicit VR), else None (Float Pixel Data, or a data set whose
-    encoding differs from its transfer syntax: those are re-encoded whole)."""
-    assert header.value_offset is not None
-    implicit = header.transfer_syntax.is_implicit_VR
-    fp.seek(header.value_offset - (8 if implicit else 12))
-    head = fp.read(6)
-    order = "<" if header.transfer_syntax.is_little_endian else ">"
-    if len(head) < 6 or struct.unpack(f"{order}HH", head[:4]) != (0x7FE0, 0x0010):
+def _stored_vr(header: pixels.PixelHeader) -> str | None:
+    """The VR of the located element if it is (7FE0,0010) Pixel Data (``""`` for implicit VR), else
+    None (Float Pixel Data: re-encoded whole, as is a data set whose encoding differs from its
+    transfer syntax, which :func:`pixels.read_header` does not locate)."""
+    if header.keyword != "PixelData":
         return None
-    if implicit:
+    if header.transfer_syntax.is_implicit_VR:
         return ""
-    vr = head[4:].decode("latin-1")
-    return vr if vr in ("OB", "OW") else None
+    return header.vr if header.vr in ("OB", "OW") else None
 
 
 def _blob_range(blobs: BlobStore, row: InstanceRow, start: int, end: int) -> Iterator[bytes]:
