@@ -33,6 +33,7 @@ from imagebridge.imaging.archive.index import InstanceRow
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import pixels
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
+from imagebridge.imaging.dicomweb.header_cache import HEADERS
 from imagebridge.imaging.dicomweb.media import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     MULTIPART_RELATED,
@@ -87,8 +88,13 @@ class FrameSource:
         return self._fp
 
     async def load_header(self) -> pixels.PixelHeader:
-        self.header = await anyio.to_thread.run_sync(lambda: pixels.read_header(self._file()))
-        return self.header
+        """The instance's header: kept from an earlier request, else parsed in a worker thread."""
+        key = self.row.blob_key
+        header = HEADERS.kept(key)
+        if header is None:
+            header = await anyio.to_thread.run_sync(lambda: HEADERS.header(key, self._file()))
+        self.header = header
+        return header
 
     def _require_header(self) -> pixels.PixelHeader:
         if self.header is None:

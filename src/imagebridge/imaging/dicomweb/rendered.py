@@ -39,6 +39,7 @@ from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb import pixels
 from imagebridge.imaging.dicomweb.errors import DicomwebError
 from imagebridge.imaging.dicomweb.frames import admitted_rows, once, parse_frame_list
+from imagebridge.imaging.dicomweb.header_cache import HEADERS
 from imagebridge.imaging.dicomweb.media import MULTIPART_RELATED, NotAcceptable, Offer, negotiate
 from imagebridge.imaging.gate.gate import Access
 
@@ -293,14 +294,14 @@ def encode(pixels8: np.ndarray, options: RenderOptions) -> bytes:
 def render_frame(blobs: BlobStore, row: InstanceRow, number: int | None, options: RenderOptions) -> bytes:
     """Decode, window and encode one frame (1-based; None = the middle frame). Worker thread only."""
     with pixels.reading(blobs, row.blob_key, row.size) as fp:
-        return _render_open(fp, pixels.read_header(fp), number, options)
+        return _render_open(fp, HEADERS.header(row.blob_key, fp), number, options)
 
 
 def render_if_image(blobs: BlobStore, row: InstanceRow, options: RenderOptions) -> bytes | None:
     """Frame 1 of ``row`` rendered, or None when the instance has no pixel data (an SR, a
     presentation state…: nothing to render in an image media type). Worker thread only."""
     with pixels.reading(blobs, row.blob_key, row.size) as fp:
-        header = pixels.read_header(fp)
+        header = HEADERS.header(row.blob_key, fp)
         return _render_open(fp, header, 1, options) if header.has_pixels else None
 
 
