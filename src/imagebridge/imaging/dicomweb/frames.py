@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio.to_thread
-from pydicom.encaps import get_frame
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -124,23 +123,7 @@ class FrameSource:
     async def compressed(self, number: int) -> bytes:
         """Frame ``number`` exactly as stored in encapsulated Pixel Data (PS3.5 A.4)."""
         header = self._require_header()
-        if header.value_offset is None or header.value_length is not None:
-            raise DicomwebError(406, "the stored Pixel Data is not encapsulated")
-        offsets: Any = None
-        ds = header.dataset
-        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
-            offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-        offset = header.value_offset
-
-        def work() -> bytes:
-            fp = self._file()
-            fp.seek(offset)
-            try:
-                return get_frame(fp, number - 1, extended_offsets=offsets, number_of_frames=header.frames)
-            except Exception as exc:  # malformed item structure
-                raise DicomwebError(406, f"the stored encapsulated Pixel Data is malformed ({exc})") from exc
-
-        return await pixels.in_worker(work)
+        return await pixels.in_worker(pixels.encapsulated_frame, self._file(), header, number - 1)
 
 
 async def once(data: bytes) -> AsyncIterator[bytes]:

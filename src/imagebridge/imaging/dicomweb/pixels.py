@@ -28,6 +28,7 @@ import anyio.to_thread
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options, pack_bits, pixel_array
 from pydicom.uid import UID
@@ -278,6 +279,23 @@ def decode_frame(fp: io.BufferedReader, header: PixelHeader, index: int) -> np.n
             f"pixel data in transfer syntax {header.transfer_syntax} cannot be decoded here ({exc}); "
             "the stored representation is available",
         ) from exc
+
+
+def encapsulated_frame(fp: io.BufferedReader, header: PixelHeader, index: int) -> bytes:
+    """Frame ``index`` (0-based) exactly as stored in encapsulated Pixel Data (PS3.5 A.4), located
+    with the Extended Offset Table, else the Basic Offset Table, else by its fragments."""
+    if header.value_offset is None or header.value_length is not None:
+        raise DicomwebError(406, "the stored Pixel Data is not encapsulated")
+    ds = header.dataset
+    offsets: Any = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    fp.seek(header.value_offset)
+    try:
+        frame: bytes = get_frame(fp, index, extended_offsets=offsets, number_of_frames=header.frames)
+        return frame
+    except Exception as exc:  # malformed item structure
+        raise DicomwebError(406, f"the stored encapsulated Pixel Data is malformed ({exc})") from exc
 
 
 async def in_worker(func: Callable[..., T], *args: object) -> T:

@@ -40,6 +40,7 @@ from imagebridge.imaging.dicomweb import pixels
 from imagebridge.imaging.dicomweb.errors import DicomwebError
 from imagebridge.imaging.dicomweb.frames import admitted_rows, once, parse_frame_list
 from imagebridge.imaging.dicomweb.header_cache import HEADERS
+from imagebridge.imaging.dicomweb.jpeg_display import display_frame
 from imagebridge.imaging.dicomweb.media import MULTIPART_RELATED, NotAcceptable, Offer, negotiate
 from imagebridge.imaging.gate.gate import Access
 
@@ -313,7 +314,7 @@ def _render_open(
         number = (header.frames + 1) // 2
     if number > header.frames:
         raise DicomwebError(404, f"frame {number} does not exist: the instance has {header.frames} frame(s)")
-    frame = pixels.decode_frame(fp, header, number - 1)
+    frame = display_frame(fp, header, number - 1)
     if frame.ndim == 3 and frame.shape[-1] not in (3, 4):
         frame = frame[..., 0]
     return encode(to_8bit(frame, frame_attributes(header.dataset, number - 1), options.window), options)
