@@ -35,7 +35,7 @@ async def _by_identifier(ctx: EhrContext, resource_type: str, identifier: Any) -
         [TokenCriterion("identifier", ((str(identifier.get("system", "")), str(identifier["value"])),))],
         count=2,
     )
-    found, _ = await ctx.store.search(query)
+    found = await ctx.store.find(query)  # two at most, no count: one is the answer, two are none
     return found[0] if len(found) == 1 else None
 
 
