@@ -194,7 +194,8 @@ launches = Table(
 # Change counters (migration 0003), each bumped by a database trigger in the transaction of every
 # change it stands for, so that every worker notices at its next read (see ehr/smart/memo.py):
 # ``credentials`` (a token or a client registration updated or deleted) and ``resources`` (a FHIR
-# resource other than an AuditEvent written or deleted).
+# resource other than an AuditEvent written or deleted; migration 0004 spreads it over the rows
+# ``resources.0`` … ``resources.15`` by resource id, read as their sum).
 generations = Table(
     "generations",
     metadata,

@@ -4,7 +4,8 @@ The imaging system introspects for every request it has not cached, each time au
 its own token; answering from the database alone means reading both tokens, the policy's data
 and every study of the patient. A worker remembers token lookups and imaging grants instead, and
 reads two change counters (``generations``, bumped by database triggers in the transaction of each
-change: migration 0003) once per introspection:
+change: migration 0003; ``resources`` is the sum of the shards of migration 0004, which let
+concurrent writers of different resources bump different rows) once per introspection:
 
 * ``credentials`` moves with any update or deletion of a token (revocation, refresh rotation, a
   user disabled) or of a client registration: every remembered token lookup is dropped, so a token
@@ -68,7 +69,9 @@ async def read_generation(engine: AsyncEngine) -> Generation | None:
         return None
     if "credentials" not in rows or "resources" not in rows:
         return None
-    return Generation(int(rows["credentials"]), int(rows["resources"]))
+    # the shards of migration 0004 with the row of 0003: every committed write raises the sum
+    resources = sum(int(v) for name, v in rows.items() if name.partition(".")[0] == "resources")
+    return Generation(int(rows["credentials"]), resources)
 
 
 class _Table(Generic[K, V]):
