@@ -139,7 +139,8 @@ def _status(answer: dict[str, Any]) -> int:
 
 
 class AuditPublisher:
-    """Drains unpublished audit records into the EHR, in order, while holding the lease."""
+    """Drains unpublished audit records into the EHR, oldest first, while holding the lease (a
+    record whose entry failed is sent again in the next Bundle, after later ones were accepted)."""
 
     def __init__(
         self,
