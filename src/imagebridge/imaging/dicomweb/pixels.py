@@ -118,7 +118,8 @@ class PixelHeader:
     ``value_length`` is None for encapsulated (undefined length) pixel data. Both are None when
     the value cannot be located by offset (deflated data set, a data set not encoded as its
     transfer syntax says, or no Pixel Data). ``keyword`` and ``vr`` name the located element
-    (Pixel Data, Float or Double Float Pixel Data; ``vr`` is "" in implicit VR).
+    (Pixel Data, Float or Double Float Pixel Data; ``vr`` is "" in implicit VR). The Image Pixel
+    numbers are read from the data set once (a kept header answers many requests).
     """
 
     dataset: Dataset
@@ -128,23 +129,23 @@ class PixelHeader:
     keyword: str = "PixelData"
     vr: str = ""
 
-    @property
+    @cached_property
     def rows(self) -> int:
         return int(self.dataset.get("Rows", 0) or 0)
 
-    @property
+    @cached_property
     def columns(self) -> int:
         return int(self.dataset.get("Columns", 0) or 0)
 
-    @property
+    @cached_property
     def samples(self) -> int:
         return int(self.dataset.get("SamplesPerPixel", 1) or 1)
 
-    @property
+    @cached_property
     def bits_allocated(self) -> int:
         return int(self.dataset.get("BitsAllocated", 0) or 0)
 
-    @property
+    @cached_property
     def frames(self) -> int:
         try:
             return max(1, int(self.dataset.get("NumberOfFrames", 1) or 1))
