@@ -61,12 +61,42 @@ class Stored:
 
 @dataclass(frozen=True)
 class Entry:
-    """A parsed instance and its precomputed DICOM JSON (instance, study and series level)."""
+    """A parsed instance, its precomputed DICOM JSON (instance, study and series level) and its
+    index rows, taken from the data set when the entry is made (in the worker thread that parsed
+    it: the transaction then reads no data set)."""
 
     parsed: ParsedInstance
     metadata_json: bytes
     study_json: bytes
     series_json: bytes
+    row: InstanceRow = field(init=False)
+    patient_id: str = field(init=False)
+    study: dict[str, Any] = field(init=False)  # without ``updated_at``
+    series: dict[str, Any] = field(init=False)
+    requests: list[dict[str, str]] = field(init=False)
+    instance: dict[str, Any] = field(init=False)  # without ``created_at``
+
+    def __post_init__(self) -> None:
+        parsed = self.parsed
+        row = InstanceRow(
+            parsed.attr("StudyInstanceUID"),
+            parsed.attr("SeriesInstanceUID"),
+            parsed.attr("SOPInstanceUID"),
+            parsed.attr("SOPClassUID"),
+            parsed.transfer_syntax_uid,
+            parsed.spooled.sha256,
+            parsed.spooled.size,
+        )
+        values = {
+            "row": row,
+            "patient_id": parsed.attr("PatientID")[:64],
+            "study": _study_values(self),
+            "series": _series_values(self),
+            "requests": _request_attributes(parsed, row.series_uid),
+            "instance": _instance_values(self),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass
@@ -102,7 +132,7 @@ def _request_attributes(parsed: ParsedInstance, series_uid: str) -> list[dict[st
     ]
 
 
-def _study_values(entry: Entry, now: float) -> dict[str, Any]:
+def _study_values(entry: Entry) -> dict[str, Any]:
     parsed = entry.parsed
     return {
         "study_uid": parsed.attr("StudyInstanceUID"),
@@ -119,7 +149,6 @@ def _study_values(entry: Entry, now: float) -> dict[str, Any]:
         "patient_name_fold": fold_person_name(parsed.attr("PatientName"))[:400],
         "referring_physician_name_fold": fold_person_name(parsed.attr("ReferringPhysicianName"))[:400],
         "study_json": entry.study_json,
-        "updated_at": now,
     }
 
 
@@ -137,7 +166,7 @@ def _series_values(entry: Entry) -> dict[str, Any]:
     }
 
 
-def _instance_values(entry: Entry, now: float) -> dict[str, Any]:
+def _instance_values(entry: Entry) -> dict[str, Any]:
     parsed = entry.parsed
     return {
         "sop_uid": parsed.attr("SOPInstanceUID"),
@@ -154,7 +183,6 @@ def _instance_values(entry: Entry, now: float) -> dict[str, Any]:
         "size": parsed.spooled.size,
         "sha256": parsed.spooled.sha256,
         "metadata_json": entry.metadata_json,
-        "created_at": now,
     }
 
 
@@ -165,15 +193,9 @@ def _judge(entry: Entry, batch: _Batch, replace: bool) -> Stored | InstanceRejec
     ``replace`` lets the new bytes take its place; a Study Instance UID of another patient, or a
     Series Instance UID of another study, is a :data:`STUDY_MISMATCH`.
     """
-    parsed = entry.parsed
-    study_uid = parsed.attr("StudyInstanceUID")
-    series_uid = parsed.attr("SeriesInstanceUID")
-    sop_uid = parsed.attr("SOPInstanceUID")
-    sop_class = parsed.attr("SOPClassUID")
-    sha256 = parsed.spooled.sha256
-    row = InstanceRow(
-        study_uid, series_uid, sop_uid, sop_class, parsed.transfer_syntax_uid, sha256, parsed.spooled.size
-    )
+    row = entry.row
+    study_uid, series_uid, sop_uid = row.study_uid, row.series_uid, row.sop_uid
+    sop_class, sha256 = row.sop_class_uid, row.blob_key  # a blob's key is the SHA-256 of its bytes
     pending = batch.new_instances.get(sop_uid)
     previous = pending["sha256"] if pending is not None else batch.known_instances.get(sop_uid)
     if previous == sha256:
@@ -186,7 +208,7 @@ def _judge(entry: Entry, batch: _Batch, replace: bool) -> Stored | InstanceRejec
             sop_uid,
         )
     owner = batch.known_studies.get(study_uid)
-    if owner is not None and owner != parsed.attr("PatientID")[:64]:
+    if owner is not None and owner != entry.patient_id:
         return InstanceRejected(
             STUDY_MISMATCH, "this Study Instance UID belongs to another patient", sop_class, sop_uid
         )
@@ -199,15 +221,15 @@ def _judge(entry: Entry, batch: _Batch, replace: bool) -> Stored | InstanceRejec
         # the old blob loses its last reference; the orphan sweep removes it after the grace period
         batch.replaced.add(sop_uid)
     if owner is None:
-        batch.new_studies[study_uid] = _study_values(entry, batch.now)
-        batch.known_studies[study_uid] = parsed.attr("PatientID")[:64]
+        batch.new_studies[study_uid] = {**entry.study, "updated_at": batch.now}
+        batch.known_studies[study_uid] = entry.patient_id
     elif study_uid not in batch.new_studies:
         batch.touched_studies.add(study_uid)
     if parent is None:
-        batch.new_series.append(_series_values(entry))
-        batch.requests += _request_attributes(parsed, series_uid)
+        batch.new_series.append(entry.series)
+        batch.requests += entry.requests
         batch.known_series[series_uid] = study_uid
-    batch.new_instances[sop_uid] = _instance_values(entry, batch.now)
+    batch.new_instances[sop_uid] = {**entry.instance, "created_at": batch.now}
     return Stored(row, duplicate=False)
 
 
@@ -257,14 +279,13 @@ class Index:
     async def _write(
         self, conn: AsyncConnection, entries: Sequence[Entry], replace: bool
     ) -> list[Stored | Exception]:
-        async def known(statement: Any, keyword: str) -> dict[str, str]:
-            uids = list({entry.parsed.attr(keyword) for entry in entries})
-            return {row[0]: row[1] for row in await conn.execute(statement, {"uids": uids})}
+        async def known(statement: Any, uids: set[str]) -> dict[str, str]:
+            return {row[0]: row[1] for row in await conn.execute(statement, {"uids": list(uids)})}
 
         batch = _Batch(
-            await known(_KNOWN_INSTANCES, "SOPInstanceUID"),
-            await known(_KNOWN_STUDIES, "StudyInstanceUID"),
-            await known(_KNOWN_SERIES, "SeriesInstanceUID"),
+            await known(_KNOWN_INSTANCES, {entry.row.sop_uid for entry in entries}),
+            await known(_KNOWN_STUDIES, {entry.row.study_uid for entry in entries}),
+            await known(_KNOWN_SERIES, {entry.row.series_uid for entry in entries}),
             time.time(),
         )
         outcomes: list[Stored | Exception] = [_judge(entry, batch, replace) for entry in entries]
