@@ -18,7 +18,8 @@ class FhirProxy:
     """Between the imaging system and the EHR's FHIR API: forwards every call. It can lose the
     EHR's answer to the next ``lose`` batch Bundles (the imaging system's AuditEvents) after the
     EHR committed them (what a connection cut at that instant looks like to the imaging system: no
-    answer, here a 502), and
+    answer, here a 502), answer batch Bundles with 405 while ``no_batch`` (an EHR without the
+    batch interaction), and
     hold ImagingStudy searches for ``search_delay`` seconds (a slow EHR)."""
 
     def __init__(self, ehr_port: int) -> None:
@@ -29,6 +30,7 @@ class FhirProxy:
         self.lose = 0
         self.lost = 0
         self.search_delay = 0.0
+        self.no_batch = False
         routes = [
             Route("/fhir", self._forward, methods=["POST"]),
             Route("/fhir/{path:path}", self._forward, methods=["GET", "POST", "PUT"]),
@@ -43,6 +45,8 @@ class FhirProxy:
 
     async def _forward(self, request: Request) -> Response:
         path = request.path_params.get("path", "")
+        if request.method == "POST" and not path and self.no_batch:
+            return Response(b"", 405)
         if request.method == "GET" and path == "ImagingStudy" and self.search_delay:
             await asyncio.sleep(self.search_delay)
         headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}

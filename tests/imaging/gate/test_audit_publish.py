@@ -214,3 +214,19 @@ def test_records_reach_the_ehr_in_batches(spool_stack: GateStack) -> None:
     assert _batch_posts(spool_stack) - posts == math.ceil(150 / BATCH) == 2
     counts = _record_keys(spool_stack.access_report("alice"))
     assert {key: counts[key] for key in (f"imaging/{i}" for i in ids)} == {f"imaging/{i}": 1 for i in ids}
+
+
+def test_an_ehr_without_batch_gets_one_post_per_record(spool_stack: GateStack, fhir_proxy: FhirProxy) -> None:
+    """The last test here: the publishers stay in one-POST-per-record mode once a Bundle met a 405."""
+    stack = spool_stack.stack
+    assert stack.ehr is not None
+    before, singles = _last_id(spool_stack), stack.ehr.log().count('"POST /fhir/AuditEvent HTTP/1.1"')
+    fhir_proxy.no_batch = True
+    token = spool_stack.patient_token("alice")
+    assert [_metadata(spool_stack, token).status_code for _ in range(3)] == [200] * 3
+    ids = set(_spool(spool_stack, before))
+    assert len(ids) == 3
+    _wait(lambda: _published(spool_stack, ids))
+    assert stack.ehr.log().count('"POST /fhir/AuditEvent HTTP/1.1"') - singles == 3
+    counts = _record_keys(spool_stack.access_report("alice"))
+    assert {key: counts[key] for key in (f"imaging/{i}" for i in ids)} == {f"imaging/{i}": 1 for i in ids}

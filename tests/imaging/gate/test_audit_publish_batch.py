@@ -25,16 +25,25 @@ from imagebridge.imaging.tables import audit
 
 
 class ScriptedEhr:
-    """Answers each Bundle's entries with the next script line's statuses ("201" for all by default)."""
+    """Answers each Bundle's entries with the next script line's statuses ("201" for all by
+    default); ``batch=False``: refuses every Bundle with 405 and takes single creates."""
 
     client_id = "imaging"
 
-    def __init__(self, *script: list[str]) -> None:
+    def __init__(self, *script: list[str], batch: bool = True) -> None:
         self.script = list(script)
+        self.batch = batch
         self.bundles: list[list[dict[str, Any]]] = []
+        self.creates: list[str] = []
+
+    async def fhir_create(self, resource_type: str, resource: dict[str, Any], if_none_exist: str) -> None:
+        assert resource["resourceType"] == resource_type == "AuditEvent"
+        self.creates.append(if_none_exist)
 
     async def fhir_batch(self, entries: list[dict[str, Any]], *, wait: float) -> list[dict[str, Any]]:
         self.bundles.append(entries)
+        if not self.batch:
+            raise PublishRefused(405, "no batch here")
         statuses = self.script.pop(0) if self.script else ["201 Created"] * len(entries)
         return [{"status": s} for s in statuses]
 
@@ -83,6 +92,28 @@ def test_failed_entries_stay_spooled_and_accepted_ones_are_marked(database_url: 
             assert await publisher.drain() == 52  # the refused record and the 51 never sent
             assert all(_published(await spool()))
             assert [len(b) for b in ehr.bundles] == [BATCH, BATCH, 52]
+        finally:
+            await log.aclose()
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_an_ehr_without_batch_gets_one_create_per_record(database_url: str, tmp_path: Path) -> None:
+    async def run() -> None:
+        engine = db.create_engine(database_url, pool_size=2)
+        log = AuditLog(engine, MRN, tmp_path / "journal")
+        try:
+            for i in range(3):
+                log.journal.append(_record(f"{i:032x}", "alice"))
+            await log.journal.flush()
+            ehr = ScriptedEhr(batch=False)
+            publisher = AuditPublisher(engine, ehr, source="s", mrn_system=MRN, written=asyncio.Event())
+            assert await publisher.drain() == 3
+            assert len(ehr.bundles) == 1  # tried once, then no more Bundles
+            async with engine.connect() as conn:
+                ids = [r.id for r in await conn.execute(select(audit.c.id).order_by(audit.c.id))]
+            assert ehr.creates == [f"entity:identifier={RECORD_SYSTEM}|imaging/{i}" for i in ids]
         finally:
             await log.aclose()
             await engine.dispose()

@@ -55,6 +55,8 @@ BATCH = 100
 #: Seconds the EHR may take to answer one Bundle: well within the lease's renewal margin
 #: (half of LEASE_SECONDS), so another worker does not take over while it is being answered.
 BATCH_TIMEOUT = 10.0
+#: A Bundle answered with one of these: the EHR has no batch interaction at ``POST [base]``.
+NO_BATCH = frozenset({404, 405, 501})
 #: A streamed response whose end was never recorded (client gone) is published after this long.
 ABANDONED_STREAM_SECONDS = 600.0
 
@@ -159,6 +161,8 @@ class AuditPublisher:
         self.holder = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         #: Until when this process holds the lease, as it last wrote it (0: not held).
         self._lease_until = 0.0
+        #: False once the EHR refused a Bundle as having no batch interaction.
+        self.batches = True
 
     async def run(self) -> None:
         """Publish forever (the app's background task), backing off while the EHR is unavailable."""
@@ -200,6 +204,10 @@ class AuditPublisher:
         already had) are marked published; a failed entry stays in the spool, and the first
         failure is raised once the others are marked (a 4xx as :class:`PublishRefused`, anything
         else as :class:`EhrUnavailable`), so :meth:`run` backs off and retries it.
+
+        An EHR without the batch interaction (the Bundle itself answered with a status of
+        :data:`NO_BATCH`) gets one ``POST [base]/AuditEvent`` with ``If-None-Exist`` per record
+        from then on (until this process restarts).
         """
         published = 0
         while True:
@@ -208,7 +216,9 @@ class AuditPublisher:
             batch = await self._batch()
             if not batch:
                 return published
-            answers = await self.ehr.fhir_batch([self._entry(r) for r in batch], wait=BATCH_TIMEOUT)
+            answers = await self._send(batch)
+            if answers is None:
+                continue  # the EHR has no batch interaction: read again, one record at a time
             done = [r.id for r, a in zip(batch, answers, strict=True) if _status(a) // 100 == 2]
             # One commit for the records the EHR accepted (a crash before it re-sends them, and
             # If-None-Exist keeps one copy each).
@@ -225,6 +235,23 @@ class AuditPublisher:
                     f"the EHR answered an audit record with {failed.get('status')!r}: {detail}"
                 )
 
+    async def _send(self, batch: list[AuditRecord]) -> list[dict[str, Any]] | None:
+        """Each record's ``response`` (FHIR R4 §3.1.0.11): a Bundle's, or a single create's when
+        the EHR has no batch interaction (None when that was just found out)."""
+        entries = [self._entry(r) for r in batch]
+        if not self.batches:
+            (entry,) = entries
+            await self.ehr.fhir_create("AuditEvent", entry["resource"], entry["request"]["ifNoneExist"])
+            return [{"status": "201 Created"}]
+        try:
+            return await self.ehr.fhir_batch(entries, wait=BATCH_TIMEOUT)
+        except PublishRefused as exc:
+            if exc.status not in NO_BATCH:
+                raise
+            log.warning("the EHR refused a batch Bundle (%s): audit records go one POST each", exc)
+            self.batches = False
+            return None
+
     def _entry(self, record: AuditRecord) -> dict[str, Any]:
         """The batch entry publishing ``record``: a create unless its identifier is already there."""
         key = record_key(self.ehr.client_id, record)
@@ -239,7 +266,12 @@ class AuditPublisher:
 
     async def _batch(self) -> list[AuditRecord]:
         final = or_(audit.c.streaming.is_(False), audit.c.at < time.time() - ABANDONED_STREAM_SECONDS)
-        stmt = select(audit).where(audit.c.published.is_(False), final).order_by(audit.c.id).limit(BATCH)
+        stmt = (
+            select(audit)
+            .where(audit.c.published.is_(False), final)
+            .order_by(audit.c.id)
+            .limit(BATCH if self.batches else 1)
+        )
         return await fetch_records(self.engine, stmt)
 
     async def _lease(self) -> float | None:
