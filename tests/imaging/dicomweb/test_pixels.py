@@ -3,6 +3,7 @@ the header parsed once give exactly what pydicom gives reading the whole file (P
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pydicom.pixels.utils import pixel_array
 from tests.imaging.dicomweb.pixel_stack import sample_paths
 
 from imagebridge.imaging.dicomweb import pixels
+from imagebridge.imaging.dicomweb.errors import DicomwebError
 
 
 def _decodes(path: Path) -> bool:
@@ -67,3 +69,46 @@ def test_located_pixel_element() -> None:
         header = pixels.read_header(fp)
     assert (header.keyword, header.vr, header.value_length) == ("PixelData", "OB", None)
     assert header.decode_options["pixel_vr"] == "OB"
+
+
+def _native(tmp_path: Path, stored: np.ndarray, bits_stored: int, signed: bool) -> Path:
+    """A native little-endian 16-bit instance whose bits above Bits Stored hold ``stored``'s."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    ds.Rows, ds.Columns = stored.shape
+    ds.PixelData = stored.astype("<u2").tobytes()
+    path = tmp_path / f"native-{bits_stored}-{signed}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _no_decoder(_: object) -> object:
+    raise AssertionError("pydicom's decoder was used")
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_plain_native_frames_skip_pydicom(
+    tmp_path: Path, signed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bits above Bits Stored (overlays, garbage) are cleared or copy the sign bit as in pydicom."""
+    stored = np.random.default_rng(5).integers(0, 2**16, (7, 9), dtype=np.uint16)
+    path = _native(tmp_path, stored, 12, signed)
+    expected = pixel_array(path)
+    monkeypatch.setattr(pixels, "get_decoder", _no_decoder)
+    with _open(path) as fp:
+        frame = pixels.decode_frame(fp, pixels.read_header(fp), 0)
+    assert frame.dtype == expected.dtype
+    np.testing.assert_array_equal(frame, expected)
+    assert frame.flags.writeable
+
+
+def test_plain_native_frame_beyond_the_stored_value_is_406(tmp_path: Path) -> None:
+    path = _native(tmp_path, np.zeros((4, 4), dtype=np.uint16), 16, False)
+    with _open(path) as fp:
+        header = pixels.read_header(fp)
+        with pytest.raises(DicomwebError) as refused:
+            pixels.decode_frame(
+                fp, dataclasses.replace(header, value_length=header.native_frame_bytes - 2), 0
+            )
+    assert refused.value.status == 406

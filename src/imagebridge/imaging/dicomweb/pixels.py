@@ -265,6 +265,9 @@ def decode_frame(fp: io.BufferedReader, header: PixelHeader, index: int) -> np.n
     parsed; otherwise (deflated…) pydicom reads the file again from its start.
     """
     header.check_frame_budget()
+    plain = _plain_frame(fp, header, index)
+    if plain is not None:
+        return plain
     try:
         frame: np.ndarray
         if header.value_offset is None:
@@ -280,6 +283,46 @@ def decode_frame(fp: io.BufferedReader, header: PixelHeader, index: int) -> np.n
             f"pixel data in transfer syntax {header.transfer_syntax} cannot be decoded here ({exc}); "
             "the stored representation is available",
         ) from exc
+
+
+def _plain_frame(fp: io.BufferedReader, header: PixelHeader, index: int) -> np.ndarray | None:
+    """Frame ``index`` of plain native Pixel Data read straight into an array, or None for pydicom.
+
+    Plain: little endian, 8, 16 or 32 bits allocated, one sample or three interleaved (planar
+    configuration 0), not YBR (which pydicom converts). Bits above Bits Stored are cleared, or
+    copy the sign bit when Pixel Representation is 1 (PS3.5 §8.1.1), as pydicom does. Reading
+    the frame's bytes into the array is one copy; pydicom's native decoder made three.
+    """
+    ds = header.dataset
+    bits, bits_stored = header.bits_allocated, int(ds.get("BitsStored", header.bits_allocated) or 0)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if (
+        not header.is_native_little_endian
+        or header.keyword != "PixelData"
+        or bits not in (8, 16, 32)
+        or not 0 < bits_stored <= bits
+        or not (header.samples == 1 or (header.samples == 3 and ds.get("PlanarConfiguration", 0) == 0))
+        or photometric.startswith("YBR")
+    ):
+        return None
+    assert header.value_offset is not None
+    size = header.native_frame_bytes
+    if header.value_length is not None and (index + 1) * size > header.value_length:
+        raise DicomwebError(406, "the stored Pixel Data is shorter than its header declares")
+    signed = ds.get("PixelRepresentation", 0) == 1
+    frame = np.empty(header.frame_samples, dtype=np.dtype(f"<{'i' if signed else 'u'}{bits // 8}"))
+    fp.seek(header.value_offset + index * size)
+    if fp.readinto(frame.view(np.uint8).data) != size:
+        raise DicomwebError(406, "the stored Pixel Data is shorter than its header declares")
+    if bits_stored < bits:
+        unused = bits - bits_stored
+        if signed:
+            np.left_shift(frame, unused, out=frame)
+            np.right_shift(frame, unused, out=frame)  # arithmetic: the sign bit is copied
+        else:
+            np.bitwise_and(frame, (1 << bits_stored) - 1, out=frame)
+    shape = (header.rows, header.columns, 3) if header.samples == 3 else (header.rows, header.columns)
+    return frame.reshape(shape)
 
 
 def encapsulated_frame(fp: io.BufferedReader, header: PixelHeader, index: int) -> bytes:
