@@ -24,11 +24,13 @@ from collections import OrderedDict
 
 from imagebridge.imaging.dicomweb import pixels
 
-#: Most headers kept, and most header bytes (as stored, up to Pixel Data) they add up to.
+#: Most headers kept, and most header bytes (as stored, up to Pixel Data) they add up to. A
+#: parsed header takes about 17 times its stored size in Python objects (25 KB for a 1.5 KB CT
+#: header, measured with tracemalloc): at most about 20 MB per process.
 MAX_ENTRIES = 256
-MAX_BYTES = 8 * 1024**2
+MAX_BYTES = 1024**2
 #: A header larger than this (a big enhanced multi-frame object's) is parsed for each request.
-LARGEST = 1024**2
+LARGEST = 256 * 1024
 
 
 class HeaderCache:
