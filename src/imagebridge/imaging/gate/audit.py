@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy import Insert, Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.background import BackgroundTask
@@ -76,6 +76,18 @@ _SENT = (
     .where(audit.c.record_key == bindparam("key"))
     .values(bytes_sent=bindparam("sent"), streaming=False)
 )
+
+
+@functools.cache
+def _insert_records(dialect: str) -> Insert:
+    """Insert records; one already there is kept, unless it is an unfinished stream and this
+    record of it is final (then it takes the final count)."""
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(audit)
+    return insert.on_conflict_do_update(
+        index_elements=["record_key"],
+        set_={"bytes_sent": insert.excluded.bytes_sent, "streaming": False},
+        where=audit.c.streaming.is_(True) & insert.excluded.streaming.is_(False),
+    )
 
 
 def operation_of(request: Request) -> str:
@@ -173,10 +185,21 @@ class AuditLog:
     async def _commit(self, entries: Sequence[Entry], _: Origin) -> None:
         """Insert the journaled records (each once) and apply the streamed-body counts, in one commit.
 
-        A count always follows its record in the journal, so inserting first keeps the order.
+        A count always follows its record in the journal. A count in the same batch as its record
+        (the usual case: the body ends moments after the record) goes into the row as inserted,
+        final; a row already there unfinished (another process replayed the record before the
+        count was journaled) takes it on conflict. A count whose record came in an earlier batch
+        updates the row.
         """
-        rows = [e for e in entries if "record_key" in e]
-        sent = [{"key": e["key"], "sent": e["sent"]} for e in entries if "key" in e and "sent" in e]
+        counts = {e["key"]: e["sent"] for e in entries if "key" in e and "sent" in e}
+        rows = [
+            {**e, "bytes_sent": counts.pop(e["record_key"]), "streaming": False}
+            if e.get("streaming") and e["record_key"] in counts
+            else e
+            for e in entries
+            if "record_key" in e
+        ]
+        sent = [{"key": key, "sent": count} for key, count in counts.items()]
         async with self.engine.begin() as conn:
             unplaced = {r["study_uid"] for r in rows if r["patient"] is None and r["study_uid"]}
             if unplaced:
@@ -186,8 +209,7 @@ class AuditLog:
                 placed = {uid: f"{self.mrn_system}|{mrn}" for uid, mrn in found if mrn}
                 rows = [{**r, "patient": r["patient"] or placed.get(r["study_uid"])} for r in rows]
             if rows:
-                insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-                await conn.execute(insert(audit).on_conflict_do_nothing(index_elements=["record_key"]), rows)
+                await conn.execute(_insert_records(conn.dialect.name), rows)
             if sent:
                 await conn.execute(_SENT, sent)
         if sent or any(not r["streaming"] for r in rows):
