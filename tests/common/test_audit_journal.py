@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.responses import Response
 
 from imagebridge.common import audit_journal
 from imagebridge.common.audit_journal import Entry, Journal, Origin, decode, encode
@@ -213,17 +216,22 @@ def test_fsync_journal_is_fdatasynced_once_per_group(tmp_path: Path, monkeypatch
         (segment,) = (tmp_path / "fsync").glob("*.journal")
         await journal.durable()
         assert synced == [segment.stat().st_ino]
-        assert dirs == [(tmp_path / "fsync").stat().st_ino]
+        # the folder's own name when it was made, then the segment's name in it
+        assert dirs == [tmp_path.stat().st_ino, (tmp_path / "fsync").stat().st_ino]
         await journal.durable()  # nothing new: no call
         assert len(synced) == 1
         for i in range(1, 11):
             journal.append({"k": str(i)})
         await asyncio.gather(*(journal.durable() for _ in range(10)))
         assert len(synced) == 2  # ten waiters, one fdatasync
-        assert len(dirs) == 1  # no new segment: the directory is not synced again
+        assert len(dirs) == 2  # no new segment: the directory is not synced again
         await journal.aclose()
 
     asyncio.run(run())
+
+
+def _refusal() -> Response:
+    return Response(b"no audit, no data", 503, {"Retry-After": "5"})
 
 
 def test_durable_responses_wait_for_the_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,8 +250,61 @@ def test_durable_responses_wait_for_the_sync(tmp_path: Path, monkeypatch: pytest
         async def send(message: dict[str, Any]) -> None:
             order.append(message["type"])
 
-        await audit_journal.DurableResponses(app, lambda: journal)({"type": "http"}, None, send)
+        await audit_journal.DurableResponses(app, lambda: journal, _refusal)({"type": "http"}, None, send)
         await journal.aclose()
 
     asyncio.run(run())
     assert order == ["fdatasync", "http.response.start", "http.response.body"]
+
+
+def test_durable_responses_refuse_when_the_sync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fdatasync fails (EIO): nothing of the application's response goes out, a 503 with
+    Retry-After does, and the application stops at its first send (a stream is not produced)."""
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(audit_journal.os, "fdatasync", failing)
+    sent: list[dict[str, Any]] = []
+    produced: list[bytes] = []
+
+    async def run() -> None:
+        journal = Journal(tmp_path, Sink().apply, fsync=True)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            journal.append({"k": "r"})
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for chunk in (b"pixel", b"data"):
+                produced.append(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await audit_journal.DurableResponses(app, lambda: journal, _refusal)({"type": "http"}, None, send)
+        with contextlib.suppress(OSError):
+            await journal.aclose()
+
+    asyncio.run(run())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 503
+    assert (b"retry-after", b"5") in sent[0]["headers"]
+    assert sent[1]["body"] == b"no audit, no data"
+    assert produced == []
+
+
+def test_append_the_disk_refuses_is_journal_unavailable(tmp_path: Path) -> None:
+    """A segment that cannot be created or written is :class:`JournalUnavailable` (each service
+    answers it with 503), never a record silently dropped."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+
+    async def run() -> None:
+        journal = Journal(blocker / "journal", Sink().apply)
+        with pytest.raises(audit_journal.JournalUnavailable, match="audit journal"):
+            journal.append({"k": "lost?"})
+        await journal.aclose()
+
+    asyncio.run(run())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.uid import generate_uid
 from tests.imaging.archive.archive_stack import (
@@ -33,6 +35,8 @@ from tests.imaging.archive.archive_stack import (
 )
 from tests.imaging.test_durability import archive_cli, stow_in_background
 from tests.services import missing
+
+from imagebridge.apps.smart_client import WADO_ACCEPT
 
 ROUNDS = 8
 INSTANCES_PER_STOW = 6
@@ -66,20 +70,23 @@ class PowerLossVolume:
         (self.mountpoint / ".unsynced-fs").write_text(word)
 
     def unmount(self) -> None:
-        subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+        subprocess.run(["umount", str(self.mountpoint)], check=False)
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
             self.process.kill()
+            self.process.wait()
 
 
 @pytest.fixture(scope="module")
 def power_loss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ArchiveStack, PowerLossVolume]]:
-    """A stack whose imaging data folder is on the power-loss volume; set up, then made durable."""
+    """A stack whose imaging data folder is on the power-loss volume; set up, then made durable.
+    ``audit_fsync`` is on: the setting that promises audit records survive power loss."""
     data_dir = tmp_path_factory.mktemp("power-loss")
     volume = PowerLossVolume(data_dir / "imaging")
     try:
-        for stack in started(data_dir):
+        for stack in started(data_dir, extra_env={"IMAGEBRIDGE_IMAGING_AUDIT_FSYNC": "true"}):
             volume.command("persist")  # the installation itself was durable before the test
             yield stack, volume
     finally:
@@ -164,8 +171,9 @@ def test_failed_fsync_is_never_acknowledged_nor_trusted_later(
         failed = stack.stow(parts)
     finally:
         volume.command("heal")
-    assert referenced_uids(failed.json() if failed.content else {}) == [], failed.text
-    assert failed.status_code >= 400, failed.text
+    # the blobs' fsync fails, and so does the audit journal's: no record, no answer but a 503
+    assert (failed.status_code, failed.headers.get("Retry-After")) == (503, "5"), failed.text
+    assert referenced_uids(failed.json()) == []
 
     stored = stack.stow(parts)
     assert stored.status_code == 200, stored.text
@@ -175,3 +183,33 @@ def test_failed_fsync_is_never_acknowledged_nor_trusted_later(
     volume.command("crash")
     stack.stack.start_imaging()
     assert sorted(sha256(p) for p in stack.retrieve(study)) == sorted(sha256(p) for p in parts)
+
+
+def test_power_loss_after_retrievals_keeps_their_audit_records(
+    power_loss: tuple[ArchiveStack, PowerLossVolume],
+) -> None:
+    """ARCHITECTURE.md: no delivery of imaging bytes without a committed audit record. With
+    ``audit_fsync`` on, a record is on stable storage before its response starts, so power lost
+    right after the bytes arrived keeps every record (docs/audit.md)."""
+    stack, volume = power_loss
+    study = generate_uid()
+    datasets = [instance(study=study, number=i, seed=700 + i, rows=64, columns=64) for i in range(3)]
+    assert stack.stow([part10(ds) for ds in datasets]).status_code == 200
+    stack.retrieve(study)  # published: retrievals are allowed from here on
+    base = f"{stack.base}/studies/{study}/series"
+    with httpx.Client(timeout=60, headers=stack.headers(Accept=WADO_ACCEPT)) as http:
+        for ds in datasets:
+            response = http.get(f"{base}/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+            assert response.status_code == 200, response.text
+    assert stack.stack.imaging is not None
+    stack.stack.imaging.kill()
+    volume.command("crash")
+    stack.stack.start_imaging()  # its startup replays what survived of the dead journal
+
+    database = stack.stack.imaging_settings.data_dir / "imaging.sqlite3"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        delivered = conn.execute(
+            "SELECT sop_uid FROM audit WHERE study_uid = ? AND operation = 'retrieve' AND status = 200",
+            (study,),
+        ).fetchall()
+    assert {sop for (sop,) in delivered} >= {str(ds.SOPInstanceUID) for ds in datasets}

@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagebridge.common.durable_dirs import fsync_dir, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +137,16 @@ class Journal:
         self._new_entries = False
 
     def append(self, entry: Entry) -> None:
-        """Journal ``entry`` (one ``write``); the writer task commits it soon after."""
-        segment = self._current()
+        """Journal ``entry`` (one ``write``); the writer task commits it soon after.
+        :class:`JournalUnavailable` when the disk refuses it."""
         line = encode(entry)
-        written = os.write(segment.fd, line)
+        try:
+            segment = self._current()
+            written = os.write(segment.fd, line)
+        except OSError as exc:
+            raise JournalUnavailable(f"audit journal {self.directory}: {exc}") from exc
         if written != len(line):  # a regular file short-writes only when the disk is full
-            raise OSError(f"audit journal {segment.path}: wrote {written} of {len(line)} bytes")
+            raise JournalUnavailable(f"audit journal {segment.path}: wrote {written} of {len(line)} bytes")
         segment.size += written
         segment.outstanding += 1
         self._pending.append((entry, segment))
@@ -165,8 +172,10 @@ class Journal:
         directory, self._new_entries = self._new_entries, False
         try:
             await asyncio.to_thread(_sync_files, fds, self.directory if directory else None)
-        except BaseException:
+        except BaseException as exc:
             self._new_entries = self._new_entries or directory
+            if isinstance(exc, OSError):
+                raise JournalUnavailable(f"audit journal {self.directory}: {exc}") from exc
             raise
         for segment, size in sizes:
             segment.synced = max(segment.synced, size)
@@ -228,7 +237,10 @@ class Journal:
     def _current(self) -> _Segment:
         if self._segments and self._segments[-1].size < self.segment_bytes:
             return self._segments[-1]
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.fsync:  # the folder's name too must survive power loss
+            make_dirs(self.directory)
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # Locked under a name replay ignores, then renamed: never seen unlocked under its real name.
         hidden = self.directory / f".{name}.new"
@@ -327,20 +339,28 @@ def _sync_files(fds: Sequence[int], directory: Path | None) -> None:
         for fd in fds:
             os.close(fd)
     if directory is not None:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(directory)
+
+
+class JournalUnavailable(Exception):
+    """The disk refused a record or its ``fdatasync`` (full, failing): the request it records
+    must not be answered with data. Each service answers 503 + ``Retry-After`` (``refuse``)."""
+
+
+class _Refused(Exception):
+    """The response was replaced by a 503: the application's own messages go nowhere."""
 
 
 class DurableResponses:
     """ASGI middleware: no HTTP response starts before the audit journal's appends so far are on
-    stable storage (:meth:`Journal.durable`). ``journal`` gives the process's journal."""
+    stable storage (:meth:`Journal.durable`). ``journal`` gives the process's journal. When they
+    cannot be made durable, nothing of the response is sent: ``refuse()`` (a 503) goes out
+    instead (ARCHITECTURE.md: no delivery without a committed audit record)."""
 
-    def __init__(self, app: ASGIApp, journal: Callable[[], Journal]) -> None:
+    def __init__(self, app: ASGIApp, journal: Callable[[], Journal], refuse: Callable[[], Response]) -> None:
         self.app = app
         self.journal = journal
+        self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -349,10 +369,16 @@ class DurableResponses:
 
         async def send_durably(message: Message) -> None:
             if message["type"] == "http.response.start":
-                await self.journal().durable()
+                try:
+                    await self.journal().durable()
+                except JournalUnavailable as exc:
+                    log.error("%s: answering 503 instead", exc)
+                    await self.refuse()(scope, receive, send)
+                    raise _Refused from exc
             await send(message)
 
-        await self.app(scope, receive, send_durably)
+        with contextlib.suppress(_Refused):
+            await self.app(scope, receive, send_durably)
 
 
 def _read_all(fd: int) -> bytes:

@@ -13,13 +13,14 @@ from starlette.routing import Route
 
 from imagebridge.common import db, http
 from imagebridge.common import settings as settings_mod
-from imagebridge.common.audit_journal import DurableResponses
+from imagebridge.common.audit_journal import DurableResponses, JournalUnavailable
 from imagebridge.common.settings import EhrSettings
 from imagebridge.ehr import audit
 from imagebridge.ehr.bulk import routes as bulk_routes
 from imagebridge.ehr.bulk.jobs import BulkExports
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir import batch, rest
+from imagebridge.ehr.fhir.outcome import FhirError
 from imagebridge.ehr.fhir.store import Store
 from imagebridge.ehr.policy.engine import PolicyEngine
 from imagebridge.ehr.smart import discovery
@@ -98,12 +99,24 @@ def create_app(settings: EhrSettings) -> Starlette:
         *batch.routes,
         *rest.routes,
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        exception_handlers={JournalUnavailable: lambda request, exc: _audit_unavailable()},
+        lifespan=lifespan,
+    )
     if settings.audit_fsync:
-        app.add_middleware(DurableResponses, journal=lambda: audit.trail(ctx).journal)
+        app.add_middleware(
+            DurableResponses, journal=lambda: audit.trail(ctx).journal, refuse=_audit_unavailable
+        )
     app.state.ctx = ctx
     app.state.bulk = bulk
     return app
+
+
+def _audit_unavailable() -> Response:
+    """No AuditEvent could be journaled, so nothing is disclosed (ARCHITECTURE.md invariants)."""
+    refusal = FhirError(503, "transient", "the audit record could not be stored", {"Retry-After": "5"})
+    return refusal.response()
 
 
 def app_from_env() -> Starlette:

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from imagebridge.common import db, http, jose, log_redaction
 from imagebridge.common import settings as settings_mod
-from imagebridge.common.audit_journal import DurableResponses
+from imagebridge.common.audit_journal import DurableResponses, JournalUnavailable
 from imagebridge.common.settings import ImagingSettings
 from imagebridge.imaging.archive.blobs import open_blob_store
 from imagebridge.imaging.archive.index import Index
@@ -27,7 +27,7 @@ from imagebridge.imaging.gate.audit import JOURNAL_DIR, AuditLog
 from imagebridge.imaging.gate.audit_publish import AuditPublisher
 from imagebridge.imaging.gate.capability import Capabilities, load_or_create_key
 from imagebridge.imaging.gate.ehr_client import EhrClient
-from imagebridge.imaging.gate.gate import Gate
+from imagebridge.imaging.gate.gate import Gate, unavailable
 from imagebridge.imaging.publish import Publisher
 from imagebridge.imaging.upstream import proxy
 from imagebridge.imaging.upstream.client import UpstreamClient
@@ -141,15 +141,21 @@ def create_app(settings: ImagingSettings) -> Starlette:
         middleware=[
             Middleware(DicomwebCors, allowed_origins=settings.cors_allowed_origins),
             *(
-                [Middleware(DurableResponses, journal=lambda: ctx.audit.journal)]
+                [Middleware(DurableResponses, journal=lambda: ctx.audit.journal, refuse=_audit_unavailable)]
                 if settings.audit_fsync
                 else []
             ),
         ],
+        exception_handlers={JournalUnavailable: lambda request, exc: _audit_unavailable()},
         lifespan=lifespan,
     )
     app.state.ctx = ctx
     return app
+
+
+def _audit_unavailable() -> Response:
+    """No audit record could be journaled, so nothing is served (ARCHITECTURE.md invariants)."""
+    return unavailable("the audit record could not be stored").response
 
 
 def app_from_env() -> Starlette:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import anyio
 
+from imagebridge.common.durable_dirs import fsync_dir, make_dirs
+
 if TYPE_CHECKING:
     from imagebridge.common.settings import ImagingSettings
 
@@ -62,7 +64,7 @@ class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.spool = root / ".spool"
-        self.spool.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.spool)
 
     def path(self, key: str) -> Path:
         check_key(key)
@@ -177,15 +179,7 @@ class LocalBlobStore:
 
 def _fsync_dirs(paths: list[Path]) -> None:
     for path in paths:
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path)
 
 
 def open_blob_store(settings: ImagingSettings) -> BlobStore:
