@@ -21,6 +21,7 @@ from imagebridge.common.smart_scopes import parse_scopes
 from imagebridge.ehr.admin import Admin
 from imagebridge.ehr.app import migrate
 from imagebridge.ehr.policy.engine import Principal
+from imagebridge.ehr.smart.clients import Client
 from imagebridge.ehr.smart.grants import Grant, GrantStore
 from imagebridge.ehr.smart.memo import GRANT_SECONDS, Found, Generation, Memo, read_generation
 from imagebridge.ehr.tables import resources
@@ -130,6 +131,26 @@ def test_token_lookups_are_kept_until_the_credentials_counter_moves() -> None:
         assert load.calls == 4
 
     asyncio.run(run())
+
+
+def test_client_registrations_are_kept_until_the_credentials_counter_moves() -> None:
+    """The token endpoint's registration lookups: read once while no credential changes, read again
+    when the counter moves or was read before the change; an unknown client is never remembered."""
+    memo, reads = Memo(), []
+    client = Client("svc", "backend", "svc", "system/*.rs")
+
+    async def load(client_id: str) -> Client | None:
+        reads.append(client_id)
+        return client if client_id == "svc" else None
+
+    async def run() -> None:
+        for at in (Generation(2, 0), Generation(2, 7), Generation(3, 0), Generation(2, 0), None):
+            assert await memo.client(at, "svc", load) is client
+        for _ in range(2):
+            assert await memo.client(Generation(3, 0), "gone", load) is None
+
+    asyncio.run(run())
+    assert reads == ["svc", "svc", "svc", "svc", "gone", "gone"]
 
 
 def test_included_resources_are_kept_until_the_resources_counter_moves() -> None:

@@ -9,7 +9,9 @@ concurrent writers of different resources bump different rows) once per introspe
 
 * ``credentials`` moves with any update or deletion of a token (revocation, refresh rotation, a
   user disabled) or of a client registration: every remembered token lookup is dropped, so a token
-  revoked through any worker or the admin CLI is inactive at the next introspection everywhere;
+  revoked through any worker or the admin CLI is inactive at the next introspection everywhere,
+  and so is every remembered client registration (the token endpoint verifies assertions against
+  it: a rotated key, a narrowed scope or a disabled client counts at the next request);
 * ``resources`` moves with any write of a FHIR resource other than an AuditEvent (studies, labels,
   Consent, RelatedPerson, Patient, Group…): every remembered imaging grant is dropped, and so is
   every remembered included resource (the Endpoint each ImagingStudy of a search page names).
@@ -19,7 +21,8 @@ under way, which may predate a change committed before they arrived).
 
 A grant also depends on the clock (ages, Consent and relationship periods), so one is kept at most
 :data:`GRANT_SECONDS`. Expiry is checked on every use (:meth:`Grant.active`). Unknown tokens are
-never remembered. Without the counters (a database not migrated to 0003) nothing is remembered.
+never remembered, nor are unknown clients. Without the counters (a database not migrated to 0003)
+nothing is remembered.
 """
 
 from __future__ import annotations
@@ -97,8 +100,26 @@ class _Table(Generic[K, V]):
         self.entries[key] = value
 
 
+async def _credential(
+    table: _Table[str, V],
+    generation: Generation | None,
+    key: str,
+    name: str,
+    load: Callable[[str], Awaitable[V | None]],
+) -> V | None:
+    """``load(name)``, remembered in ``table`` under ``key`` while the credentials counter stands."""
+    if generation is None:
+        return await load(name)
+    found = table.get(generation.credentials, key)
+    if found is None:
+        found = await load(name)
+        if found is not None:
+            table.put(generation.credentials, key, found)
+    return found
+
+
 class Memo:
-    """One worker's remembered token lookups and imaging grants."""
+    """One worker's remembered token lookups, client registrations and imaging grants."""
 
     def __init__(
         self,
@@ -108,6 +129,7 @@ class Memo:
         self._clock = clock
         self._read_counters = read
         self._tokens: _Table[str, Found] = _Table()
+        self._clients: _Table[str, Client] = _Table()
         self._grants: _Table[Principal, tuple[float, dict[str, Any]]] = _Table()
         self._included: _Table[tuple[str, str], dict[str, Any]] = _Table()
         #: Grants being computed, by counter value and principal: asked again meanwhile, awaited.
@@ -142,15 +164,18 @@ class Memo:
         ``generation`` must have been read before this call: what ``load`` reads is then at least
         as new as the counter it is filed under.
         """
-        if generation is None:
-            return await load(secret)
-        key = digest(secret)
-        found = self._tokens.get(generation.credentials, key)
-        if found is None:
-            found = await load(secret)
-            if found is not None:
-                self._tokens.put(generation.credentials, key, found)
-        return found
+        return await _credential(self._tokens, generation, digest(secret), secret, load)
+
+    async def client(
+        self, generation: Generation | None, client_id: str, load: Callable[[str], Awaitable[Client | None]]
+    ) -> Client | None:
+        """The registration of ``client_id`` as ``load`` finds it (enabled or not), for verifying its
+        assertions (SMART Backend Services: its keys and scope). Any update or deletion of a
+        registration moves the credentials counter; a client not found is never remembered.
+
+        ``generation`` must have been read before this call, as for :meth:`token`.
+        """
+        return await _credential(self._clients, generation, client_id, client_id, load)
 
     async def included(
         self,

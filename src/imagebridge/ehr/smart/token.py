@@ -82,7 +82,8 @@ async def authenticate_client(
     resolved: dict[str, Client] = {}
 
     async def resolve(client_id: str) -> Client | None:
-        client = await ctx.clients.get(client_id)
+        generation = await ctx.memo.generation(ctx.engine)  # before the registration is read
+        client = await ctx.memo.client(generation, client_id, ctx.clients.get)
         if client is not None:
             resolved[client_id] = client
         return client
