@@ -195,7 +195,9 @@ launches = Table(
 # change it stands for, so that every worker notices at its next read (see ehr/smart/memo.py):
 # ``credentials`` (a token or a client registration updated or deleted) and ``resources`` (a FHIR
 # resource other than an AuditEvent written or deleted; migration 0004 spreads it over the rows
-# ``resources.0`` … ``resources.15`` by resource id, read as their sum).
+# ``resources.0`` … ``resources.15`` by resource id, read as their sum). Migration 0005 adds
+# ``patients.<k>`` (a patient's compartment written) and ``directory.<k>`` (data outside every
+# compartment written), which decide how long a patient's imaging grant is kept.
 generations = Table(
     "generations",
     metadata,

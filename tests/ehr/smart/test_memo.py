@@ -6,6 +6,8 @@ time, and a request never takes the counters from a read that began before it ar
 from __future__ import annotations
 
 import asyncio
+import importlib
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,10 +22,17 @@ from imagebridge.common.settings import EhrSettings
 from imagebridge.common.smart_scopes import parse_scopes
 from imagebridge.ehr.admin import Admin
 from imagebridge.ehr.app import migrate
-from imagebridge.ehr.policy.engine import Principal
+from imagebridge.ehr.policy.engine import _SUBJECT, Principal
 from imagebridge.ehr.smart.clients import Client
 from imagebridge.ehr.smart.grants import Grant, GrantStore
-from imagebridge.ehr.smart.memo import GRANT_SECONDS, Found, Generation, Memo, read_generation
+from imagebridge.ehr.smart.memo import (
+    GRANT_SECONDS,
+    PATIENT_SHARDS,
+    Found,
+    Generation,
+    Memo,
+    read_generation,
+)
 from imagebridge.ehr.tables import resources
 
 
@@ -64,14 +73,15 @@ def test_counters_move_with_every_change_they_stand_for(settings: EhrSettings) -
             await admin.close()
         return seen
 
-    assert asyncio.run(run()) == [
-        Generation(0, 0),
-        Generation(0, 0),
-        Generation(1, 0),
-        Generation(2, 0),
-        Generation(2, 1),
-        Generation(2, 2),
-        Generation(2, 2),
+    seen = asyncio.run(run())
+    assert [(g.credentials, g.resources) if g else None for g in seen] == [
+        (0, 0),
+        (0, 0),
+        (1, 0),
+        (2, 0),
+        (2, 1),
+        (2, 2),
+        (2, 2),
     ]
 
 
@@ -100,7 +110,8 @@ def test_writers_of_different_resources_do_not_queue_on_one_counter(settings: Eh
 
     before, after = asyncio.run(run())
     assert before is not None
-    assert after == Generation(before.credentials, before.resources + 2)
+    assert after is not None
+    assert (after.credentials, after.resources) == (before.credentials, before.resources + 2)
 
 
 PRINCIPAL = Principal("app", parse_scopes("patient/ImagingStudy.rs"), patient="p1")
@@ -265,3 +276,84 @@ def test_a_request_shares_only_a_counter_read_that_begins_after_it() -> None:
 
     assert asyncio.run(run()) == [Generation(1, 0)] + [Generation(2, 0)] * 3
     assert len(reads) == 2  # the three that arrived during the first read shared the second
+
+
+def _study(sid: str, patient: str | None, **more: Any) -> dict[str, Any]:
+    subject = {"reference": f"Patient/{patient}"} if patient else {"identifier": {"value": "mrn"}}
+    return {"resourceType": "ImagingStudy", "id": sid, "status": "available", "subject": subject, **more}
+
+
+def test_each_write_moves_the_counts_of_what_it_can_change(settings: EhrSettings) -> None:
+    """p1 and p2 are in different shards; the stamp of p1's grant moves only with p1's compartment
+    (its Patient, a study naming it, a study moved to it) and with data outside every compartment."""
+
+    async def run() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        admin = Admin(settings)
+        stamps = []
+
+        async def look() -> None:
+            found = await read_generation(admin.engine)
+            assert found is not None
+            stamps.append((found.grant_stamp("p1"), found.grant_stamp("p2")))
+
+        try:
+            await look()
+            for resource in (
+                {"resourceType": "Patient", "id": "p1"},  # p1
+                _study("s2", "p2"),  # p2
+                _study("s2", "p2", description="relabeled"),  # p2
+                _study("u", None),  # unreconciled: nobody's
+                _study("u", "p1"),  # reconciled to p1
+                {"resourceType": "Organization", "id": "o1"},  # outside: both
+                {"resourceType": "AuditEvent", "id": "a1", "recorded": "2024-01-01"},  # no decision
+            ):
+                await admin.put_resource(resource)
+                await look()
+        finally:
+            await admin.close()
+        return stamps
+
+    stamps = asyncio.run(run())
+    moved = [(a[0] != b[0], a[1] != b[1]) for a, b in itertools.pairwise(stamps)]
+    assert moved == [
+        (True, False),
+        (False, True),
+        (False, True),
+        (False, False),
+        (True, False),
+        (True, True),
+        (False, False),
+    ]
+
+
+def test_a_grant_is_kept_across_writes_for_other_patients() -> None:
+    memo, computed = Memo(), []
+    shards = [0] * PATIENT_SHARDS
+
+    def at(directory: int, p1: int, others: int, resources: int) -> Generation:
+        counts = list(shards)
+        counts[ord("1") % PATIENT_SHARDS] = p1
+        counts[ord("2") % PATIENT_SHARDS] = others
+        return Generation(0, resources, tuple(counts), directory)
+
+    async def compute() -> dict[str, Any]:
+        computed.append(time.monotonic())
+        return {"studies": len(computed)}
+
+    async def run() -> None:
+        await memo.imaging_grant(at(0, 0, 0, 0), PRINCIPAL, compute)
+        await memo.imaging_grant(at(0, 0, 5, 5), PRINCIPAL, compute)  # p2's studies written: kept
+        assert len(computed) == 1
+        await memo.imaging_grant(at(0, 1, 5, 6), PRINCIPAL, compute)  # p1's compartment: computed
+        await memo.imaging_grant(at(1, 1, 5, 7), PRINCIPAL, compute)  # outside every compartment
+        await memo.imaging_grant(Generation(0, 7), PRINCIPAL, compute)  # counters of 0004 only
+        await memo.imaging_grant(Generation(0, 8), PRINCIPAL, compute)  # there any write counts
+        assert len(computed) == 5
+
+    asyncio.run(run())
+
+
+def test_the_compartment_types_of_the_counters_are_the_policys() -> None:
+    """Migration 0005 names the compartment types in its triggers; they are the policy engine's."""
+    migration = importlib.import_module("imagebridge.ehr.migrations.versions.0005_patient_counters")
+    assert set(migration.COMPARTMENT) == {"Patient", *_SUBJECT}

@@ -13,8 +13,10 @@ concurrent writers of different resources bump different rows) once per introspe
   and so is every remembered client registration (the token endpoint verifies assertions against
   it: a rotated key, a narrowed scope or a disabled client counts at the next request);
 * ``resources`` moves with any write of a FHIR resource other than an AuditEvent (studies, labels,
-  Consent, RelatedPerson, Patient, Group…): every remembered imaging grant is dropped, and so is
-  every remembered included resource (the Endpoint each ImagingStudy of a search page names).
+  Consent, RelatedPerson, Patient, Group…): every remembered included resource (the Endpoint each
+  ImagingStudy of a search page names) is dropped. A patient's imaging grant is dropped by a write
+  in that patient's compartment or outside every compartment (the ``patients`` and ``directory``
+  shards of migration 0005), not by writes for other patients.
 
 Requests arriving while a read of the counters is under way share the next read (never the one
 under way, which may predate a change committed before they arrived).
@@ -47,6 +49,8 @@ from imagebridge.ehr.tables import generations
 GRANT_SECONDS: Final = 1.0
 #: Entries per table; the oldest goes first when full.
 MAX_ENTRIES: Final = 4096
+#: Rows of the per-patient counter (migration 0005: ``patients.<last id character mod 16>``).
+PATIENT_SHARDS: Final = 16
 
 _COUNTERS: Final = select(generations.c.name, generations.c.value)
 
@@ -61,6 +65,17 @@ class Generation:
 
     credentials: int
     resources: int
+    #: Writes in the compartments of the patients of each shard (migration 0005; empty before).
+    patients: tuple[int, ...] = ()
+    #: Writes of resources outside every patient compartment (migration 0005).
+    directory: int = 0
+
+    def grant_stamp(self, patient: str | None) -> tuple[int, ...]:
+        """The counts an imaging grant for ``patient`` depends on: its compartment's shard and the
+        data outside every compartment (without the counters of 0005: every write)."""
+        if patient and len(self.patients) == PATIENT_SHARDS:
+            return (self.directory, self.patients[ord(patient[-1]) % PATIENT_SHARDS])
+        return (self.resources,)
 
 
 async def read_generation(engine: AsyncEngine) -> Generation | None:
@@ -72,9 +87,17 @@ async def read_generation(engine: AsyncEngine) -> Generation | None:
         return None
     if "credentials" not in rows or "resources" not in rows:
         return None
-    # the shards of migration 0004 with the row of 0003: every committed write raises the sum
-    resources = sum(int(v) for name, v in rows.items() if name.partition(".")[0] == "resources")
-    return Generation(int(rows["credentials"]), resources)
+    sums: dict[str, int] = {}  # the shards of migrations 0004 and 0005 (with the row of 0003)
+    for name, value in rows.items():
+        kind = name.partition(".")[0]
+        sums[kind] = sums.get(kind, 0) + int(value)
+    patients = tuple(rows.get(f"patients.{k}") for k in range(PATIENT_SHARDS))
+    return Generation(
+        int(rows["credentials"]),
+        sums["resources"],
+        tuple(int(v) for v in patients if v is not None) if None not in patients else (),
+        sums.get("directory", 0),
+    )
 
 
 class _Table(Generic[K, V]):
@@ -130,10 +153,11 @@ class Memo:
         self._read_counters = read
         self._tokens: _Table[str, Found] = _Table()
         self._clients: _Table[str, Client] = _Table()
-        self._grants: _Table[Principal, tuple[float, dict[str, Any]]] = _Table()
+        #: principal → (the counts it was computed under, when its computation began, grant)
+        self._grants: dict[Principal, tuple[tuple[int, ...], float, dict[str, Any]]] = {}
         self._included: _Table[tuple[str, str], dict[str, Any]] = _Table()
         #: Grants being computed, by counter value and principal: asked again meanwhile, awaited.
-        self._computing: dict[tuple[int, Principal], asyncio.Task[dict[str, Any]]] = {}
+        self._computing: dict[tuple[tuple[int, ...], Principal], asyncio.Task[dict[str, Any]]] = {}
         #: The next read of the counters, shared by every request that arrives before it starts.
         self._next_read: asyncio.Future[Generation | None] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -206,13 +230,16 @@ class Memo:
         principal: Principal,
         compute: Callable[[], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
-        """The imaging grant of ``principal`` (shared: callers must not change it)."""
+        """The imaging grant of ``principal`` (shared: callers must not change it), remembered while
+        the counts it depends on stand (:meth:`Generation.grant_stamp`: a write in another patient's
+        compartment keeps it)."""
         if generation is None:
             return await compute()
-        kept = self._grants.get(generation.resources, principal)
-        if kept is not None and self._clock() - kept[0] < GRANT_SECONDS:
-            return kept[1]
-        key = (generation.resources, principal)
+        stamp = generation.grant_stamp(principal.patient)
+        kept = self._grants.get(principal)
+        if kept is not None and kept[0] == stamp and self._clock() - kept[1] < GRANT_SECONDS:
+            return kept[2]
+        key = (stamp, principal)
         task = self._computing.get(key)
         if task is None:
             task = asyncio.ensure_future(self._compute(key, compute))
@@ -221,9 +248,11 @@ class Memo:
         return await asyncio.shield(task)  # one caller going away does not cancel the others' answer
 
     async def _compute(
-        self, key: tuple[int, Principal], compute: Callable[[], Awaitable[dict[str, Any]]]
+        self, key: tuple[tuple[int, ...], Principal], compute: Callable[[], Awaitable[dict[str, Any]]]
     ) -> dict[str, Any]:
         started = self._clock()
         answer = await compute()
-        self._grants.put(key[0], key[1], (started, answer))
+        if len(self._grants) >= MAX_ENTRIES and key[1] not in self._grants:
+            del self._grants[next(iter(self._grants))]
+        self._grants[key[1]] = (key[0], started, answer)
         return answer
