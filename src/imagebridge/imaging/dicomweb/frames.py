@@ -19,8 +19,8 @@ caller for the instance, so it reveals nothing about other patients.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -44,6 +44,7 @@ from imagebridge.imaging.dicomweb.media import (
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 from imagebridge.imaging.gate.gate import Access
 
+T = TypeVar("T")
 OCTET_STREAM = "application/octet-stream"
 #: Most frames one request may name.
 MAX_FRAMES_PER_REQUEST = 10000
@@ -73,25 +74,26 @@ def frame_offers(transfer_syntax: str) -> list[Offer]:
 
 
 class FrameSource:
-    """One instance's frames, read lazily from the blob store in worker threads."""
+    """One instance's frames, read from the blob store in worker threads: each read opens the
+    blob for that worker call alone (a local store's file is read directly, with no trip
+    through the event loop per read: :func:`pixels.reading`)."""
 
     def __init__(self, blobs: BlobStore, row: InstanceRow) -> None:
         self.blobs = blobs
         self.row = row
-        self._fp: io.BufferedReader | None = None
         self.header: pixels.PixelHeader | None = None
 
-    def _file(self) -> io.BufferedReader:
-        if self._fp is None:
-            self._fp = pixels.open_blob(self.blobs, self.row.blob_key, self.row.size)
-        return self._fp
+    def _read(self, use: Callable[[io.BufferedReader], T]) -> T:
+        """``use`` the open blob (in the calling worker thread), closed after."""
+        with pixels.reading(self.blobs, self.row.blob_key, self.row.size) as fp:
+            return use(fp)
 
     async def load_header(self) -> pixels.PixelHeader:
         """The instance's header: kept from an earlier request, else parsed in a worker thread."""
         key = self.row.blob_key
         header = HEADERS.kept(key)
         if header is None:
-            header = await anyio.to_thread.run_sync(lambda: HEADERS.header(key, self._file()))
+            header = await anyio.to_thread.run_sync(self._read, lambda fp: HEADERS.header(key, fp))
         self.header = header
         return header
 
@@ -114,16 +116,17 @@ class FrameSource:
         """Frame ``number`` decoded to native little-endian bytes."""
         header = self._require_header()
 
-        def work() -> bytes:
-            frame = pixels.decode_frame(self._file(), header, number - 1)
-            return pixels.native_bytes(frame, header.bits_allocated)
+        def work(fp: io.BufferedReader) -> bytes:
+            return pixels.native_bytes(pixels.decode_frame(fp, header, number - 1), header.bits_allocated)
 
-        return await pixels.in_worker(work)
+        return await pixels.in_worker(self._read, work)
 
     async def compressed(self, number: int) -> bytes:
         """Frame ``number`` exactly as stored in encapsulated Pixel Data (PS3.5 A.4)."""
         header = self._require_header()
-        return await pixels.in_worker(pixels.encapsulated_frame, self._file(), header, number - 1)
+        return await pixels.in_worker(
+            self._read, lambda fp: pixels.encapsulated_frame(fp, header, number - 1)
+        )
 
 
 async def once(data: bytes) -> AsyncIterator[bytes]:
