@@ -76,6 +76,8 @@ def _serve(section: str, args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level=settings.log_level,
         factory=f"imagebridge.{section}.app:app_from_env",
+        tls_certfile=settings.tls_certfile,
+        tls_keyfile=settings.tls_keyfile,
     )
     return 0
 

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -68,9 +69,16 @@ def settings_env(prefix: str, values: dict[str, object]) -> dict[str, str]:
 
 
 def start_service(
-    name: str, env: dict[str, str], url: str, log_path: Path, *args: str, command: Sequence[str] = ()
+    name: str,
+    env: dict[str, str],
+    url: str,
+    log_path: Path,
+    *args: str,
+    command: Sequence[str] = (),
+    verify: ssl.SSLContext | bool = True,
 ) -> ServiceProcess:
-    """Start ``imagebridge <name> serve`` (or ``command``) and wait until ``/healthz`` answers."""
+    """Start ``imagebridge <name> serve`` (or ``command``) and wait until ``/healthz`` answers
+    (over HTTPS: with a certificate ``verify`` trusts)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log: IO[bytes] = log_path.open("ab")
     process = subprocess.Popen(
@@ -87,7 +95,7 @@ def start_service(
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}:\n{service.log()[-3000:]}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=1.0, verify=verify).status_code == 200:
                 return service
         except httpx.HTTPError:
             pass

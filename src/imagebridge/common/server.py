@@ -1,26 +1,59 @@
-"""Run an ASGI application under uvicorn, bound to the configured address."""
+"""Run an ASGI application under uvicorn, bound to the configured address (docs/deployment.md).
+
+With a certificate and key configured the service speaks HTTPS itself, TLS 1.2 or newer only
+(security.md RS-11); without, plain HTTP for a TLS-terminating reverse proxy in front. Proxy headers
+(``X-Forwarded-*``, ``Forwarded``) are never trusted: every URL the services hand out is built
+from the configured public URL (RS-10).
+"""
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """A server context for ``certfile``/``keyfile`` that refuses anything older than TLS 1.2."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile or None)
+    return context
+
+
+def _tls_factory(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """uvicorn's context hook (module level, so worker processes can unpickle it)."""
+    return tls_context(str(config.ssl_certfile), str(config.ssl_keyfile or ""))
+
+
 def serve(
-    app: Any, host: str, port: int, *, workers: int = 1, log_level: str = "info", factory: str = ""
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    workers: int = 1,
+    log_level: str = "info",
+    factory: str = "",
+    tls_certfile: str = "",
+    tls_keyfile: str = "",
 ) -> None:
     """Serve ``app`` (or, with several workers, the import string ``factory``) until interrupted."""
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "proxy_headers": False,
+        "server_header": False,
+    }
+    if tls_certfile:
+        options |= {
+            "ssl_certfile": tls_certfile,
+            "ssl_keyfile": tls_keyfile or None,
+            "ssl_context_factory": _tls_factory,
+        }
     if workers > 1:
-        uvicorn.run(
-            factory,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=log_level,
-            factory=True,
-            proxy_headers=False,
-            server_header=False,
-        )
+        uvicorn.run(factory, workers=workers, factory=True, **options)
     else:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False)
+        uvicorn.run(app, **options)

@@ -32,6 +32,10 @@ class EhrSettings:
     port: int = 8080
     #: The externally visible origin, e.g. ``https://ehr.example.org``; derived from host/port if empty.
     public_url: str = ""
+    #: PEM certificate chain and key to serve HTTPS directly (TLS 1.2+); empty: plain HTTP, for a
+    #: TLS-terminating reverse proxy in front (docs/deployment.md).
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
     data_dir: Path = Path("var/ehr")
     #: SQLAlchemy URL; empty means SQLite in ``data_dir``.
     database_url: str = ""
@@ -75,12 +79,18 @@ class ImagingSettings:
     host: str = "127.0.0.1"
     port: int = 8081
     public_url: str = ""
+    #: PEM certificate chain and key to serve HTTPS directly (TLS 1.2+); empty: plain HTTP, for a
+    #: TLS-terminating reverse proxy in front (docs/deployment.md).
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
     data_dir: Path = Path("var/imaging")
     database_url: str = ""
     #: Where DICOM blobs live: a folder path, or ``s3://bucket/prefix``.
     blob_store: str = ""
     #: The EHR this imaging system trusts, by its FHIR base URL.
     ehr_fhir_base: str = "http://127.0.0.1:8080/fhir"
+    #: PEM CA bundle trusted for the EHR's certificate in addition to the system's (a private CA).
+    ehr_ca_file: str = ""
     #: This system's own Backend Services registration at the EHR.
     client_id: str = "imaging"
     private_key_file: Path = Path("var/imaging/client-key.json")

@@ -45,7 +45,7 @@ def migrate(settings: ImagingSettings) -> None:
 
 def build_context(settings: ImagingSettings) -> ImagingContext:
     engine = db.create_engine(settings.resolved_database_url)
-    client = http.client(settings.ehr_timeout)
+    client = http.client(settings.ehr_timeout, ca_file=settings.ehr_ca_file)
     ehr = EhrClient(
         client,
         settings.ehr_fhir_base,

@@ -1,0 +1,168 @@
+"""Transport and the imaging system's own credential (security.md §2: RS-11, RS-12), against the
+running pair served over HTTPS with certificates made by the test (tests/security/tls_pair.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.security.tls_pair import Certificates, TlsPair, make_certificates, start_tls_pair
+
+from imagebridge.apps.stack import IMAGING_CLIENT_SCOPE
+from imagebridge.ehr.admin import Admin
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("tls-certs"))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Iterator[TlsPair]:
+    running = start_tls_pair(tmp_path_factory.mktemp("tls-pair"), certs)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _handshake(port: int, version: ssl.TLSVersion, ca_file: Path) -> str:
+    """The TLS version negotiated by a client offering at most ``version`` (and at least TLS 1.0)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # the client itself would offer TLS 1.0/1.1
+    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: the point of the test
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = version
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        return str(tls.version())
+
+
+@pytest.mark.parametrize("service", ["ehr", "imaging"])
+def test_rs11_tls_below_1_2_is_refused(pair: TlsPair, service: str) -> None:
+    port = pair.stack.ehr_port if service == "ehr" else pair.stack.imaging_port
+    for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        with pytest.raises(ssl.SSLError) as refused:
+            _handshake(port, old, pair.certs.ca_file)
+        assert "NO_PROTOCOLS_AVAILABLE" not in str(refused.value)  # refused by the server
+    assert _handshake(port, ssl.TLSVersion.TLSv1_2, pair.certs.ca_file) == "TLSv1.2"
+    assert _handshake(port, ssl.TLSVersion.MAXIMUM_SUPPORTED, pair.certs.ca_file) == "TLSv1.3"
+
+
+def test_rs11_token_fhir_and_dicomweb_answer_over_tls(pair: TlsPair) -> None:
+    token = pair.patient_token("alice")
+    with httpx.Client(timeout=30, verify=pair.certs.client_context()) as http:
+        config = http.get(f"{pair.ehr_origin}/fhir/.well-known/smart-configuration").json()
+        studies = http.get(
+            f"{pair.imaging_origin}/dicom-web/studies", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert config["token_endpoint"].startswith("https://")
+    assert config["introspection_endpoint"].startswith("https://")
+    # the imaging system introspected the token at the EHR over verified TLS
+    assert studies.status_code in (200, 204)
+
+
+def test_rs11_unregistered_origin_gets_no_cors_grant(tmp_path: Path, certs: Certificates) -> None:
+    """Imaging with a registered viewer origin; the EHR's FHIR API does no CORS at all."""
+    evil = {"Origin": "https://evil.example"}
+    preflight = {
+        **evil,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    running = start_tls_pair(
+        tmp_path, certs, imaging_env={"IMAGEBRIDGE_IMAGING_CORS_ALLOWED_ORIGINS": "https://viewer.example"}
+    )
+    try:
+        token = running.patient_token("alice")
+        with httpx.Client(timeout=30, verify=certs.client_context()) as http:
+            answers = [
+                http.get(
+                    f"{running.imaging_origin}/dicom-web/studies",
+                    headers={**evil, "Authorization": f"Bearer {token}"},
+                ),
+                http.options(f"{running.imaging_origin}/dicom-web/studies", headers=preflight),
+                http.get(
+                    f"{running.ehr_origin}/fhir/Patient/alice",
+                    headers={**evil, "Authorization": f"Bearer {token}"},
+                ),
+                http.options(f"{running.ehr_origin}/fhir/Patient", headers=preflight),
+            ]
+            # public discovery documents are readable from any origin (SMART App Launch), never
+            # with credentials
+            public = http.get(f"{running.ehr_origin}/fhir/metadata", headers=evil)
+            viewer = http.options(
+                f"{running.imaging_origin}/dicom-web/studies",
+                headers={**preflight, "Origin": "https://viewer.example"},
+            )
+    finally:
+        running.stop()
+    for answer in answers:
+        assert "access-control-allow-origin" not in answer.headers, answer.request.url
+        assert "access-control-allow-credentials" not in answer.headers
+    assert "access-control-allow-credentials" not in public.headers
+    assert viewer.headers["access-control-allow-origin"] == "https://viewer.example"  # control
+
+
+def _studies(pair: TlsPair) -> httpx.Response:
+    token = pair.patient_token("alice")
+    with httpx.Client(timeout=30, verify=pair.certs.client_context()) as http:
+        return http.get(
+            f"{pair.imaging_origin}/dicom-web/studies", headers={"Authorization": f"Bearer {token}"}
+        )
+
+
+@pytest.mark.parametrize("ehr_certificate", ["self_signed", "wrong_host"])
+def test_rs12_ehr_certificate_not_trusted_is_503(
+    tmp_path: Path, certs: Certificates, ehr_certificate: str
+) -> None:
+    running = start_tls_pair(tmp_path, certs, getattr(certs, ehr_certificate))
+    try:
+        answers = [_studies(running) for _ in range(2)]
+    finally:
+        running.stop()
+    for answer in answers:
+        assert answer.status_code == 503
+        assert b"DICM" not in answer.content
+        assert answer.content[:1] != b"["
+
+
+def _disable_imaging_client(pair: TlsPair) -> None:
+    async def run() -> None:
+        admin = Admin(pair.stack.ehr_settings)
+        try:
+            assert await admin.clients.set_enabled("imaging", False)
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
+
+def test_rs12_imaging_client_disabled_at_the_ehr_is_503(tmp_path: Path, certs: Certificates) -> None:
+    running = start_tls_pair(tmp_path, certs)
+    try:
+        assert _studies(running).status_code in (200, 204)  # its own token obtained and cached
+        _disable_imaging_client(running)
+        answers = [_studies(running) for _ in range(2)]  # fresh patient tokens: nothing cached
+    finally:
+        running.stop()
+    assert [a.status_code for a in answers] == [503, 503]
+
+
+def test_rs12_imaging_client_without_introspection_scope_is_503(tmp_path: Path, certs: Certificates) -> None:
+    scope = " ".join(s for s in IMAGING_CLIENT_SCOPE.split() if s != "introspection")
+    running = start_tls_pair(tmp_path, certs, imaging_scope=scope)
+    try:
+        answers = [_studies(running) for _ in range(2)]
+    finally:
+        running.stop()
+    assert [a.status_code for a in answers] == [503, 503]
