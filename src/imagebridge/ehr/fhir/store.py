@@ -271,10 +271,10 @@ class Store:
         number of matches within ``restrict`` (``total``) and within ``reached`` (``within``, 0
         without it). The counts are computed over ids alone (an index), the documents read for
         the page's rows only; an empty page carries no counts."""
-        order = _order(query)
+        order, criteria = _order(query), _where(query, None)  # built once, used twice
         within: ColumnElement[Any] = literal(0)
         if reached is not None:  # its own scan of resources, not correlated with the page's
-            reached_rows = select(func.count()).select_from(resources).where(*_where(query, reached))
+            reached_rows = select(func.count()).select_from(resources).where(*criteria, reached)
             within = reached_rows.correlate(None).scalar_subquery()
         page = (
             select(
@@ -282,7 +282,7 @@ class Store:
                 func.count().over().label("total"),
                 func.row_number().over(order_by=order).label("position"),
             )
-            .where(*_where(query, restrict))
+            .where(*criteria, *([] if restrict is None else [restrict]))
             .order_by(*order)
             .limit(query.count)
             .offset(query.offset)
