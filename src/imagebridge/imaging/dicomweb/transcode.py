@@ -80,23 +80,23 @@ def _with_new_syntax(ds: Dataset) -> Dataset:
 
 def _whole(blobs: BlobStore, row: InstanceRow) -> bytes:
     """The whole instance re-encoded in memory, within the transcoding limit (worker thread)."""
-    fp = pixels.open_blob(blobs, row.blob_key, row.size)
-    header = pixels.read_header(fp)
-    if header.has_pixels:
-        header.check_instance_budget()
-    if row.size > pixels.MAX_INSTANCE_BYTES:
-        raise DicomwebError(413, "this instance is too large to transcode; ask for transfer-syntax=*")
-    fp.seek(0)
-    try:
-        ds = pydicom.dcmread(fp)
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress(generate_instance_uid=False)
-        out = io.BytesIO()
-        dcmwrite(out, _with_new_syntax(ds), enforce_file_format=True)
-    except DicomwebError:
-        raise
-    except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
-        raise _cannot(row, exc) from exc
+    with pixels.reading(blobs, row.blob_key, row.size) as fp:
+        header = pixels.read_header(fp)
+        if header.has_pixels:
+            header.check_instance_budget()
+        if row.size > pixels.MAX_INSTANCE_BYTES:
+            raise DicomwebError(413, "this instance is too large to transcode; ask for transfer-syntax=*")
+        fp.seek(0)
+        try:
+            ds = pydicom.dcmread(fp)
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.decompress(generate_instance_uid=False)
+            out = io.BytesIO()
+            dcmwrite(out, _with_new_syntax(ds), enforce_file_format=True)
+        except DicomwebError:
+            raise
+        except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
+            raise _cannot(row, exc) from exc
     return out.getvalue()
 
 
@@ -246,46 +246,46 @@ def _streamed(blobs: BlobStore, row: InstanceRow) -> Iterator[bytes]:
     Everything that can fail cleanly (parsing, budgets, the first frame) happens before the first
     chunk is yielded; see :func:`start`.
     """
-    fp = pixels.open_blob(blobs, row.blob_key, row.size)
-    header = pixels.read_header(fp)
-    ts = header.transfer_syntax
-    streamable = header.has_pixels and not ts.is_deflated and header.value_offset is not None
-    stored_vr = _stored_vr(header) if streamable else None
-    if stored_vr is None:
-        yield _whole(blobs, row)
-        return
-    where = _locate(fp, header)
-    # native data keeps its VR; decompressed data is OB up to 8 bits, else OW (as pydicom's decompress)
-    by_bits = "OB" if header.bits_allocated <= 8 else "OW"
-    vr = by_bits if ts.is_compressed or not stored_vr else stored_vr
-    tail = _trailing(fp, where, row.size)
-    if not ts.is_compressed and ts.is_little_endian:  # implicit VR little endian: copy the pixels
-        yield _header_bytes(header, {}) + _pixel_element_header(vr, where.length)
-        yield from _blob_range(blobs, row, where.start, where.end)
+    with pixels.reading(blobs, row.blob_key, row.size) as fp:
+        header = pixels.read_header(fp)
+        ts = header.transfer_syntax
+        streamable = header.has_pixels and not ts.is_deflated and header.value_offset is not None
+        stored_vr = _stored_vr(header) if streamable else None
+        if stored_vr is None:
+            yield _whole(blobs, row)
+            return
+        where = _locate(fp, header)
+        # native data keeps its VR; decompressed data is OB up to 8 bits, else OW (as pydicom's decompress)
+        by_bits = "OB" if header.bits_allocated <= 8 else "OW"
+        vr = by_bits if ts.is_compressed or not stored_vr else stored_vr
+        tail = _trailing(fp, where, row.size)
+        if not ts.is_compressed and ts.is_little_endian:  # implicit VR little endian: copy the pixels
+            yield _header_bytes(header, {}) + _pixel_element_header(vr, where.length)
+            yield from _blob_range(blobs, row, where.start, where.end)
+            yield b"\0" * (where.length % 2) + tail
+            return
+        frames = _frames(fp, where, row)
+        first = next(frames, None)
+        if first is None:
+            raise _cannot(row, ValueError("no frame could be decoded"))
+        packer = _BitPacker() if header.bits_allocated == 1 else None
+        yield _header_bytes(header, first[1]) + _pixel_element_header(vr, where.length)
+        sent = 0
+        for frame, _ in itertools.chain([first], frames):
+            data = packer.pack(frame) if packer else pixels.native_bytes(frame, header.bits_allocated)
+            if packer is None and len(data) != header.native_frame_bytes:
+                raise _cannot(
+                    row, ValueError(f"a decoded frame has {len(data)} bytes, not {header.native_frame_bytes}")
+                )
+            sent += len(data)
+            yield data
+        if packer:
+            data = packer.flush()
+            sent += len(data)
+            yield data
+        if sent != where.length:
+            raise _cannot(row, ValueError(f"{sent} bytes of pixel data decoded, {where.length} declared"))
         yield b"\0" * (where.length % 2) + tail
-        return
-    frames = _frames(fp, where, row)
-    first = next(frames, None)
-    if first is None:
-        raise _cannot(row, ValueError("no frame could be decoded"))
-    packer = _BitPacker() if header.bits_allocated == 1 else None
-    yield _header_bytes(header, first[1]) + _pixel_element_header(vr, where.length)
-    sent = 0
-    for frame, _ in itertools.chain([first], frames):
-        data = packer.pack(frame) if packer else pixels.native_bytes(frame, header.bits_allocated)
-        if packer is None and len(data) != header.native_frame_bytes:
-            raise _cannot(
-                row, ValueError(f"a decoded frame has {len(data)} bytes, not {header.native_frame_bytes}")
-            )
-        sent += len(data)
-        yield data
-    if packer:
-        data = packer.flush()
-        sent += len(data)
-        yield data
-    if sent != where.length:
-        raise _cannot(row, ValueError(f"{sent} bytes of pixel data decoded, {where.length} declared"))
-    yield b"\0" * (where.length % 2) + tail
 
 
 def _stored_vr(header: pixels.PixelHeader) -> str | None:
@@ -300,14 +300,14 @@ def _stored_vr(header: pixels.PixelHeader) -> str | None:
 
 
 def _blob_range(blobs: BlobStore, row: InstanceRow, start: int, end: int) -> Iterator[bytes]:
-    fp = pixels.open_blob(blobs, row.blob_key, row.size)
-    fp.seek(start)
-    while start < end:
-        data = fp.read(min(CHUNK, end - start))
-        if not data:
-            raise DicomwebError(406, "the stored Pixel Data is shorter than its header declares")
-        start += len(data)
-        yield data
+    with pixels.reading(blobs, row.blob_key, row.size) as fp:
+        fp.seek(start)
+        while start < end:
+            data = fp.read(min(CHUNK, end - start))
+            if not data:
+                raise DicomwebError(406, "the stored Pixel Data is shorter than its header declares")
+            start += len(data)
+            yield data
 
 
 @dataclass
