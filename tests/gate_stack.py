@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from imagebridge.apps.seed import Seeded, seed_all, seed_ehr
 from imagebridge.apps.smart_client import backend_token
@@ -119,29 +119,31 @@ class GateStack:
 
         asyncio.run(run())
 
-    def decision_ms(self, token: str) -> float:
-        """How long the imaging system took to decide the token's latest request, as it recorded
-        it in the audit row (from the request reaching the gate to the record being written)."""
+    def audit_rows(self, token: str) -> list[Row[Any]]:
+        """The imaging system's audit rows of the token's requests, oldest first (journal settled)."""
 
-        async def run() -> float | None:
+        async def run() -> list[Row[Any]]:
             settings = self.stack.imaging_settings
             engine = db.create_engine(settings.resolved_database_url, pool_size=1)
             try:
                 await reader(engine, settings).settle()
                 async with engine.connect() as conn:
-                    value: float | None = await conn.scalar(
-                        select(audit.c.elapsed_ms)
-                        .where(audit.c.token_id == token_id(token))
-                        .order_by(audit.c.id.desc())
-                        .limit(1)
+                    result = await conn.execute(
+                        select(audit).where(audit.c.token_id == token_id(token)).order_by(audit.c.id)
                     )
-                    return value
+                    return list(result)
             finally:
                 await engine.dispose()
 
-        elapsed = asyncio.run(run())
-        assert elapsed is not None, "no audit record for that token"
-        return float(elapsed)
+        return asyncio.run(run())
+
+    def decision_ms(self, token: str) -> float:
+        """How long the imaging system took to decide the token's latest request, as it recorded
+        it in the audit row (from the request reaching the gate to the record being written)."""
+        rows = self.audit_rows(token)
+        assert rows, "no audit record for that token"
+        assert rows[-1].elapsed_ms is not None
+        return float(rows[-1].elapsed_ms)
 
     def imaging_log(self) -> str:
         assert self.stack.imaging is not None

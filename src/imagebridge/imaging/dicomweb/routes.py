@@ -45,7 +45,7 @@ def gated(handler: Handler, operation: str = "read") -> Callable[[Request], Awai
                 if "capability" in request.path_params
                 else await ctx.gate.admit(request, "write" if operation == "write" else "read")
             )
-            response = await handler(ctx, access, request)
+            response = keep_private(await handler(ctx, access, request))
         except GateRefusal as refusal:
             response, detail = refusal.response, refusal.reason
         except EhrUnavailable as exc:
@@ -55,6 +55,20 @@ def gated(handler: Handler, operation: str = "read") -> Callable[[Request], Awai
         return await ctx.audit.record(request, access, response, detail, started=started)
 
     return endpoint
+
+
+def keep_private(response: Response) -> Response:
+    """A gated answer that carries or revalidates data (below 400) stays out of shared caches
+    (security.md ISO-11; RFC 9111 §5.2.2.7): ``Cache-Control: private, no-store`` unless the
+    handler chose its own private policy (metadata: ``private, no-cache`` for ETag revalidation;
+    any other policy, e.g. a PACS's in proxy mode, is replaced), and ``Vary: Authorization``, as
+    the body depends on the caller."""
+    if response.status_code < 400:
+        policy = response.headers.get("cache-control", "")
+        if "private" not in policy and "no-store" not in policy:
+            response.headers["Cache-Control"] = "private, no-store"
+        response.headers.add_vary_header("Authorization")
+    return response
 
 
 def _uids(request: Request) -> tuple[str, str | None, str | None]:
