@@ -140,6 +140,14 @@ class ArchiveStack:
                 time.sleep(0.2)
 
 
+async def add_backend(
+    admin: Admin, client_id: str, scope: str, key: dict[str, Any], group: str | None
+) -> None:
+    """Register a backend client with ``scope`` (and a Group, if given) unless it exists."""
+    if await admin.clients.get(client_id) is None:
+        await admin.add_client(client_id, "backend", scope=scope, jwks=jose.public_jwks(key), group=group)
+
+
 def provision(stack: LocalStack, patient_id: str = PATIENT_ID) -> dict[str, Any]:
     """Register the test client and its patient + Group at the EHR; return the client's key."""
     stack.provision()
@@ -165,14 +173,7 @@ def provision(stack: LocalStack, patient_id: str = PATIENT_ID) -> dict[str, Any]
                     "member": [{"entity": {"reference": "Patient/archive-patient"}}],
                 }
             )
-            if await admin.clients.get(CLIENT_ID) is None:
-                await admin.add_client(
-                    CLIENT_ID,
-                    "backend",
-                    scope=SCOPE,
-                    jwks=jose.public_jwks(key),
-                    group="Group/archive-cohort",
-                )
+            await add_backend(admin, CLIENT_ID, SCOPE, key, "Group/archive-cohort")
         finally:
             await admin.close()
 
