@@ -14,7 +14,13 @@ import pydicom
 import pytest
 from tests.imaging.archive.archive_stack import instance
 
-from imagebridge.imaging.archive.ingest import OUT_OF_RESOURCES, InstanceRejected, SpooledInstance, spool
+from imagebridge.imaging.archive.ingest import (
+    OUT_OF_RESOURCES,
+    InstanceRejected,
+    ParsedInstance,
+    SpooledInstance,
+    spool,
+)
 
 
 async def _chunks(data: bytes, size: int, fail: OSError | None = None) -> AsyncIterator[bytes]:
@@ -94,3 +100,22 @@ def test_a_part_without_preamble_is_completed_whatever_the_chunking(tmp_path: Pa
 def test_short_or_broken_starts_are_kept_for_the_guard_to_refuse(tmp_path: Path, data: bytes) -> None:
     stored = _spool(_chunks(data, 3), tmp_path).path.read_bytes()
     assert stored == bytes(min(128, len(data))) + data[128:]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "ExplVR_BigEnd.dcm", "MR_small_implicit.dcm", "chrH32.dcm"])
+def test_attributes_read_as_pydicom_reads_them(name: str) -> None:
+    """ParsedInstance reads values without pydicom storing a DataElement; they are pydicom's."""
+    from pydicom.data import get_charset_files, get_testdata_file
+    from pydicom.datadict import keyword_for_tag
+
+    path = get_testdata_file(name) or get_charset_files(name)[0]
+    reference = pydicom.dcmread(path, stop_before_pixels=True)
+    parsed = ParsedInstance(
+        SpooledInstance(Path(path), 0, ""), pydicom.dcmread(path, stop_before_pixels=True), "", []
+    )
+    keywords = [keyword_for_tag(tag) for tag in sorted(reference.keys())]
+    for keyword in [k for k in keywords if k] + ["PatientAge"]:
+        value = reference.get(keyword)
+        assert parsed.attr(keyword, "-") == ("-" if value is None else str(value)), keyword
+        if isinstance(value, (int, str)) and str(value).strip().lstrip("-").isdigit():
+            assert parsed.int_attr(keyword) == int(value), keyword

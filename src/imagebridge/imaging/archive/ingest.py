@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
@@ -84,12 +85,20 @@ class ParsedInstance:
     transfer_syntax_uid: str
     pixel_elements: list[dicom_json.PixelElement]  # the element header that ended the reading
 
+    def value(self, keyword: str) -> Any:
+        """The attribute's value as ``dataset.get(keyword)`` gives it (None when absent), read
+        without pydicom making and storing a DataElement where it can (:func:`dicom_json.element_value`)."""
+        tag = tag_for_keyword(keyword)
+        if tag is None or tag not in self.dataset:
+            return None
+        return dicom_json.element_value(self.dataset, tag)
+
     def attr(self, keyword: str, default: str = "") -> str:
-        value: Any = self.dataset.get(keyword, default)
+        value = self.value(keyword)
         return default if value is None else str(value)
 
     def int_attr(self, keyword: str) -> int | None:
-        value = self.dataset.get(keyword)
+        value = self.value(keyword)
         try:
             return None if value in (None, "") else int(value)
         except (TypeError, ValueError):

@@ -206,6 +206,17 @@ def _direct(raw: RawDataElement, encoding: str | MutableSequence[str]) -> tuple[
         return None
 
 
+def element_value(ds: Dataset, tag: int) -> Any:
+    """``ds[tag].value`` as pydicom gives it (``tag`` must be in ``ds``), converted straight from
+    the raw bytes when :func:`_direct` can (no DataElement made and stored)."""
+    raw = ds.get_item(tag)
+    if isinstance(raw, RawDataElement):
+        direct = _direct(raw, ds.original_character_set or ds._character_set)
+        if direct is not None:
+            return direct[1]
+    return ds[tag].value
+
+
 def _attribute(
     ds: Dataset,
     tag: int,
