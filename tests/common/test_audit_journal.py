@@ -118,6 +118,26 @@ def test_dead_segments_are_replayed_and_retired_live_ones_only_read(tmp_path: Pa
     asyncio.run(after())
 
 
+def test_a_dead_writers_segments_are_applied_in_one_batch(tmp_path: Path) -> None:
+    """An entry may complete one journaled in the writer's previous segment (the EHR's stand-ins):
+    replay hands all of a dead process's segments to the database together, oldest first, and a
+    reused pid's live segments apart, as live."""
+    (tmp_path / "00000000000000000001-7-aaaa.journal").write_bytes(encode({"k": "stand-in"}))
+    (tmp_path / "00000000000000000002-7-bbbb.journal").write_bytes(encode({"k": "completion"}))
+    (tmp_path / "00000000000000000003-8-cccc.journal").write_bytes(encode({"k": "other writer"}))
+    batches: list[tuple[list[str], Origin]] = []
+
+    async def apply(entries: Sequence[Entry], origin: Origin) -> None:
+        batches.append(([e["k"] for e in entries], origin))
+
+    async def run() -> int:
+        return await Journal(tmp_path, apply).recover()
+
+    assert asyncio.run(run()) == 3
+    assert batches == [(["stand-in", "completion"], "dead"), (["other writer"], "dead")]
+    assert list(tmp_path.glob("*.journal")) == []
+
+
 def test_a_killed_writer_leaves_its_records_to_the_next_process(tmp_path: Path) -> None:
     code = (
         "import asyncio, os, sys\n"

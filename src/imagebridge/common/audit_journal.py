@@ -301,33 +301,58 @@ class Journal:
         if not self.directory.is_dir():
             return 0
         own = {segment.path.name for segment in self._segments}
-        retired = 0
+        writers: dict[str, list[Path]] = {}
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
-            if path.name in own:
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # retired meanwhile
-            try:
+            if path.name not in own:
+                writers.setdefault(path.name.split("-")[1], []).append(path)
+        retired = 0
+        for paths in writers.values():
+            retired += await self._replay_writer(paths, include_live=include_live)
+        return retired
+
+    async def _replay_writer(self, paths: list[Path], *, include_live: bool) -> int:
+        """Apply one process's segments (by pid) together: an entry may complete one journaled in
+        an earlier segment (the EHR's stand-ins, ehr/audit.py), and must be seen in the same
+        batch. Dead and live segments (a reused pid) are applied apart, each as its origin."""
+        opened: list[tuple[Path, int, bool]] = []
+        try:
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # retired meanwhile
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     dead = True
                 except BlockingIOError:
                     dead = False
-                if (not dead and not include_live) or os.fstat(fd).st_nlink == 0:
+                opened.append((path, fd, dead))
+            retired = 0
+            origins: tuple[Origin, Origin] = ("dead", "live")
+            for origin in origins:
+                chosen = [
+                    (path, fd)
+                    for path, fd, dead in opened
+                    if dead == (origin == "dead") and os.fstat(fd).st_nlink > 0
+                ]
+                if not chosen or (origin == "live" and not include_live):
                     continue
-                entries, skipped = decode(_read_all(fd))
-                if skipped:
-                    log.warning("audit journal %s: skipped %d damaged line(s)", path.name, skipped)
+                entries: list[Entry] = []
+                for path, fd in chosen:
+                    found, skipped = decode(_read_all(fd))
+                    if skipped:
+                        log.warning("audit journal %s: skipped %d damaged line(s)", path.name, skipped)
+                    entries.extend(found)
                 if entries:
-                    await self.apply(entries, "dead" if dead else "live")
-                if dead:
-                    path.unlink(missing_ok=True)
-                    retired += 1
-            finally:
+                    await self.apply(entries, origin)
+                if origin == "dead":
+                    for path, _ in chosen:
+                        path.unlink(missing_ok=True)
+                    retired += len(chosen)
+            return retired
+        finally:
+            for _, fd, _ in opened:
                 os.close(fd)
-        return retired
 
 
 def _sync_files(fds: Sequence[int], directory: Path | None) -> None:
