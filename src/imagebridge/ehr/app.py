@@ -48,14 +48,15 @@ def migrate(settings: EhrSettings) -> None:
 def build_context(settings: EhrSettings) -> EhrContext:
     engine = db.create_engine(settings.resolved_database_url)
     store = Store(engine)
+    replay = DatabaseReplayStore(engine)
     return EhrContext(
         settings=settings,
         engine=engine,
         store=store,
         clients=ClientRegistry(engine),
-        grants=GrantStore(engine),
+        grants=GrantStore(engine, replay),
         keys=SigningKeys(engine),
-        replay=DatabaseReplayStore(engine),
+        replay=replay,
         jwks=JwksFetcher(allow_loopback_http=settings.origin.startswith("http://127.0.0.1")),
         policy=PolicyEngine(store),
         http=http.client(5.0),

@@ -1,6 +1,6 @@
 """Group commit of backend tokens (ehr/smart/group_commit.py): requests arriving together share one
-transaction, nothing is answered before its commit, a failing work fails its group only, and over
-HTTP the same assertion sent many times at once yields exactly one token."""
+transaction, nothing is answered before its commit, a failing group fails its own requests only,
+and over HTTP the same assertion sent many times at once yields exactly one token."""
 
 from __future__ import annotations
 
@@ -25,27 +25,25 @@ from imagebridge.ehr.tables import assertion_jtis
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
-def test_concurrent_work_shares_transactions_and_is_answered_after_commit(tmp_path: Path) -> None:
+def test_concurrent_items_share_transactions_and_are_answered_after_commit(tmp_path: Path) -> None:
     settings = EhrSettings(data_dir=tmp_path)
     migrate(settings)
-    transactions: list[int] = []
+    groups: list[list[int]] = []
 
     async def run() -> tuple[list[int], int]:
         engine = db.create_engine(settings.resolved_database_url)
-        group = GroupCommit(engine)
 
-        def work(n: int) -> Any:
-            async def insert(conn: AsyncConnection) -> int:
-                transactions.append(id(conn))
-                await conn.execute(assertion_jtis.insert().values(key=f"k{n}", expires_at=time.time() + 60))
-                async with engine.connect() as other:  # not yet visible to anyone else
-                    seen = await other.scalar(select(func.count()).where(assertion_jtis.c.key == f"k{n}"))
-                return int(seen or 0)
+        async def insert(conn: AsyncConnection, items: list[int]) -> list[int]:
+            groups.append(items)
+            rows = [{"key": f"k{n}", "expires_at": time.time() + 60} for n in items]
+            await conn.execute(assertion_jtis.insert(), rows)
+            async with engine.connect() as other:  # not yet visible to anyone else
+                seen = int(await other.scalar(select(func.count()).select_from(assertion_jtis)) or 0)
+            return [seen] * len(items)
 
-            return insert
-
+        group = GroupCommit(engine, insert)
         try:
-            answers = await asyncio.gather(*(group.run(work(n)) for n in range(20)))
+            answers = await asyncio.gather(*(group.run(n) for n in range(20)))
             async with engine.connect() as conn:
                 stored = int(await conn.scalar(select(func.count()).select_from(assertion_jtis)) or 0)
         finally:
@@ -53,31 +51,30 @@ def test_concurrent_work_shares_transactions_and_is_answered_after_commit(tmp_pa
         return answers, stored
 
     answers, stored = asyncio.run(run())
-    assert answers == [0] * 20  # each ran inside its uncommitted transaction
-    assert stored == 20  # every answered work was committed
-    assert len(set(transactions)) < 20  # and they shared transactions
+    assert answers == [0] * 20  # each was applied inside its uncommitted transaction
+    assert stored == 20  # every answered item was committed
+    assert sorted(n for items in groups for n in items) == list(range(20))
+    assert len(groups) < 20  # and they shared transactions
 
 
-def test_a_failing_work_fails_its_group_and_not_the_next(tmp_path: Path) -> None:
+def test_a_failing_group_fails_its_requests_and_not_the_next(tmp_path: Path) -> None:
     settings = EhrSettings(data_dir=tmp_path)
     migrate(settings)
 
     async def run() -> tuple[list[Any], int]:
         engine = db.create_engine(settings.resolved_database_url)
-        group = GroupCommit(engine)
 
-        async def good(conn: AsyncConnection) -> str:
-            await conn.execute(
-                assertion_jtis.insert().values(key=uuid.uuid4().hex, expires_at=time.time() + 60)
-            )
-            return "ok"
+        async def apply(conn: AsyncConnection, items: list[str]) -> list[str]:
+            rows = [{"key": uuid.uuid4().hex, "expires_at": time.time() + 60} for _ in items]
+            await conn.execute(assertion_jtis.insert(), rows)
+            if "bad" in items:
+                raise RuntimeError("broken")
+            return ["ok"] * len(items)
 
-        async def bad(_: AsyncConnection) -> str:
-            raise RuntimeError("broken")
-
+        group = GroupCommit(engine, apply)
         try:
-            first = await asyncio.gather(group.run(good), group.run(bad), return_exceptions=True)
-            second = await group.run(good)
+            first = await asyncio.gather(group.run("good"), group.run("bad"), return_exceptions=True)
+            second = await group.run("good")
             async with engine.connect() as conn:
                 stored = int(await conn.scalar(select(func.count()).select_from(assertion_jtis)) or 0)
         finally:

@@ -64,3 +64,25 @@ def test_of_simultaneous_uses_exactly_one_wins(database_url: str) -> None:
             await engine.dispose()
 
     assert sorted(asyncio.run(run())) == [False] * 11 + [True]
+
+
+def test_one_statement_decides_many_uses(database_url: str) -> None:
+    """A group's keys are decided together: a key in use, an expired one, one repeated in the group."""
+    past, later = time.time() - 1, time.time() + 300
+
+    async def run() -> list[bool]:
+        engine = db.create_engine(database_url)
+        try:
+            store = DatabaseReplayStore(engine)
+            assert await store.first_use("iss:held", later)
+            assert await store.first_use("iss:expired", past)
+            async with engine.begin() as conn:
+                return await store.first_uses(
+                    [("iss:new", later), ("iss:held", later), ("iss:expired", later), ("iss:new", later)],
+                    conn,
+                )
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(run()) == [True, False, True, False]
+    assert uses(database_url, ("iss:new", later), ("iss:expired", later)) == [False, False]

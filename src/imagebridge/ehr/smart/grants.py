@@ -7,7 +7,7 @@ learns a token's meaning only through introspection (RFC 7662).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from imagebridge.common.tokens import digest, new_secret
 from imagebridge.ehr.smart.clients import Client, client_from_row
 from imagebridge.ehr.smart.group_commit import GroupCommit
+from imagebridge.ehr.smart.replay import DatabaseReplayStore
 from imagebridge.ehr.tables import clients, tokens
 
 
@@ -43,38 +44,40 @@ class Grant:
         return not self.revoked and (now or time.time()) < self.expires_at
 
 
+#: A Backend Services token to issue: the assertion's replay key, until when it is kept, the grant.
+BackendIssue = tuple[str, float, Grant]
+
+
 class GrantStore:
     """Issue, look up and revoke tokens."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, replay: DatabaseReplayStore | None = None) -> None:
         self.engine = engine
+        self.replay = replay or DatabaseReplayStore(engine)
         #: Backend Services tokens, committed in groups (one fsync for a burst).
-        self.group = GroupCommit(engine)
+        self.backend: GroupCommit[BackendIssue, str | None] = GroupCommit(engine, self._spend_and_issue)
 
     async def issue(self, grant: Grant, conn: AsyncConnection | None = None) -> str:
         """A new token for ``grant``; given ``conn``, stored in that transaction."""
         if conn is None:
             async with self.engine.begin() as own:
                 return await self.issue(grant, own)
-        secret = new_secret()
-        await conn.execute(
-            insert(tokens).values(
-                digest=digest(secret),
-                kind=grant.kind,
-                client_id=grant.client_id,
-                scope=grant.scope,
-                patient=grant.patient,
-                fhir_user=grant.fhir_user,
-                sub=grant.sub,
-                family=grant.family,
-                context=orjson.dumps(grant.context).decode(),
-                session=grant.session,
-                issued_at=grant.issued_at,
-                expires_at=grant.expires_at,
-                revoked=False,
-            )
-        )
-        return secret
+        return (await self.issue_many([grant], conn))[0]
+
+    async def issue_many(self, grants: Sequence[Grant], conn: AsyncConnection) -> list[str]:
+        """New tokens for ``grants``, stored in ``conn``'s transaction by one statement."""
+        secrets = [new_secret() for _ in grants]
+        if grants:
+            await conn.execute(insert(tokens), [_row(s, g) for s, g in zip(secrets, grants, strict=True)])
+        return secrets
+
+    async def _spend_and_issue(self, conn: AsyncConnection, wanted: list[BackendIssue]) -> list[str | None]:
+        """SMART Backend Services: each assertion's ``jti`` recorded with its token, in one
+        transaction; None for an assertion already used (its token is not issued)."""
+        first = await self.replay.first_uses([(key, expires_at) for key, expires_at, _ in wanted], conn)
+        fresh = [grant for (_, _, grant), ok in zip(wanted, first, strict=True) if ok]
+        issued = iter(await self.issue_many(fresh, conn))
+        return [next(issued) if ok else None for ok in first]
 
     async def lookup(self, secret: str, kind: str = "access") -> Grant | None:
         """The grant behind ``secret`` if it is a token of ``kind`` (active or not)."""
@@ -157,6 +160,25 @@ class GrantStore:
                 .values(revoked=True)
             )
         return done.rowcount == 1
+
+
+def _row(secret: str, grant: Grant) -> dict[str, Any]:
+    """The ``tokens`` row of a new token (its digest, never the secret)."""
+    return {
+        "digest": digest(secret),
+        "kind": grant.kind,
+        "client_id": grant.client_id,
+        "scope": grant.scope,
+        "patient": grant.patient,
+        "fhir_user": grant.fhir_user,
+        "sub": grant.sub,
+        "family": grant.family,
+        "context": orjson.dumps(grant.context).decode(),
+        "session": grant.session,
+        "issued_at": grant.issued_at,
+        "expires_at": grant.expires_at,
+        "revoked": False,
+    }
 
 
 def _grant(row: Mapping[str, Any]) -> Grant:

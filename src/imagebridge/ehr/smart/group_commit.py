@@ -3,39 +3,43 @@
 Backend Services clients ask for tokens in bursts; each token is a ``jti`` record and a token row
 that must be durable before the token is answered. With SQLite (``synchronous=FULL``) a commit
 costs an fsync and commits are serialized, so one transaction per token caps a worker at one token
-per fsync. Here each request queues its work; one task of the process runs everything queued in
-one transaction, commits, and only then answers each request, then takes whatever arrived
-meanwhile. Nothing is answered before its commit.
+per fsync. Here each request queues its item; one task of the process applies everything queued
+in one transaction (a few statements for the whole group, not a few per request), commits, and
+only then answers each request, then takes whatever arrived meanwhile. Nothing is answered before
+its commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 T = TypeVar("T")
-Work = Callable[[AsyncConnection], Awaitable[Any]]
+R = TypeVar("R")
+#: Applies a group's items in its transaction: one result per item, in order.
+Apply = Callable[[AsyncConnection, list[T]], Awaitable[list[R]]]
 
 
-class GroupCommit:
-    """Runs queued work in shared transactions; :meth:`run` returns once its work is committed."""
+class GroupCommit(Generic[T, R]):
+    """Applies queued items in shared transactions; :meth:`run` returns once its item is committed."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, apply: Apply[T, R]) -> None:
         self.engine = engine
-        self._queued: list[tuple[Work, asyncio.Future[Any]]] = []
+        self.apply = apply
+        self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """``work``'s result, after the transaction it ran in has committed.
+    async def run(self, item: T) -> R:
+        """``item``'s result, after the transaction it was applied in has committed.
 
-        If any work of the group raises, the group's transaction is rolled back and every request in
-        it gets that error.
+        If applying a group raises, the group's transaction is rolled back and every request in it
+        gets that error.
         """
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queued.append((work, done))
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queued.append((item, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         return await asyncio.shield(done)  # a caller going away does not undo the group's commit
@@ -45,7 +49,7 @@ class GroupCommit:
             group, self._queued = self._queued, []
             try:
                 async with self.engine.begin() as conn:
-                    results = [await work(conn) for work, _ in group]
+                    results = await self.apply(conn, [item for item, _ in group])
             except Exception as exc:  # handed to every request of the group
                 for _, done in group:
                     if not done.done():

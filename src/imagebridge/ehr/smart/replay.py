@@ -7,6 +7,7 @@ second worker or after a restart.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete
@@ -29,25 +30,37 @@ class DatabaseReplayStore:
     async def first_use(self, key: str, expires_at: float, conn: AsyncConnection | None = None) -> bool:
         """Record ``key`` until ``expires_at``; False if it is recorded and unexpired.
 
-        One statement decides: insert the key, or take over its row only if that has expired. Given
-        ``conn``, the record is part of that transaction (kept only if it commits).
+        Given ``conn``, the record is part of that transaction (kept only if it commits).
         """
         if conn is None:
             async with self.engine.begin() as own:
                 return await self.first_use(key, expires_at, own)
+        return (await self.first_uses([(key, expires_at)], conn))[0]
+
+    async def first_uses(self, uses: Sequence[tuple[str, float]], conn: AsyncConnection) -> list[bool]:
+        """For each (key, expires_at) of ``uses``, in ``conn``'s transaction: whether this is the key's
+        first use (a key repeated within ``uses`` is used once, by its first occurrence).
+
+        One statement decides for all of them: insert each key, or take over its row only if that
+        has expired; the keys it wrote come back (RETURNING), the others were in use.
+        """
         now = time.time()
+        rows: dict[str, float] = {}
+        for key, expires_at in uses:
+            rows.setdefault(key, expires_at)
         insert: Any = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
-        statement = (
-            insert(assertion_jtis)
-            .values(key=key, expires_at=expires_at)
-            .on_conflict_do_update(
-                index_elements=[assertion_jtis.c.key],
-                set_={"expires_at": expires_at},
-                where=assertion_jtis.c.expires_at < now,
-            )
-        )
+        values = insert(assertion_jtis).values([{"key": k, "expires_at": e} for k, e in rows.items()])
+        statement = values.on_conflict_do_update(
+            index_elements=[assertion_jtis.c.key],
+            set_={"expires_at": values.excluded.expires_at},
+            where=assertion_jtis.c.expires_at < now,
+        ).returning(assertion_jtis.c.key)
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
             await conn.execute(delete(assertion_jtis).where(assertion_jtis.c.expires_at < now))
-        recorded = await conn.execute(statement)
-        return recorded.rowcount == 1
+        written = set((await conn.execute(statement)).scalars())
+        first: list[bool] = []
+        for key, _ in uses:
+            first.append(key in written)
+            written.discard(key)  # a repetition within ``uses`` is a second use
+        return first

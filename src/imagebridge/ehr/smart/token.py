@@ -18,7 +18,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -264,12 +263,7 @@ async def client_credentials(ctx: EhrContext, form: dict[str, str]) -> dict[str,
         client_id=client.client_id, scope=granted.to_string(), issued_at=now, expires_at=now + lifetime
     )
 
-    async def spend_and_issue(conn: AsyncConnection) -> str | None:
-        if not await ctx.replay.first_use(str(assertion.key), assertion.expires_at, conn):
-            return None
-        return await ctx.grants.issue(grant, conn)
-
-    token = await ctx.grants.group.run(spend_and_issue)
+    token = await ctx.grants.backend.run((str(assertion.key), assertion.expires_at, grant))
     if token is None:
         raise OAuthError("invalid_client", REPLAYED, status=401)
     audit.authorization_event(
