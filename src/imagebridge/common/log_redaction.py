@@ -1,39 +1,35 @@
-"""Keep credentials that arrive in URLs out of access logs (RFC 6750 §5.3; security.md RS-02, AU-03).
+"""Keep credentials and PHI that arrive in URLs out of access logs (RFC 6750 §5.3; security.md
+RS-02, AU-03, AU-04).
 
-Tokens are refused in query strings, but a client may still send one there; the refused request
-is logged by the HTTP server. This filter rewrites the logged request target of ``uvicorn.access``
-records: the values of credential-like query parameters, and capabilities in paths, become
-``[redacted]``.
+Tokens are refused in query strings, but a client may still send one there, and search queries
+carry PHI by design (``PatientName=``, ``PatientID=``, FHIR ``name=``, ``birthdate=``,
+``identifier=``). The HTTP server logs every request target; this filter rewrites the target of
+``uvicorn.access`` records: every query parameter value, and capabilities in paths, become
+``[redacted]`` (parameter names stay, for diagnosis). Both services' uvicorn logging is configured
+with it (:data:`LOGGING_CONFIG`), in every worker process.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+from typing import Any
 
-#: Query parameters whose values are credentials (OAuth 2.0 and SMART names).
-SECRET_PARAMS = (
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "code",
-    "code_verifier",
-    "client_assertion",
-    "token",
-)
-_PATTERN = re.compile(r"(?i)([?&](?:" + "|".join(SECRET_PARAMS) + r")=)[^&#\s]*")
+import uvicorn.config
 
+_QUERY_VALUE = re.compile(r"([?&][^=&#\s]*=)[^&#\s]*")
 
 #: Capability URLs (``…/cap/{capability}/…``) are credentials in the path.
 _CAPABILITY = re.compile(r"/cap/[^/?#\s]+")
 
 
 def redact_target(target: str) -> str:
-    """``target`` with credential-like query values and capability path segments replaced."""
-    return _CAPABILITY.sub("/cap/[redacted]", _PATTERN.sub(r"\1[redacted]", target))
+    """``target`` with every query value and capability path segment replaced."""
+    return _CAPABILITY.sub("/cap/[redacted]", _QUERY_VALUE.sub(r"\1[redacted]", target))
 
 
-class RedactCredentials(logging.Filter):
+class RedactTargets(logging.Filter):
     """Rewrites string arguments of a log record (uvicorn passes the request target as one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -42,8 +38,12 @@ class RedactCredentials(logging.Filter):
         return True
 
 
-def install(logger_name: str = "uvicorn.access") -> None:
-    """Add the filter to ``logger_name`` once."""
-    logger = logging.getLogger(logger_name)
-    if not any(isinstance(f, RedactCredentials) for f in logger.filters):
-        logger.addFilter(RedactCredentials())
+def _logging_config() -> dict[str, Any]:
+    config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_targets"] = {"()": f"{__name__}.RedactTargets"}
+    config["handlers"]["access"]["filters"] = ["redact_targets"]
+    return config
+
+
+#: uvicorn's default logging, its access log passed through :class:`RedactTargets`.
+LOGGING_CONFIG = _logging_config()

@@ -3,7 +3,7 @@
 With a certificate and key configured the service speaks HTTPS itself, TLS 1.2 or newer only
 (security.md RS-11); without, plain HTTP for a TLS-terminating reverse proxy in front. Proxy headers
 (``X-Forwarded-*``, ``Forwarded``) are never trusted: every URL the services hand out is built
-from the configured public URL (RS-10).
+from the configured public URL (RS-10). Access logs show no query values (AU-04).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+
+from imagebridge.common import log_redaction
 
 
 def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
@@ -46,6 +48,7 @@ def serve(
         "log_level": log_level,
         "proxy_headers": False,
         "server_header": False,
+        "log_config": log_redaction.LOGGING_CONFIG,
     }
     if tls_certfile:
         options |= {

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from imagebridge.common import db, http, jose, log_redaction
+from imagebridge.common import db, http, jose
 from imagebridge.common import settings as settings_mod
 from imagebridge.common.audit_journal import DurableResponses, JournalUnavailable
 from imagebridge.common.settings import ImagingSettings
@@ -115,7 +115,6 @@ async def health(_: Request) -> Response:
 
 def create_app(settings: ImagingSettings) -> Starlette:
     """The imaging system as an ASGI application (the database must already be migrated)."""
-    log_redaction.install()
     ctx = build_context(settings)
 
     @contextlib.asynccontextmanager
