@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -140,3 +141,32 @@ def test_rs10_ehr_links_ignore_spoofed_host(gate_stack: GateStack) -> None:
             for response in (bundle, own):
                 assert EVIL not in response.content
             assert "evil.example" not in json.dumps(config)
+
+
+def test_rs10_bulk_manifest_ignores_spoofed_host(gate_stack: GateStack) -> None:
+    token = gate_stack.backend_token("system/ImagingStudy.rs system/Patient.rs")
+    fhir = gate_stack.fhir_base
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/fhir+json",
+        "Prefer": "respond-async",
+        **SPOOFED,
+        "Host": "evil.example",
+    }
+    with httpx.Client(timeout=60) as http:
+        kick = http.get(f"{fhir}/Group/quality-review/$export", params={"_type": "Patient"}, headers=headers)
+        assert kick.status_code == 202, kick.text
+        status_url = kick.headers["content-location"]
+        assert status_url.startswith(f"{fhir}/")
+        for _ in range(600):
+            done = http.get(status_url, headers=headers)
+            if done.status_code != 202:
+                break
+            time.sleep(0.1)
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    assert manifest["request"] == f"{fhir}/Group/quality-review/$export?_type=Patient"
+    assert manifest["output"]
+    for item in manifest["output"]:
+        assert item["url"].startswith(f"{fhir}/"), item
+    assert EVIL not in done.content

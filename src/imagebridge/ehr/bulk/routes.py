@@ -94,8 +94,11 @@ def _parameters(request: Request, auth: Authenticated) -> tuple[tuple[str, ...],
 async def _kickoff(request: Request, group_members: tuple[str, ...] | None) -> Response:
     ctx, bulk, auth = await _caller(request)
     types, since = _parameters(request, auth)
+    # the manifest's ``request``: from the configured origin, never the request's Host (RS-10)
+    query = f"?{request.url.query}" if request.url.query else ""
+    request_url = f"{ctx.settings.origin}{request.url.path}{query}"
     job_id = await bulk.create(
-        auth.principal, str(request.url), ExportRequest(types, since, group_members), now_instant()
+        auth.principal, request_url, ExportRequest(types, since, group_members), now_instant()
     )
     return fhir_response(
         operation_outcome("informational", "export accepted", severity="information"),
