@@ -49,7 +49,9 @@ class DatabaseReplayStore:
         for key, expires_at in uses:
             rows.setdefault(key, expires_at)
         insert: Any = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
-        values = insert(assertion_jtis).values([{"key": k, "expires_at": e} for k, e in rows.items()])
+        # In key order: two workers' groups sharing keys (one assertion replayed to both) lock the
+        # rows in the same order, so neither waits for the other in turn (no deadlock).
+        values = insert(assertion_jtis).values([{"key": k, "expires_at": rows[k]} for k in sorted(rows)])
         statement = values.on_conflict_do_update(
             index_elements=[assertion_jtis.c.key],
             set_={"expires_at": values.excluded.expires_at},
