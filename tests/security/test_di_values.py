@@ -114,10 +114,10 @@ def test_di12_bad_character_sets_never_break_store_or_search(
     assert answer.status_code in (200, 400), answer.text
     headers = archive_stack.headers(Accept=JSON)
     for query in ("", "?PatientName=*", "?PatientName=M*&fuzzymatching=true", "?includefield=all"):
-        response = httpx.get(f"{archive_stack.base}/studies{query}", headers=headers)
+        response = httpx.get(f"{archive_stack.base}/studies{query}", headers=headers, timeout=60)
         assert response.status_code == 200, (query, response.text)
         assert isinstance(response.json(), list)
     if answer.status_code == 200:
         study = answer.json()["00081199"]["Value"][0]["00081190"]["Value"][0].split("/series/")[0]
         archive_stack.retrieve(study.rsplit("/", 1)[1])
-        assert httpx.get(f"{study}/metadata", headers=headers).status_code == 200
+        assert httpx.get(f"{study}/metadata", headers=headers, timeout=60).status_code == 200
