@@ -83,6 +83,11 @@ EXPORT: Final = Kind((DCM, "110106", "Export"), (INTERACTION, "operation", "$exp
 TOKEN_ISSUED: Final = _auth("token-issued", "Access token issued")
 TOKEN_REFRESHED: Final = _auth("token-refreshed", "Access token refreshed")
 TOKEN_REVOKED: Final = _auth("token-revoked", "Token revoked")
+TOKEN_REFUSED: Final = _auth("token-refused", "Token request refused")
+#: Repeated refusals (security.md AU-02; DICOM PS3.15 A.5.3.11 Security Alert).
+SECURITY_ALERT: Final = Kind(
+    (DCM, "110113", "Security Alert"), (EHR_EVENT, "repeated-refusals", "Repeated refused requests"), "E"
+)
 CONSENT_GRANTED: Final = _auth("consent-granted", "Authorization granted by the user")
 CONSENT_DENIED: Final = _auth("consent-denied", "Authorization denied by the user")
 REGISTRATION: Final = Kind(
@@ -329,11 +334,12 @@ def authorization_event(
     patient: str | None = None,
     why: str = "",
     grant_id: str | None = None,
+    status: int = 200,
 ) -> None:
     """Record an authorization event (security.md AU-08): a grant, a refusal, a revocation, a
     registration change. Scopes go in ``why``; never a token or code."""
     actor = Actor(client_id, user, grant_id, request.client.host if request and request.client else None)
-    trail(ctx).record(kind, actor, 200, [Disclosure(patient, why=why)])
+    trail(ctx).record(kind, actor, status, [Disclosure(patient, why=why)])
 
 
 def _hides_anything(access: PatientAccess) -> bool:

@@ -5,6 +5,8 @@ token's id and never a token or code."""
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from typing import Any
 
 import httpx
@@ -23,11 +25,13 @@ from tests.ehr.smart.flow import (
 )
 
 from imagebridge.apps.smart_client import backend_token
+from imagebridge.common import jose
 from imagebridge.common.balp import GRANT_URN
 from imagebridge.common.tokens import token_id
 from imagebridge.ehr.admin import Admin
 from imagebridge.ehr.audit import EHR_EVENT
 from imagebridge.ehr.fhir.store import Query
+from imagebridge.ehr.smart.client_assertion import REPLAYED
 
 SCOPE = "launch/patient offline_access patient/Patient.rs patient/ImagingStudy.rs"
 
@@ -129,3 +133,39 @@ def _deny(ua: UserAgent, app: App, fhir_base: str) -> dict[str, str]:
     answer = ua.submit(page, {"decision": "deny"})
     assert answer.status_code == 303, answer.text
     return query_of(answer.headers["location"])
+
+
+def test_au02_refused_token_requests_are_audited_and_raise_one_alert(ehr: RunningStack, origin: str) -> None:
+    """AU-02: failed client authentication and jti replays are AuditEvents with outcome 4 (minor
+    failure); the tenth refusal within 5 minutes for one claimed client raises one Security Alert
+    (DCM 110113), not one per refusal."""
+    token_url = f"{origin}/auth/token"
+    client = ehr.seeded.clients["quality-review"]
+    assert client.private_jwk is not None
+    form = {
+        "grant_type": "client_credentials",
+        "scope": "system/ImagingStudy.rs",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    }
+    assertion = jose.client_assertion(client.client_id, token_url, client.private_jwk)
+    first = httpx.post(token_url, data={**form, "client_assertion": assertion})
+    replayed = httpx.post(token_url, data={**form, "client_assertion": assertion})
+    assert (first.status_code, replayed.status_code) == (200, 401)
+
+    prober = f"prober-{uuid.uuid4().hex[:8]}"
+    stranger = jose.generate_private_jwk("ES384")
+    for _ in range(12):
+        forged = jose.client_assertion(prober, token_url, stranger)
+        assert httpx.post(token_url, data={**form, "client_assertion": forged}).status_code == 401
+
+    events = _events(ehr)
+    refusals = _of(events, client.client_id).get("token-refused", [])
+    replays = [e for e in refusals if REPLAYED in json.dumps(e)]
+    assert replays, "the jti replay is not in the audit trail"
+    probes = _of(events, prober)
+    assert len(probes["token-refused"]) == 12
+    assert {e["outcome"] for e in probes["token-refused"]} == {"4"}
+    alerts = [e for e in probes.get("repeated-refusals", []) if "this client" in json.dumps(e)]
+    assert len(alerts) == 1
+    assert alerts[0]["type"]["code"] == "110113"
+    assert assertion not in json.dumps(events)  # never the assertion itself

@@ -189,6 +189,15 @@ async def verify_client_assertion(
     return VerifiedClient(client_id, kid, alg, jti, expires_at)
 
 
+def claimed_issuer(assertion: str) -> str | None:
+    """The ``iss`` an assertion claims, unverified: only to name who was refused in the audit trail."""
+    try:
+        iss = _decode_unverified(assertion)[1].get("iss")
+    except InvalidClient:
+        return None
+    return iss[:200] if isinstance(iss, str) and iss else None
+
+
 def _decode_unverified(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a JWS Compact Serialization (RFC 7515 §7.1) and decode header and claims strictly."""
     if len(assertion) > _MAX_ASSERTION_LENGTH:

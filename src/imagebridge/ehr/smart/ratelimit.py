@@ -34,10 +34,17 @@ class Limiter:
             return 0
         return max(1, int(recent[0] + self.window - time.monotonic()) + 1)
 
-    def count(self, key: str) -> None:
+    def count(self, key: str) -> bool:
+        """Count an attempt of ``key``; True when it is the one that reaches the limit (a burst
+        raises it once: the next needs the key to fall below the limit first)."""
         if len(self._failures) >= self.max_keys:
             self._failures.clear()  # bounded memory under a flood of distinct keys
-        self._recent(key).append(time.monotonic())
+        recent = self._recent(key)
+        before = len(recent)
+        recent.append(time.monotonic())
+        if len(recent) > self.limit:
+            recent.popleft()  # the last ``limit`` attempts tell everything retry_after needs
+        return before == self.limit - 1
 
     def _recent(self, key: str) -> deque[float]:
         recent = self._failures.setdefault(key, deque())
@@ -60,3 +67,6 @@ def too_many(wait: int) -> Response:
 LOGIN = Limiter(limit=10, window=300)
 #: 30 rejected token requests per client per minute.
 TOKEN = Limiter(limit=30, window=60)
+#: Refused token requests (every grant type, backend assertions and jti replays included) that
+#: raise a Security Alert AuditEvent (security.md AU-02), per claimed client and per address.
+ALERT = Limiter(limit=10, window=300)

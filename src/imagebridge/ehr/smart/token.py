@@ -32,6 +32,7 @@ from imagebridge.ehr.smart.client_assertion import (
     DeferredUse,
     InvalidClient,
     ReplayStore,
+    claimed_issuer,
     verify_client_assertion,
 )
 from imagebridge.ehr.smart.clients import Client
@@ -49,6 +50,7 @@ VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 async def token_endpoint(request: Request) -> Response:
     ctx: EhrContext = request.app.state.ctx
     limit_key: str | None = None  # only grants that present a guessable secret are rate limited
+    form: dict[str, str] = {}
     try:
         form = await read_form(request)
         grant_type = form.get("grant_type", "")
@@ -67,7 +69,25 @@ async def token_endpoint(request: Request) -> Response:
     except OAuthError as exc:
         if limit_key is not None:
             ratelimit.TOKEN.count(limit_key)
+        _audit_refusal(ctx, request, form, exc)
         return exc.response()
+
+
+def _audit_refusal(ctx: EhrContext, request: Request, form: dict[str, str], exc: OAuthError) -> None:
+    """security.md AU-02: each refused token request is an AuditEvent (outcome 4, the client it
+    claimed to be, unverified); the one that makes 10 within 5 minutes for one claimed client or
+    one address also raises a Security Alert."""
+    claimed = form.get("client_id") or claimed_issuer(form.get("client_assertion", "")) or "-"
+    why = f"{exc.error}: {exc.description}"
+    audit.authorization_event(ctx, audit.TOKEN_REFUSED, request, claimed, why=why, status=exc.status)
+    address = request.client.host if request.client else "-"
+    limit, window = ratelimit.ALERT.limit, ratelimit.ALERT.window
+    for key, what in ((f"client {claimed}", "this client"), (f"address {address}", "this address")):
+        if ratelimit.ALERT.count(key):
+            alert = f"{limit} refused token requests within {window:.0f} s from {what}"
+            audit.authorization_event(
+                ctx, audit.SECURITY_ALERT, request, claimed, why=alert, status=exc.status
+            )
 
 
 async def authenticate_client(
