@@ -14,7 +14,7 @@ import httpx
 import pytest
 from tests.security.tls_pair import Certificates, TlsPair, make_certificates, start_tls_pair
 
-from imagebridge.apps.stack import IMAGING_CLIENT_SCOPE
+from imagebridge.apps.stack import IMAGING_CLIENT_SCOPE, LocalStack, start_service
 from imagebridge.ehr.admin import Admin
 
 
@@ -166,3 +166,25 @@ def test_rs12_imaging_client_without_introspection_scope_is_503(tmp_path: Path, 
     finally:
         running.stop()
     assert [a.status_code for a in answers] == [503, 503]
+
+
+def _login_cookie(url: str, verify: ssl.SSLContext | bool = True) -> str:
+    with httpx.Client(timeout=30, verify=verify) as http:
+        return http.get(f"{url}/ui/login").headers["set-cookie"]
+
+
+def test_rs11_session_cookie_is_secure_over_tls_and_behind_a_tls_proxy(pair: TlsPair, tmp_path: Path) -> None:
+    """Directly over TLS, and over plain HTTP from a TLS-terminating proxy (public_url https)."""
+    assert "secure" in _login_cookie(pair.ehr_origin, pair.certs.client_context()).lower()
+    stack = LocalStack(tmp_path)
+    stack.extra_ehr_env = {"IMAGEBRIDGE_EHR_PUBLIC_URL": "https://ehr.example.org"}
+    stack.provision()
+    stack.ehr = start_service(
+        "ehr", stack.ehr_env(), f"http://127.0.0.1:{stack.ehr_port}", tmp_path / "ehr.log"
+    )
+    try:
+        behind_proxy = _login_cookie(f"http://127.0.0.1:{stack.ehr_port}")
+    finally:
+        stack.stop()
+    assert "secure" in behind_proxy.lower()
+    assert "httponly" in behind_proxy.lower()

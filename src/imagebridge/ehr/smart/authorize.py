@@ -205,7 +205,7 @@ async def authorize_endpoint(request: Request) -> Response:
     await PendingStore(ctx.engine).add(pending)
     response = RedirectResponse(f"/ui/authorize/{pending.id}", status_code=303)
     if cookie is not None:
-        set_cookie(response, cookie, secure=request.url.scheme == "https")
+        set_cookie(response, cookie, request, ctx.settings.origin)
     return response
 
 

@@ -119,7 +119,7 @@ async def login_page(request: Request) -> Response:
     next_url = request.query_params.get("next", "/ui/")
     response = render.page("login.html", {"csrf": session.csrf, "next": _safe_next(next_url), "user": None})
     if cookie:
-        set_cookie(response, cookie, secure=request.url.scheme == "https")
+        set_cookie(response, cookie, request, _ctx(request).settings.origin)
     return response
 
 
@@ -163,7 +163,7 @@ async def login_submit(request: Request) -> Response:
         )
     cookie, _ = await sessions.sign_in(session, user.username)
     response = render.secure(RedirectResponse(next_url, status_code=303))
-    set_cookie(response, cookie, secure=request.url.scheme == "https")
+    set_cookie(response, cookie, request, _ctx(request).settings.origin)
     return response
 
 

@@ -105,7 +105,10 @@ class SessionStore:
         return None if row is None else float(row.expires_at)
 
 
-def set_cookie(response: Response, cookie: str, secure: bool) -> None:
+def set_cookie(response: Response, cookie: str, request: Request, origin: str) -> None:
+    """Set the session cookie, ``Secure`` when ``request`` came over TLS or the EHR's public
+    ``origin`` is https (behind a TLS-terminating proxy the last hop is plain HTTP; RS-11)."""
+    secure = request.url.scheme == "https" or origin.startswith("https://")
     response.set_cookie(
         COOKIE, cookie, max_age=LIFETIME, path="/", httponly=True, samesite="lax", secure=secure
     )
