@@ -15,6 +15,7 @@ from imagebridge.common import db, http
 from imagebridge.common import settings as settings_mod
 from imagebridge.common.audit_journal import DurableResponses, JournalUnavailable
 from imagebridge.common.settings import EhrSettings
+from imagebridge.common.sliding_window import Limiter
 from imagebridge.ehr import audit
 from imagebridge.ehr.bulk import routes as bulk_routes
 from imagebridge.ehr.bulk.jobs import BulkExports
@@ -30,7 +31,6 @@ from imagebridge.ehr.smart.grants import GrantStore
 from imagebridge.ehr.smart.introspection import introspection_endpoint
 from imagebridge.ehr.smart.jwks_fetch import JwksFetcher
 from imagebridge.ehr.smart.keys import SigningKeys
-from imagebridge.ehr.smart.ratelimit import Limiter
 from imagebridge.ehr.smart.registration import client_configuration_endpoint, registration_endpoint
 from imagebridge.ehr.smart.replay import DatabaseReplayStore
 from imagebridge.ehr.smart.revocation import revocation_endpoint

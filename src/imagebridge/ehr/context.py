@@ -8,6 +8,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagebridge.common.settings import EhrSettings
+from imagebridge.common.sliding_window import Limiter
 from imagebridge.ehr.fhir.store import Store
 from imagebridge.ehr.policy.engine import PolicyEngine
 from imagebridge.ehr.smart.clients import ClientRegistry
@@ -15,7 +16,6 @@ from imagebridge.ehr.smart.grants import GrantStore
 from imagebridge.ehr.smart.jwks_fetch import JwksFetcher
 from imagebridge.ehr.smart.keys import SigningKeys
 from imagebridge.ehr.smart.memo import Memo
-from imagebridge.ehr.smart.ratelimit import Limiter
 from imagebridge.ehr.smart.replay import DatabaseReplayStore
 
 

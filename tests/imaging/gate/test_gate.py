@@ -158,3 +158,33 @@ def test_audit_command_lists_a_patients_records(gate_stack: GateStack) -> None:
     assert {r["patient"] for r in records} == {"alice"}
     assert any(r["token_id"] == token_id(token) for r in records)
     assert token not in listed.stdout
+
+
+def test_au02_repeated_refusals_raise_one_security_alert(gate_stack: GateStack) -> None:
+    """AU-02 / ISO-06: a token probing another patient's study gets 404 each time, each refusal is
+    a record, and the twentieth within a minute also journals one ``security-alert`` record
+    (not one per refusal), published to the EHR as a DCM 110113 Security Alert AuditEvent."""
+    token = gate_stack.patient_token("alice")
+    bob = first_instance("ACC-2001")
+    metadata = f"{gate_stack.dicomweb_base}/studies/{bob.study}/metadata"
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"}
+    with httpx.Client(timeout=30, headers=headers) as http:
+        assert {http.get(metadata).status_code for _ in range(25)} == {404}
+    rows = _audit_rows(gate_stack, token)
+    assert [r["operation"] for r in rows if r["operation"] != "security-alert"] == ["metadata"] * 25
+    alerts = [r for r in rows if r["operation"] == "security-alert"]
+    assert len(alerts) == 1
+    assert alerts[0]["detail"] == "20 refused requests within 60 s from this token"
+    assert (alerts[0]["study_uid"], alerts[0]["outcome"]) == (bob.study, "deny")
+
+    deadline = time.monotonic() + 90
+    while True:
+        published = [
+            e
+            for e in gate_stack.access_report("alice")
+            if e["type"]["code"] == "110113" and token_id(token) in json.dumps(e)
+        ]
+        if published or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert len(published) == 1

@@ -33,6 +33,7 @@ from starlette.responses import Response, StreamingResponse
 from imagebridge.common import db
 from imagebridge.common.audit_journal import Entry, Journal, Origin
 from imagebridge.common.settings import ImagingSettings
+from imagebridge.common.sliding_window import Limiter
 from imagebridge.common.tokens import token_id
 from imagebridge.imaging.gate.gate import Access
 from imagebridge.imaging.tables import audit, studies
@@ -119,6 +120,12 @@ def presented_token_id(request: Request) -> str | None:
     return token_id(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
 
 
+#: Refusals (401, 403, 404) per token or per address within :data:`ALERT_WINDOW` seconds that
+#: raise a Security Alert record (security.md AU-02).
+ALERT_REFUSALS = 20
+ALERT_WINDOW = 60.0
+
+
 class AuditLog:
     """Writes and reads the imaging system's audit trail."""
 
@@ -131,6 +138,7 @@ class AuditLog:
         #: waits for a quiet moment (no new record) before reading the committed ones.
         self.written = asyncio.Event()
         self.journal = Journal(journal_dir, self._commit, fsync=fsync)
+        self.refusals = Limiter(limit=ALERT_REFUSALS, window=ALERT_WINDOW)
 
     async def start(self) -> None:
         """Commit what ended processes journaled and never committed (at startup, then periodically)."""
@@ -155,32 +163,57 @@ class AuditLog:
         params = request.path_params
         streaming = isinstance(response, StreamingResponse)
         key = os.urandom(16).hex()
-        self.journal.append(
-            dict(
-                record_key=key,
-                at=time.time(),
-                client_id=access.info.client_id if access else None,
-                user=access.info.user if access else None,
-                patient=access.info.patient if access else None,
-                token_id=access.token_id if access else presented_token_id(request),
-                operation=operation_of(request),
-                study_uid=params.get("study"),
-                series_uid=params.get("series"),
-                sop_uid=params.get("instance"),
-                outcome=outcome_of(response.status_code),
-                status=response.status_code,
-                bytes_sent=0 if streaming else len(response.body),
-                request_path=_path(request)[:400],
-                detail=detail[:2000] if detail else None,
-                streaming=streaming,
-                elapsed_ms=(time.monotonic() - started) * 1000 if started is not None else None,
-            )
+        entry = dict(
+            record_key=key,
+            at=time.time(),
+            client_id=access.info.client_id if access else None,
+            user=access.info.user if access else None,
+            patient=access.info.patient if access else None,
+            token_id=access.token_id if access else presented_token_id(request),
+            operation=operation_of(request),
+            study_uid=params.get("study"),
+            series_uid=params.get("series"),
+            sop_uid=params.get("instance"),
+            outcome=outcome_of(response.status_code),
+            status=response.status_code,
+            bytes_sent=0 if streaming else len(response.body),
+            request_path=_path(request)[:400],
+            detail=detail[:2000] if detail else None,
+            streaming=streaming,
+            elapsed_ms=(time.monotonic() - started) * 1000 if started is not None else None,
         )
+        self.journal.append(entry)
+        if entry["outcome"] == "deny":
+            self._watch_refusals(request, entry)
         if isinstance(response, StreamingResponse):
             self._count_stream(response, key)
         else:
             self.written.set()
         return response
+
+    def _watch_refusals(self, request: Request, refused: Entry) -> None:
+        """security.md AU-02 (cross-patient probes, ISO-06): the refusal that makes
+        :data:`ALERT_REFUSALS` within :data:`ALERT_WINDOW` seconds for one token or one address
+        journals a ``security-alert`` record too (published as DCM 110113), once per burst."""
+        address = request.client.host if request.client else "-"
+        nobody = dict.fromkeys(("client_id", "user", "patient", "token_id"))
+        keys: list[tuple[str, str, Entry]] = [(f"address {address}", "this address", nobody)]
+        if refused["token_id"]:
+            keys.insert(0, (f"token {refused['token_id']}", "this token", {}))
+        for key, what, who in keys:
+            if self.refusals.count(key):
+                detail = f"{ALERT_REFUSALS} refused requests within {ALERT_WINDOW:.0f} s from {what}"
+                self.journal.append(
+                    {
+                        **refused,
+                        **who,  # an address's alert belongs to no one token
+                        "record_key": os.urandom(16).hex(),
+                        "operation": "security-alert",
+                        "detail": detail,
+                        "bytes_sent": 0,
+                        "streaming": False,
+                    }
+                )
 
     async def _commit(self, entries: Sequence[Entry], _: Origin) -> None:
         """Insert the journaled records (each once) and apply the streamed-body counts, in one commit.

@@ -62,11 +62,14 @@ ABANDONED_STREAM_SECONDS = 600.0
 
 
 def _event_type(operation: str) -> tuple[dict[str, str], str]:
-    """DICOM PS3.15 A.5.3 event and FHIR action: Query (E), Instances Transferred in (C), Accessed (R)."""
+    """DICOM PS3.15 A.5.3 event and FHIR action: Query (E), Instances Transferred in (C), Accessed
+    (R), Security Alert (E)."""
     if operation == "search":
         return {"system": DCM, "code": "110112", "display": "Query"}, "E"
     if operation == "store":
         return {"system": DCM, "code": "110104", "display": "DICOM Instances Transferred"}, "C"
+    if operation == "security-alert":
+        return {"system": DCM, "code": "110113", "display": "Security Alert"}, "E"
     return {"system": DCM, "code": "110103", "display": "DICOM Instances Accessed"}, "R"
 
 
