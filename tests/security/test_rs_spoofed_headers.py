@@ -5,20 +5,13 @@ would take the bearer token there)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 from tests.gate_stack import READ_ACCEPT, GateStack
 from tests.imaging.gate.uids import first_instance
-
-from imagebridge.common import db
-from imagebridge.common.tokens import token_id
-from imagebridge.imaging.gate.audit import reader
-from imagebridge.imaging.tables import audit
 
 SPOOFED = {
     "X-Forwarded-User": "Patient/bob",
@@ -40,25 +33,6 @@ def _urls(value: Any) -> list[str]:
     if isinstance(value, list):
         return [u for v in value for u in _urls(v)]
     return [value] if isinstance(value, str) and value.startswith(("http://", "https://")) else []
-
-
-def _audit_identities(stack: GateStack, token: str) -> set[tuple[str | None, str | None, str | None]]:
-    async def run() -> set[tuple[str | None, str | None, str | None]]:
-        settings = stack.stack.imaging_settings
-        engine = db.create_engine(settings.resolved_database_url, pool_size=1)
-        try:
-            await reader(engine, settings).settle()
-            async with engine.connect() as conn:
-                rows = await conn.execute(
-                    select(audit.c.client_id, audit.c.user, audit.c.patient).where(
-                        audit.c.token_id == token_id(token)
-                    )
-                )
-                return {(r.client_id, r.user, r.patient) for r in rows}
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def test_rs10_imaging_ignores_spoofed_identity_and_host(gate_stack: GateStack) -> None:
@@ -93,7 +67,7 @@ def test_rs10_imaging_ignores_spoofed_identity_and_host(gate_stack: GateStack) -
             bob_search = http.get(f"{base}/studies", params={"PatientID": bob.patient_id}, headers=headers)
             assert bob_search.status_code in (200, 204)
             assert bob.patient_id.encode() not in bob_search.content
-    identities = _audit_identities(gate_stack, token)
+    identities = {(r.client_id, r.user, r.patient) for r in gate_stack.audit_rows(token)}
     assert identities == {("demo-app", f"{gate_stack.fhir_base}/Patient/alice", "alice")}
 
 
