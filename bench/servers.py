@@ -148,6 +148,7 @@ async def _seed(stack: LocalStack, patients: Sequence[PatientSpec], keys: dict[s
             "backend",
             scope=WRITE_SCOPE,
             jwks=jose.public_jwks(keys["bench-modality"]),
+            imaging_source=True,  # a modality: stores for any PatientID (docs/policy.md)
         )
         await admin.add_client(
             "bench-reader",

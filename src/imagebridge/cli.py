@@ -196,6 +196,7 @@ def cmd_ehr_clients(args: argparse.Namespace) -> int:
                 launch_url=args.launch_url,
                 group=args.group,
                 zero_click=args.zero_click,
+                imaging_source=args.imaging_source,
             )
             return _show("client", args.client_id, client, _client_json)
         if args.action == "show":
@@ -223,6 +224,7 @@ def _client_json(client: Any) -> dict[str, Any]:
         "launch_url": client.launch_url,
         "group": client.group_ref,
         "zero_click": client.zero_click,
+        "imaging_source": client.imaging_source,
         "enabled": client.enabled,
     }
 
@@ -334,6 +336,11 @@ def _clients_parser(service: Any) -> None:
     add.add_argument("--group", help="Group/<id> a backend client may reach")
     add.add_argument(
         "--zero-click", action="store_true", help="clinicians launch it without a consent screen"
+    )
+    add.add_argument(
+        "--imaging-source",
+        action="store_true",
+        help="a modality or archive feed: it may store imaging (STOW-RS) for any PatientID",
     )
     _registry_actions(clients, "client_id", cmd_ehr_clients)
 

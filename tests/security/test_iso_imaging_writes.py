@@ -26,7 +26,7 @@ from imagebridge.apps import demo_data
 from imagebridge.apps.smart_client import WADO_ACCEPT, BackendClient, backend_token, iter_multipart
 from imagebridge.common import jose
 from imagebridge.ehr.admin import Admin
-from imagebridge.imaging.archive.ingest import CONFLICTS, STUDY_MISMATCH
+from imagebridge.imaging.archive.ingest import CONFLICTS, NOT_AUTHORIZED, STUDY_MISMATCH
 
 ALICE, BOB = demo_data.ALICE, demo_data.BOB
 WRITER = "iso-writer-alice"
@@ -129,25 +129,33 @@ def test_iso09_reusing_uids_under_another_patient_leaves_the_original_byte_ident
     assert _retrieve(writes, writes.patient_token(BOB.fhir_id), other_study)[0] == 404
 
 
-def _client_token(stack: GateStack, client_id: str, scope: str, group: str | None) -> str:
-    """A backend token of a client registered here (once) with ``scope`` and, if given, ``group``."""
+def _client_token(
+    stack: GateStack, client_id: str, scope: str, group: str, members: tuple[str, ...] = (ALICE.fhir_id,)
+) -> str:
+    """A backend token of a client registered here (once) with ``scope`` and ``group`` (holding
+    ``members``)."""
     key = jose.load_or_create_private_jwk(stack.stack.data_dir / f"{client_id}.json", "ES384")
 
     async def register() -> None:
         admin = Admin(stack.stack.ehr_settings)
         try:
-            if group is not None:
-                member = [{"entity": {"reference": f"Patient/{ALICE.fhir_id}"}}]
-                await admin.put_resource(
-                    {"resourceType": "Group", "id": group, "type": "person", "actual": True, "member": member}
-                )
-            await add_backend(admin, client_id, scope, key, f"Group/{group}" if group else None)
+            member = [{"entity": {"reference": f"Patient/{p}"}} for p in members]
+            await admin.put_resource(
+                {"resourceType": "Group", "id": group, "type": "person", "actual": True, "member": member}
+            )
+            await add_backend(admin, client_id, scope, key, f"Group/{group}")
         finally:
             await admin.close()
 
     asyncio.run(register())
     with httpx.Client(timeout=30) as http:
         return str(backend_token(stack.fhir_base, BackendClient(client_id, key), scope, http)["access_token"])
+
+
+def _reader(stack: GateStack) -> str:
+    """A backend reader whose Group holds both patients."""
+    members = (ALICE.fhir_id, BOB.fhir_id)
+    return _client_token(stack, "iso-reader-all", "system/ImagingStudy.rs", "iso-readers", members)
 
 
 def _qido_studies(stack: GateStack, token: str, study: str) -> list[object]:
@@ -161,18 +169,14 @@ def _qido_studies(stack: GateStack, token: str, study: str) -> list[object]:
     return list(response.json())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open gap: STOW-RS checks only the write scope, never the writer's patients (the Group "
-    "or patient context); a writer for Alice stores, and publishes, instances of Bob's",
-)
 def test_iso08_a_writer_for_one_patient_cannot_store_for_another(writes: GateStack) -> None:
     """ISO-08 (test_authorization.py ``test_uploader_a``): a writer whose Group holds Alice only
     stores for Alice, but an instance with Bob's PatientID, new or posted to Bob's study, is
-    refused (403/409) and nothing of it is stored: a reader of every study (a backend client
-    without a Group) finds it neither before nor after a later study of Bob's is published."""
+    refused (409, 0x0124 Not Authorized) and nothing of it is stored: a reader of both patients' studies
+    (a backend client whose Group holds both) finds it neither before nor after a later study of Bob's is
+    published."""
     writer = _client_token(writes, WRITER, "system/ImagingStudy.crs", "iso-writer-alice")
-    reader = _client_token(writes, "iso-reader-all", "system/ImagingStudy.rs", None)
+    reader = _reader(writes)
     modality = _modality(writes)
     hers = instance(patient_id=ALICE.mrn, seed=8)
     assert _stow(writes, writer, [part10(hers)]).status_code == 200
@@ -185,10 +189,61 @@ def test_iso08_a_writer_for_one_patient_cannot_store_for_another(writes: GateSta
     ]
     for attempt, url_study in attempts:
         answer = _stow(writes, writer, [part10(attempt)], url_study)
-        assert answer.status_code in (403, 409), (url_study, answer.status_code, answer.text)
+        assert answer.status_code == 409, (url_study, answer.status_code, answer.text)
         assert "00081199" not in answer.json()
+        assert failure_reasons(answer.json()) == [NOT_AUTHORIZED]
     later = instance(patient_id=BOB.mrn, seed=13)
     assert _stow(writes, modality, [part10(later)]).status_code == 200
     _published(writes, reader, f"/studies/{later.StudyInstanceUID}")
     assert _published(writes, reader, f"/studies/{bobs.StudyInstanceUID}") == [part10(bobs)]
     assert _qido_studies(writes, reader, str(attempts[0][0].StudyInstanceUID)) == []
+
+
+def test_iso08_a_patient_context_writer_stores_for_its_patient_only(writes: GateStack) -> None:
+    """ISO-08 with a patient-context token (``patient/ImagingStudy.crs``, Alice in context): the
+    grant lists Alice's MRN; Bob's PatientID is refused (409, 0x0124) and never published."""
+    writer = writes.patient_token(ALICE.fhir_id, "launch/patient patient/ImagingStudy.crs")
+    reader = _reader(writes)
+    hers = instance(patient_id=ALICE.mrn, seed=14)
+    assert _stow(writes, writer, [part10(hers)]).status_code == 200
+    his = instance(patient_id=BOB.mrn, seed=15)
+    refused = _stow(writes, writer, [part10(his)])
+    assert refused.status_code == 409, refused.text
+    assert failure_reasons(refused.json()) == [NOT_AUTHORIZED]
+    assert _published(writes, reader, f"/studies/{hers.StudyInstanceUID}") == [part10(hers)]
+    assert _qido_studies(writes, reader, str(his.StudyInstanceUID)) == []
+
+
+def test_iso08_a_mixed_request_stores_the_permitted_instances_only(writes: GateStack) -> None:
+    """ISO-08, one request with Alice's and Bob's instances from the writer whose Group holds
+    Alice: hers is stored (202), his fails with 0x0124 and is stored nowhere."""
+    writer = _client_token(writes, WRITER, "system/ImagingStudy.crs", "iso-writer-alice")
+    reader = _reader(writes)
+    hers = instance(patient_id=ALICE.mrn, seed=16)
+    his = instance(patient_id=BOB.mrn, seed=17)
+    answer = _stow(writes, writer, [part10(hers), part10(his)])
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert failure_reasons(body) == [NOT_AUTHORIZED]
+    assert body["00081198"]["Value"][0]["00081155"]["Value"] == [str(his.SOPInstanceUID)]
+    stored = [item["00081155"]["Value"][0] for item in body["00081199"]["Value"]]
+    assert stored == [str(hers.SOPInstanceUID)]
+    assert _published(writes, reader, f"/studies/{hers.StudyInstanceUID}") == [part10(hers)]
+    assert _qido_studies(writes, reader, str(his.StudyInstanceUID)) == []
+
+
+def test_iso08_a_write_the_ehr_cannot_decide_fails_the_request(writes: GateStack) -> None:
+    """Fail closed (invariant 4): the writer's question about Bob's PatientID cannot reach the
+    EHR (its introspection endpoint refuses connections), so the request is 503 + Retry-After and
+    Bob's instance is stored nowhere."""
+    writer = _client_token(writes, WRITER, "system/ImagingStudy.crs", "iso-writer-alice")
+    assert _stow(writes, writer, [part10(instance(patient_id=ALICE.mrn, seed=18))]).status_code == 200
+    his = instance(patient_id=BOB.mrn, seed=19)
+    writes.proxy.stop()
+    try:
+        answer = _stow(writes, writer, [part10(his)])
+    finally:
+        writes.proxy.start()
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["retry-after"]) > 0
+    assert _qido_studies(writes, _reader(writes), str(his.StudyInstanceUID)) == []

@@ -36,6 +36,8 @@ class SeededClient:
     private_jwk: dict[str, Any] | None = None
     group: str | None = None
     redirect_uris: tuple[str, ...] = ()
+    #: Registered as an imaging source: stores imaging for any PatientID (docs/policy.md).
+    imaging_source: bool = False
 
     @property
     def backend(self) -> BackendClient:
@@ -66,7 +68,11 @@ def seed_ehr(stack: LocalStack) -> dict[str, SeededClient]:
             group="Group/quality-review",
         ),
         "modality": SeededClient(
-            "modality", "backend", demo_data.MODALITY_SCOPE, _key(keys, "modality", "RS384")
+            "modality",
+            "backend",
+            demo_data.MODALITY_SCOPE,
+            _key(keys, "modality", "RS384"),
+            imaging_source=True,
         ),
         "demo-app": SeededClient(
             "demo-app",
@@ -93,6 +99,7 @@ def seed_ehr(stack: LocalStack) -> dict[str, SeededClient]:
                         jwks=jose.public_jwks(c.private_jwk) if c.private_jwk else None,
                         redirect_uris=c.redirect_uris,
                         group=c.group,
+                        imaging_source=c.imaging_source,
                     )
         finally:
             await admin.close()
@@ -214,6 +221,7 @@ def manifest(stack: LocalStack, seeded: Seeded) -> dict[str, Any]:
                 "scope": c.scope,
                 **({"private_jwk": c.private_jwk} if c.private_jwk else {}),
                 **({"group": c.group} if c.group else {}),
+                **({"imaging_source": True} if c.imaging_source else {}),
                 **({"redirect_uris": list(c.redirect_uris)} if c.redirect_uris else {}),
             }
             for c in seeded.clients.values()

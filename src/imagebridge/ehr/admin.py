@@ -51,9 +51,14 @@ class Admin:
         launch_url: str | None = None,
         group: str | None = None,
         zero_click: bool = False,
+        imaging_source: bool = False,
     ) -> Client:
+        """Register a client; ``imaging_source`` marks a backend client that stores imaging for
+        any PatientID (a modality or an archive feed; docs/policy.md "Writing imaging")."""
         if kind in ("backend", "confidential") and not (jwks or jwks_uri):
             raise ValueError(f"a {kind} client needs a JWKS (inline or by URL)")
+        if imaging_source and kind != "backend":
+            raise ValueError("only a backend client can be an imaging source")
         if await self.clients.get(client_id) is not None:
             raise ValueError(f"a client {client_id!r} is registered already")
         client = replace(
@@ -61,6 +66,7 @@ class Admin:
             launch_url=launch_url,
             group_ref=group,
             zero_click=zero_click,
+            imaging_source=imaging_source,
         )
         await self.clients.add(client)
         return client

@@ -75,4 +75,5 @@ def principal_for(grant: Grant, client: Client | None) -> Principal:
         patient=grant.patient,
         fhir_user=grant.fhir_user,
         group_ref=client.group_ref if client.kind == "backend" else None,
+        imaging_source=client.imaging_source and client.kind == "backend",
     )

@@ -38,6 +38,8 @@ clients = Table(
     Column("created_at", Float, nullable=False),
     # SHA-256 of the RFC 7592 registration access token (dynamically registered apps only).
     Column("registration_token", String(64)),
+    # A registered imaging source (modality, archive feed): stores imaging for any PatientID (0006).
+    Column("imaging_source", Boolean, nullable=False, default=False),
 )
 
 tokens = Table(

@@ -40,7 +40,8 @@ def test_backend_client_added_listed_shown_and_disabled(
         f"{client_id}\tbackend\tenabled\tsystem/Patient.rs"
         in ehr_cli(ehr, "clients", "list").stdout.splitlines()
     )
-    assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["kind"] == "backend"
+    shown = json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)
+    assert (shown["kind"], shown["imaging_source"]) == ("backend", False)
 
     with httpx.Client(timeout=30) as http:
         token = backend_token(fhir_base, BackendClient(client_id, key), "system/Patient.rs", http)
@@ -50,6 +51,26 @@ def test_backend_client_added_listed_shown_and_disabled(
     auth = {"Authorization": f"Bearer {token['access_token']}"}
     assert httpx.get(f"{fhir_base}/Patient/alice", headers=auth).status_code == 401
     assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["enabled"] is False
+
+
+def test_an_imaging_source_is_registered_as_such(ehr: RunningStack, tmp_path: Path) -> None:
+    """``--imaging-source``: a modality storing for any PatientID (docs/policy.md "Writing imaging")."""
+    client_id = f"modality-{secrets.token_hex(3)}"
+    jwks_file = tmp_path / "modality.jwks.json"
+    jwks_file.write_text(json.dumps(jose.public_jwks(jose.generate_private_jwk("ES384"))))
+    added = ehr_cli(
+        ehr,
+        "clients",
+        "add",
+        client_id,
+        "--scope",
+        "system/ImagingStudy.c",
+        "--jwks-file",
+        str(jwks_file),
+        "--imaging-source",
+    )
+    assert added.returncode == 0, added.stderr
+    assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["imaging_source"] is True
 
 
 def test_add_refuses_bad_clients(ehr: RunningStack) -> None:
@@ -68,5 +89,11 @@ def test_add_refuses_bad_clients(ehr: RunningStack) -> None:
     taken = ehr_cli(ehr, "clients", "add", "demo-app", "--kind", "public", "--scope", "patient/*.rs")
     assert taken.returncode == 2
     assert "registered already" in taken.stderr
+    source = f"source-{secrets.token_hex(3)}"
+    public_source = ehr_cli(
+        ehr, "clients", "add", source, "--kind", "public", "--scope", "patient/*.rs", "--imaging-source"
+    )
+    assert public_source.returncode == 2
+    assert "only a backend client can be an imaging source" in public_source.stderr
     assert ehr_cli(ehr, "clients", "show", "no-such-client").returncode == 1
     assert ehr_cli(ehr, "clients", "disable", "no-such-client").returncode == 1

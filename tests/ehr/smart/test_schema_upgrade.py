@@ -1,6 +1,7 @@
-"""EHR migration 0002 brings a database created before users had roles, clients had registration
-access tokens and tokens had online_access sessions up to date, keeping its users able to sign in
-in the roles they had (Practitioners stay clinicians)."""
+"""EHR migrations bring a database from before them up to date: 0002 one created before users had
+roles, clients had registration access tokens and tokens had online_access sessions, keeping its
+users able to sign in in the roles they had (Practitioners stay clinicians); 0006 one whose
+clients had no ``imaging_source``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy import Connection, inspect, text
 
 from imagebridge.common import db
 from imagebridge.ehr.app import MIGRATIONS
+from imagebridge.ehr.smart.clients import ClientRegistry
 from imagebridge.ehr.smart.users import UserStore
 from imagebridge.ehr.tables import metadata
 
@@ -71,3 +73,38 @@ def test_0002_upgrades_a_database_from_before_it(tmp_path: Path) -> None:
     }
     assert "ix_tokens_session" in indexes
     db.upgrade(MIGRATIONS, url)  # already at head: nothing to do, nothing fails
+
+
+def test_0006_registers_no_existing_client_as_an_imaging_source(tmp_path: Path) -> None:
+    """A client registered before 0006 is not an imaging source afterwards (docs/policy.md)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ehr.sqlite3'}"
+
+    async def as_0005_left_it() -> None:
+        engine = db.create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+                await conn.execute(text("ALTER TABLE clients DROP COLUMN imaging_source"))
+                await conn.execute(
+                    text(
+                        "INSERT INTO clients (client_id, kind, name, scope, redirect_uris, zero_click,"
+                        " enabled, created_at) VALUES ('modality', 'backend', 'modality',"
+                        " 'system/ImagingStudy.c', '[]', 0, 1, 0)"
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(as_0005_left_it())
+    command.stamp(db.alembic_config(MIGRATIONS, url), "0005")
+    db.upgrade(MIGRATIONS, url)
+
+    async def read() -> bool | None:
+        engine = db.create_engine(url)
+        try:
+            client = await ClientRegistry(engine).get("modality")
+            return None if client is None else client.imaging_source
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(read()) is False

@@ -141,11 +141,21 @@ class ArchiveStack:
 
 
 async def add_backend(
-    admin: Admin, client_id: str, scope: str, key: dict[str, Any], group: str | None
+    admin: Admin,
+    client_id: str,
+    scope: str,
+    key: dict[str, Any],
+    group: str | None,
+    *,
+    imaging_source: bool = False,
 ) -> None:
-    """Register a backend client with ``scope`` (and a Group, if given) unless it exists."""
+    """Register a backend client with ``scope`` (and a Group, if given; an imaging source, which
+    stores for any PatientID, if asked) unless it exists."""
     if await admin.clients.get(client_id) is None:
-        await admin.add_client(client_id, "backend", scope=scope, jwks=jose.public_jwks(key), group=group)
+        jwks = jose.public_jwks(key)
+        await admin.add_client(
+            client_id, "backend", scope=scope, jwks=jwks, group=group, imaging_source=imaging_source
+        )
 
 
 def provision(stack: LocalStack, patient_id: str = PATIENT_ID) -> dict[str, Any]:
@@ -173,7 +183,8 @@ def provision(stack: LocalStack, patient_id: str = PATIENT_ID) -> dict[str, Any]
                     "member": [{"entity": {"reference": "Patient/archive-patient"}}],
                 }
             )
-            await add_backend(admin, CLIENT_ID, SCOPE, key, "Group/archive-cohort")
+            # it feeds the archive as a modality would: instances of any PatientID (docs/policy.md)
+            await add_backend(admin, CLIENT_ID, SCOPE, key, "Group/archive-cohort", imaging_source=True)
         finally:
             await admin.close()
 

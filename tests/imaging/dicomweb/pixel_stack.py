@@ -193,7 +193,11 @@ def register(stack: LocalStack, reader: BackendClient, modality: BackendClient) 
                 group="Group/pixel-review",
             )
             await admin.add_client(
-                modality.client_id, "backend", scope=WRITE_SCOPE, jwks=jose.public_jwks(modality.private_jwk)
+                modality.client_id,
+                "backend",
+                scope=WRITE_SCOPE,
+                jwks=jose.public_jwks(modality.private_jwk),
+                imaging_source=True,
             )
         finally:
             await admin.close()

@@ -20,13 +20,13 @@ async def resolve_subject(ctx: EhrContext, resource: dict[str, Any]) -> dict[str
     subject = resource.get("subject")
     if not isinstance(subject, dict) or subject.get("reference"):
         return resource
-    found = await _by_identifier(ctx, "Patient", subject.get("identifier"))
+    found = await by_identifier(ctx, "Patient", subject.get("identifier"))
     if found is not None:
         return {**resource, "subject": {**subject, "reference": f"Patient/{found['id']}"}}
     return resource
 
 
-async def _by_identifier(ctx: EhrContext, resource_type: str, identifier: Any) -> dict[str, Any] | None:
+async def by_identifier(ctx: EhrContext, resource_type: str, identifier: Any) -> dict[str, Any] | None:
     """The one ``resource_type`` with ``identifier`` (None when no or several resources have it)."""
     if not isinstance(identifier, dict) or not identifier.get("value"):
         return None
@@ -48,7 +48,7 @@ async def _resolve_entities(ctx: EhrContext, event: dict[str, Any]) -> dict[str,
         what = entity.get("what") if isinstance(entity, dict) else None
         if isinstance(what, dict) and not what.get("reference") and isinstance(what.get("identifier"), dict):
             dicom = what["identifier"].get("system") == "urn:dicom:uid"
-            found = await _by_identifier(ctx, "ImagingStudy" if dicom else "Patient", what["identifier"])
+            found = await by_identifier(ctx, "ImagingStudy" if dicom else "Patient", what["identifier"])
             if found is not None:
                 entity = {**entity, "what": {**what, "reference": f"{found['resourceType']}/{found['id']}"}}
         entities.append(entity)

@@ -64,6 +64,7 @@ class Principal:
     patient: str | None = None  # patient context (logical id)
     fhir_user: str | None = None  # Patient/…, RelatedPerson/…, Practitioner/…
     group_ref: str | None = None  # the Group a backend client was pre-authorized for
+    imaging_source: bool = False  # a backend client registered as an imaging source (any PatientID)
 
     @property
     def levels(self) -> frozenset[str]:
@@ -336,6 +337,18 @@ class PolicyEngine:
         """Whether ``principal`` may see ``resource`` (one-off; build a view for many)."""
         view = await self.view(principal)
         return view.decide(resource, view.scopes_for(str(resource.get("resourceType")), interactions))
+
+    async def may_write(self, principal: Principal, resource_type: str, patient: str) -> Decision:
+        """Whether ``principal`` may create ``resource_type`` in ``patient``'s compartment.
+
+        A granted scope allowing ``c`` on the type, applied with its level and query as for reads:
+        ``patient/`` reaches the patient in context, ``user/`` the patients the ``fhirUser`` may
+        see, ``system/`` the registered Group's members; a Consent withholding the type from the
+        client refuses (docs/policy.md "Writing imaging"). There is no separate write rule.
+        """
+        view = await self.view(principal)
+        probe = {"resourceType": resource_type, "subject": {"reference": f"Patient/{patient}"}}
+        return view.decide(probe, view.scopes_for(resource_type, ("c",)))
 
     async def visible(self, principal: Principal, found: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """The resources of ``found`` the principal may read."""

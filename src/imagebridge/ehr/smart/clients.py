@@ -35,6 +35,9 @@ class Client:
     enabled: bool = True
     #: SHA-256 of the RFC 7592 registration access token; None for clients an administrator added.
     registration_token: str | None = None
+    #: A backend client registered as an imaging source (a modality or an archive feed): it may
+    #: store imaging for any DICOM PatientID (docs/policy.md "Writing imaging").
+    imaging_source: bool = False
 
 
 class ClientRegistry:
@@ -96,6 +99,7 @@ def _row(client: Client) -> dict[str, Any]:
         "zero_click": client.zero_click,
         "enabled": client.enabled,
         "registration_token": client.registration_token,
+        "imaging_source": client.imaging_source,
     }
 
 
@@ -114,4 +118,5 @@ def client_from_row(row: Mapping[str, Any]) -> Client:
         zero_click=bool(row["zero_click"]),
         enabled=bool(row["enabled"]),
         registration_token=row["registration_token"],
+        imaging_source=bool(row["imaging_source"]),
     )

@@ -8,6 +8,17 @@ Beyond SMART's members, the answer carries ``aud`` (every resource server the to
 at) and the imaging grant under :data:`IMAGING_GRANT`: for a patient-context token, the patient
 and the Study Instance UIDs the policy permits; for other tokens, ``{"mode": "query"}``, telling
 the imaging system to ask the FHIR API per study with the caller's token.
+
+For a token with a scope to create ImagingStudy, the grant's ``write`` member says for whom it may
+store imaging (STOW-RS; security.md ISO-08, docs/gate.md "Writing"): ``{"mode": "any"}`` for a
+client registered as an imaging source; ``{"mode": "mrns", "mrns": [...]}`` for a token writing
+only at patient level (the MRNs of the patient in context, if the policy lets it write there);
+otherwise ``{"mode": "ask"}``. The imaging system then asks per DICOM PatientID with the extra
+request parameter :data:`WRITE_PATIENT` (RFC 7662 §2.1 allows such parameters) and gets
+``{"mode": "ask", "patient_id": ..., "allowed": true|false}``: the PatientID is matched to a
+Patient by the MRN system, as the publisher's studies are, and the policy engine decides
+(:meth:`~imagebridge.ehr.policy.engine.PolicyEngine.may_write`). A PatientID matching no Patient,
+or several, is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from imagebridge.common.smart_scopes import covers_imaging_read
 from imagebridge.ehr.bearer import Unauthenticated, authenticate, principal_for
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir.store import Query, TokenCriterion
+from imagebridge.ehr.fhir.subjects import by_identifier
 from imagebridge.ehr.policy.engine import Principal
 from imagebridge.ehr.smart.forms import read_form
 from imagebridge.ehr.smart.oauth_errors import OAuthError, no_store_json
@@ -31,6 +43,8 @@ INTROSPECTION_SCOPE = "introspection"
 #: RFC 7662 §2.2 service-specific member carrying the imaging grant.
 IMAGING_GRANT = "urn:imagebridge:imaging-grant"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+#: Introspection request parameter: the DICOM PatientID a write decision is asked for.
+WRITE_PATIENT = "imaging_write_patient"
 
 INACTIVE: dict[str, Any] = {"active": False}
 
@@ -77,6 +91,9 @@ async def introspection_endpoint(request: Request) -> Response:
     body[IMAGING_GRANT] = await ctx.memo.imaging_grant(
         generation, principal, lambda: imaging_grant(ctx, principal)
     )
+    write = await write_grant(ctx, principal, form.get(WRITE_PATIENT))
+    if write is not None:
+        body[IMAGING_GRANT] = {**body[IMAGING_GRANT], "write": write}
     return no_store_json(body)
 
 
@@ -100,3 +117,34 @@ async def imaging_grant(ctx: EhrContext, principal: Principal) -> dict[str, Any]
             if ident.get("system") == DICOM_UID_SYSTEM and isinstance(ident.get("value"), str)
         )
     return {"mode": "studies", "patient": principal.patient, "studies": sorted(uids)}
+
+
+async def write_grant(ctx: EhrContext, principal: Principal, asked: str | None) -> dict[str, Any] | None:
+    """For whom this authorization may store imaging, or the answer for the PatientID ``asked``;
+    None without a scope to create ImagingStudy (see the module docstring)."""
+    levels = {s.level for s in principal.scopes.allows(principal.levels, "ImagingStudy", "c")}
+    if not levels:
+        return None
+    if principal.imaging_source:
+        return {"mode": "any"}
+    mrn_system = ctx.settings.mrn_system
+    if levels == {"patient"}:  # missing patient context reaches no one, never everyone
+        patient = await ctx.store.read("Patient", principal.patient) if principal.patient else None
+        mrns: list[str] = []
+        if (
+            patient is not None
+            and (await ctx.policy.may_write(principal, "ImagingStudy", patient["id"])).allowed
+        ):
+            mrns = sorted(
+                str(ident["value"])
+                for ident in patient.get("identifier") or []
+                if ident.get("system") == mrn_system and ident.get("value")
+            )
+        return {"mode": "mrns", "mrns": mrns}
+    if asked is None:
+        return {"mode": "ask"}
+    found = await by_identifier(ctx, "Patient", {"system": mrn_system, "value": asked}) if asked else None
+    allowed = (
+        found is not None and (await ctx.policy.may_write(principal, "ImagingStudy", found["id"])).allowed
+    )
+    return {"mode": "ask", "patient_id": asked, "allowed": allowed}

@@ -47,6 +47,9 @@ DUPLICATE_SOP_CONFLICT = 0x0111  # Duplicate SOP Instance: this SOP Instance UID
 OUT_OF_RESOURCES = 0xA700  # Refused: out of resources (disk or object store full, instance too large)
 DATASET_SOP_CLASS_MISMATCH = 0xA900  # Error: data set does not match SOP Class (file meta vs data set)
 CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand (not PS3.10, malformed, invalid UID, missing attribute)
+NOT_AUTHORIZED = (
+    0x0124  # Refused: Not Authorized (PS3.7 Annex C): the writer may not store for this PatientID
+)
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122  # Referenced Transfer Syntax not supported
 STUDY_MISMATCH = 0xC409  # imagebridge: Study UID differs from the URL, belongs to another patient,
 # or the Series UID belongs to another study

@@ -88,7 +88,8 @@ async def retrieve(ctx: ImagingContext, access: Access, request: Request) -> Res
 
 
 async def store(ctx: ImagingContext, access: Access, request: Request) -> Response:
-    return await stow.store_instances(ctx, request, request.path_params.get("study"))
+    study = request.path_params.get("study")
+    return await stow.store_instances(ctx, request, study, ctx.gate.write_check(access))
 
 
 _STUDY = f"{BASE}/studies/{{study}}"

@@ -8,16 +8,21 @@ sync) and indexed in one transaction; only then are they acknowledged (ARCHITECT
 PS3.18 Failure Reason, also within a batch; the rest of the request is judged part by part. The
 answer is the Store Instances Response Module (PS3.18 Annex I) with the status of Table 10.5.3-1:
 200 all stored, 202 some stored, 409 none stored because of conflicts (study mismatch, duplicate
-SOP Instance, no room), 400 none stored otherwise; 413 for bodies or instances over the configured
-limits (``Content-Length`` is judged before reading; a chunked body is cut off when it passes the
-limit) and 415 for other media types.
+SOP Instance, no room, not authorized), 400 none stored otherwise; 413 for bodies or instances
+over the configured limits (``Content-Length`` is judged before reading; a chunked body is cut
+off when it passes the limit) and 415 for other media types.
+
+Each instance is stored only if the writer may store imaging for its PatientID, as the EHR
+decides (the gate's :meth:`~imagebridge.imaging.gate.gate.Gate.write_check`; security.md ISO-08):
+otherwise it fails with 0x0124 "Refused: Not Authorized" before any byte of it is kept. The EHR
+unable to decide fails the request (503).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -31,6 +36,7 @@ from imagebridge.imaging.archive.index import Entry, InstanceRow, Stored
 from imagebridge.imaging.archive.ingest import (
     CANNOT_UNDERSTAND,
     CONFLICTS,
+    NOT_AUTHORIZED,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     STUDY_MISMATCH,
@@ -47,11 +53,14 @@ from imagebridge.imaging.dicomweb.errors import DicomwebError
 from imagebridge.imaging.dicomweb.levels import level_json
 from imagebridge.imaging.dicomweb.media import UnsupportedMediaType, parse_stow_content_type
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
+from imagebridge.imaging.gate.gate import GateRefusal
 
 DICOM_JSON = "application/dicom+json"
 log = logging.getLogger(__name__)
-#: Status when nothing was stored and every failure is a conflict or a lack of room.
-_CONFLICT_LIKE = CONFLICTS | {OUT_OF_RESOURCES}
+#: Status when nothing was stored and every failure is a conflict, a lack of room or a refusal.
+_CONFLICT_LIKE = CONFLICTS | {OUT_OF_RESOURCES, NOT_AUTHORIZED}
+#: Whether the writer may store instances with a PatientID (called from a worker thread).
+WriteCheck = Callable[[str], bool]
 #: Instances of one request judged and put in the blob store while the next part streams in.
 IN_FLIGHT = 4
 #: Instances of one request made durable and indexed together: one folder sync, one transaction.
@@ -103,9 +112,14 @@ class _Intake:
     outcomes keep the request's part order.
     """
 
-    def __init__(self, ctx: ImagingContext, url_study: str | None, batches: TaskGroup) -> None:
+    def __init__(
+        self, ctx: ImagingContext, url_study: str | None, allowed: WriteCheck, batches: TaskGroup
+    ) -> None:
         self.ctx = ctx
         self.url_study = url_study
+        self.allowed = allowed
+        #: The gate could not decide a write (the EHR unreachable): the request fails with it.
+        self.refusal: GateRefusal | None = None
         self.outcomes: list[Outcome | None] = []  # None while in flight
         self.room = anyio.Semaphore(IN_FLIGHT)
         self._batches = batches
@@ -118,12 +132,15 @@ class _Intake:
     async def put(self, slot: int, spooled: Spool) -> None:
         """Judge and put one spooled instance (a task holding one :attr:`room`)."""
         try:
-            entry = await _put(self.ctx, spooled, self.url_study)
+            entry = await _put(self.ctx, spooled, self.url_study, self.allowed)
             self._pending.append((slot, entry))
             if len(self._pending) >= BATCH:
                 await self.flush()
         except InstanceRejected as exc:
             self.outcomes[slot] = _refused(exc)
+        except GateRefusal as refusal:
+            self.refusal = refusal
+            self.outcomes[slot] = (False, _failure(PROCESSING_FAILURE))
         finally:
             self.room.release()
 
@@ -161,8 +178,11 @@ class _Intake:
             self._batch_room.release()
 
 
-async def store_instances(ctx: ImagingContext, request: Request, url_study: str | None) -> Response:
-    """Store every instance of a STOW-RS request and answer per instance (PS3.18 §10.5.3)."""
+async def store_instances(
+    ctx: ImagingContext, request: Request, url_study: str | None, allowed: WriteCheck
+) -> Response:
+    """Store every instance of a STOW-RS request whose PatientID the writer is ``allowed`` to
+    store for, and answer per instance (PS3.18 §10.5.3)."""
     settings = ctx.settings
     if url_study is not None and not is_valid_uid(url_study):
         raise DicomwebError(400, "the Study Instance UID in the URL is not a valid UID")
@@ -179,7 +199,7 @@ async def store_instances(ctx: ImagingContext, request: Request, url_study: str 
     cut: Exception | None = None  # why the body ended early (too large, malformed)
     # leaving each task group waits for its tasks: every instance is then stored or refused whole
     async with anyio.create_task_group() as batches:
-        intake = _Intake(ctx, url_study, batches)
+        intake = _Intake(ctx, url_study, allowed, batches)
         async with anyio.create_task_group() as puts:
             try:
                 async for part in iter_parts(
@@ -208,6 +228,8 @@ async def store_instances(ctx: ImagingContext, request: Request, url_study: str 
             except ClientDisconnect:
                 disconnected = True
         await intake.flush()
+    if intake.refusal is not None:
+        raise intake.refusal
     if disconnected:
         # nobody is left to answer; what was stored stays stored, the spool is already clean
         return Response(status_code=400)
@@ -227,14 +249,14 @@ async def store_instances(ctx: ImagingContext, request: Request, url_study: str 
     return _response(ctx, url_study, referenced, failed)
 
 
-async def _put(ctx: ImagingContext, spooled: Spool, url_study: str | None) -> Entry:
+async def _put(ctx: ImagingContext, spooled: Spool, url_study: str | None, allowed: WriteCheck) -> Entry:
     """Judge one spooled instance and put it in the blob store (durable after the batch's sync);
     the spool file is gone afterwards, always (the blob store takes it, or it is removed). A local
     blob store takes it in the same worker-thread hop as the spool's last write and the judging."""
     local = ctx.blobs if isinstance(ctx.blobs, LocalBlobStore) else None
     try:
         entry = await anyio.to_thread.run_sync(
-            _take, spooled, ctx.settings.max_inflated_bytes, url_study, local
+            _take, spooled, ctx.settings.max_inflated_bytes, url_study, allowed, local
         )
         if local is None:
             try:
@@ -248,16 +270,27 @@ async def _put(ctx: ImagingContext, spooled: Spool, url_study: str | None) -> En
 
 
 def _take(
-    spooled: Spool, max_inflated_bytes: int, url_study: str | None, local: LocalBlobStore | None
+    spooled: Spool,
+    max_inflated_bytes: int,
+    url_study: str | None,
+    allowed: WriteCheck,
+    local: LocalBlobStore | None,
 ) -> Entry:
-    """Finish the spool file, judge the instance and, for a local blob store, put it (in a
-    worker thread)."""
+    """Finish the spool file, judge the instance (its study, and whether the writer may store
+    for its PatientID) and, for a local blob store, put it (in a worker thread)."""
     entry = _prepare(spooled.finish(), max_inflated_bytes)
     parsed = entry.parsed
     if url_study is not None and parsed.attr("StudyInstanceUID") != url_study:
         raise InstanceRejected(
             STUDY_MISMATCH,
             "the instance belongs to another study than the URL names",
+            parsed.attr("SOPClassUID"),
+            parsed.attr("SOPInstanceUID"),
+        )
+    if not allowed(parsed.attr("PatientID")[:64]):
+        raise InstanceRejected(
+            NOT_AUTHORIZED,
+            "the writer may not store instances for this PatientID",
             parsed.attr("SOPClassUID"),
             parsed.attr("SOPInstanceUID"),
         )

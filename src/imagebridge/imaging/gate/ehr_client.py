@@ -131,10 +131,11 @@ class EhrClient:
             self._token = (token, time.time() + lifetime)
             return token
 
-    async def introspect(self, token: str) -> dict[str, Any]:
-        """RFC 7662 §2.1: POST the token, authenticated with this system's own bearer token."""
+    async def introspect(self, token: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+        """RFC 7662 §2.1: POST the token, authenticated with this system's own bearer token;
+        ``extra`` are further request parameters (§2.1 allows them; docs/gate.md "Writing")."""
         async with self._bounded():
-            return await self._introspect(token)
+            return await self._introspect(token, extra or {})
 
     @contextlib.asynccontextmanager
     async def _bounded(self) -> AsyncIterator[None]:
@@ -153,14 +154,14 @@ class EhrClient:
             if budget is not None:
                 budget.leave(time.monotonic())
 
-    async def _introspect(self, token: str) -> dict[str, Any]:
+    async def _introspect(self, token: str, extra: dict[str, str]) -> dict[str, Any]:
         endpoints = await self.endpoints()
         for attempt in (0, 1):
             own = await self.own_token()
             response = await self._send(
                 "POST",
                 endpoints.introspection,
-                data={"token": token},
+                data={**extra, "token": token},
                 headers={"Authorization": f"Bearer {own}"},
             )
             if response.status_code == 401 and attempt == 0:

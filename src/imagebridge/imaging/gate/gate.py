@@ -5,6 +5,10 @@ Bearer token → introspection at the EHR (cached within the revocation window, 
 sent one, otherwise by asking the EHR's FHIR API with the caller's own token
 (``ImagingStudy?identifier=urn:oid:<uid>``; Argonaut SMART Imaging Access §"Authorization
 patterns"). The EHR unreachable means 503 + Retry-After: the gate never guesses.
+
+Writes (STOW-RS) are also decided per instance, by its DICOM PatientID (security.md ISO-08): the
+grant's ``write`` member says any PatientID, the listed MRNs, or "ask" (one introspection with
+``imaging_write_patient``, cached per token and PatientID like a study decision).
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import anyio.from_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,6 +37,7 @@ from imagebridge.imaging.gate.token_info import (
     MalformedIntrospection,
     TokenInfo,
     parse_introspection,
+    parse_write_decision,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,8 @@ Operation = Literal["read", "write"]
 CLOCK_LEEWAY = 60
 #: Identifier system of Study Instance UIDs on ImagingStudy (Argonaut SMART Imaging Access).
 UID_SYSTEM = "urn:dicom:uid"
+#: Introspection request parameter of a write decision (the EHR's ``WRITE_PATIENT``).
+WRITE_PATIENT = "imaging_write_patient"
 #: Study UIDs decided by one FHIR search (keeps the query URL well under common 8 KB limits).
 STUDY_BATCH = 50
 #: Study batches of one QIDO-RS page asked of the EHR at the same time.
@@ -271,6 +279,51 @@ class Gate:
             return False, time.time() + self.negative_ttl
 
         return await self.studies.get(f"{access.digest}:{study_uid}", ask)
+
+    @staticmethod
+    def write_known(access: Access, patient_id: str) -> bool | None:
+        """May this token store instances with ``patient_id``, as far as its grant says (None:
+        ask the EHR, :meth:`may_write_for`). No ``write`` member means for no one."""
+        mode = access.info.write_mode
+        if mode == "any":
+            return True
+        if mode == "mrns":
+            return patient_id in access.info.write_mrns
+        return None if mode == "ask" else False
+
+    async def may_write_for(self, access: Access, patient_id: str) -> bool:
+        """The EHR's decision whether this token may store instances with ``patient_id``, cached
+        per (token, PatientID) as study decisions are; the EHR unreachable is a 503 refusal."""
+        known = self.write_known(access, patient_id)
+        if known is not None:
+            return known
+
+        async def ask() -> tuple[bool, float]:
+            try:
+                body = await self.ehr.introspect(access.token, {WRITE_PATIENT: patient_id})
+                allowed = parse_write_decision(body, patient_id)
+            except MalformedIntrospection as exc:
+                raise EhrUnavailable(f"unusable write decision: {exc}") from exc
+            if allowed:
+                return True, min(access.info.exp, time.time() + self.revocation_window)
+            return False, time.time() + self.negative_ttl
+
+        try:
+            return await self.studies.get(f"{access.digest}:write:{patient_id}", ask)
+        except EhrUnavailable as exc:
+            raise unavailable(str(exc)) from exc
+
+    def write_check(self, access: Access) -> Callable[[str], bool]:
+        """:meth:`may_write_for` for a worker thread of the request (it waits for the event loop
+        only when the EHR must be asked)."""
+
+        def allowed(patient_id: str) -> bool:
+            known = self.write_known(access, patient_id)
+            if known is not None:
+                return known
+            return anyio.from_thread.run(self.may_write_for, access, patient_id)
+
+        return allowed
 
     async def _introspect(self, token: str) -> TokenInfo:
         async def ask() -> tuple[TokenInfo, float]:

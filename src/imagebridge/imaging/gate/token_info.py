@@ -20,6 +20,9 @@ from imagebridge.common.smart_scopes import (
 )
 
 IMAGING_GRANT = "urn:imagebridge:imaging-grant"
+#: The grant's ``write`` modes (docs/gate.md "Writing"): any PatientID, the listed MRNs only, or
+#: ask the EHR per PatientID.
+WRITE_MODES = frozenset({"any", "mrns", "ask"})
 
 
 class MalformedIntrospection(ValueError):
@@ -41,6 +44,10 @@ class TokenInfo:
     allowed_studies: frozenset[str] | None = None
     #: The granted scopes as the EHR wrote them (``scopes`` parsed).
     scope_text: str = ""
+    #: From our EHR: for whom the token may store imaging (:data:`WRITE_MODES`); None: for no one.
+    write_mode: str | None = None
+    #: With ``write_mode == "mrns"``: the DICOM PatientIDs the token may store instances for.
+    write_mrns: frozenset[str] = frozenset()
 
     @cached_property
     def imaging_read_levels(self) -> frozenset[Level]:
@@ -58,6 +65,7 @@ class TokenInfo:
         del data["scopes"]
         data["audiences"] = list(self.audiences) if self.audiences is not None else None
         data["allowed_studies"] = sorted(self.allowed_studies) if self.allowed_studies is not None else None
+        data["write_mrns"] = sorted(self.write_mrns)
         return data
 
     @classmethod
@@ -77,6 +85,8 @@ class TokenInfo:
                 frozenset(data["allowed_studies"]) if data["allowed_studies"] is not None else None
             ),
             scope_text=data["scope_text"],
+            write_mode=data.get("write_mode"),
+            write_mrns=frozenset(data.get("write_mrns", ())),
         )
 
 
@@ -119,6 +129,8 @@ def parse_introspection(body: dict[str, Any]) -> TokenInfo:
         if not isinstance(studies, list) or grant.get("patient") != patient:
             raise MalformedIntrospection("the imaging grant does not match the token's patient")
         allowed = frozenset(str(s) for s in studies)
+    write = grant.get("write") if isinstance(grant, dict) else None
+    write_mode, write_mrns = _write_grant(write) if write is not None else (None, frozenset[str]())
     return TokenInfo(
         active=True,
         scopes=scopes,
@@ -130,4 +142,36 @@ def parse_introspection(body: dict[str, Any]) -> TokenInfo:
         audiences=audiences,
         allowed_studies=allowed,
         scope_text=scope_text,
+        write_mode=write_mode,
+        write_mrns=write_mrns,
     )
+
+
+def _write_grant(write: Any) -> tuple[str, frozenset[str]]:
+    """The mode and MRNs of the grant's ``write`` member (malformed: an EHR fault, FT-03)."""
+    mode = write.get("mode") if isinstance(write, dict) else None
+    if mode not in WRITE_MODES:
+        raise MalformedIntrospection("the imaging grant's write member has no known mode")
+    mrns = write.get("mrns", []) if mode == "mrns" else []
+    if not isinstance(mrns, list) or not all(isinstance(m, str) for m in mrns):
+        raise MalformedIntrospection("the imaging grant's write MRNs are not a list of strings")
+    return str(mode), frozenset(mrns)
+
+
+def parse_write_decision(body: dict[str, Any], patient_id: str) -> bool:
+    """The EHR's answer to "may this token store imaging for ``patient_id``?" (an introspection
+    asked with the ``imaging_write_patient`` parameter; docs/gate.md "Writing")."""
+    info = parse_introspection(body)
+    if not info.active:
+        return False
+    if info.write_mode == "any":
+        return True
+    if info.write_mode == "mrns":
+        return patient_id in info.write_mrns
+    write = body[IMAGING_GRANT]["write"] if info.write_mode == "ask" else {}
+    if write.get("patient_id") != patient_id:
+        return False
+    allowed = write.get("allowed")
+    if not isinstance(allowed, bool):
+        raise MalformedIntrospection("the write decision has no boolean 'allowed'")
+    return allowed
