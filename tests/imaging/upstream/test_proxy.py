@@ -7,6 +7,7 @@ backend client flow (token → EHR search → Endpoint → WADO-RS) runs through
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -20,15 +21,18 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from tests.conftest import TEST_SCALE
+from tests.imaging.archive.archive_stack import STOW_TYPE, add_backend, instance, multipart, part10
 from tests.imaging.upstream.fake_pacs import FakePacs
 from tests.orthanc import Orthanc, orthanc, unavailable
 from tests.services import missing
 
 from imagebridge.apps import demo_data
 from imagebridge.apps.seed import Seeded, _multipart, label_and_wait, seed_ehr
-from imagebridge.apps.smart_client import backend_token, fetch_study, iter_multipart, study_uid
+from imagebridge.apps.smart_client import BackendClient, backend_token, fetch_study, iter_multipart, study_uid
 from imagebridge.apps.stack import LocalStack, free_port, start_service
 from imagebridge.apps.synthetic import dataset_bytes, generate_study, study_uid_for
+from imagebridge.common import jose
+from imagebridge.ehr.admin import Admin
 
 DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 UNKNOWN_STUDY = "2.25.1234567890"
@@ -313,6 +317,33 @@ def test_stow_through_the_proxy_reaches_orthanc_and_is_published(proxy: ProxySta
     while not _search(proxy, "/studies", {"StudyInstanceUID": uid}):
         assert time.monotonic() < deadline, "the stored study never became visible"
         time.sleep(0.2)
+
+
+def test_proxy_stow_is_for_imaging_sources_only(proxy: ProxyStack) -> None:
+    """ISO-08 in proxy mode: instances reach the PACS unjudged, so a writer that is not an
+    imaging source (a Group holding Alice) is refused whole (403), even for Alice."""
+    key = jose.generate_private_jwk("ES384")
+    scope = "system/ImagingStudy.crs"
+
+    async def register() -> None:
+        admin = Admin(proxy.stack.ehr_settings)
+        try:
+            await add_backend(admin, "proxy-writer", scope, key, "Group/quality-review")
+        finally:
+            await admin.close()
+
+    asyncio.run(register())
+    with httpx.Client(timeout=60) as http:
+        token = backend_token(proxy.fhir_base, BackendClient("proxy-writer", key), scope, http)[
+            "access_token"
+        ]
+        response = http.post(
+            f"{proxy.base}/studies",
+            content=multipart([part10(instance(patient_id=demo_data.ALICE.mrn, seed=31))]),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": STOW_TYPE},
+        )
+    assert response.status_code == 403, response.text
+    assert "imaging source" in response.text
 
 
 @pytest.mark.slow

@@ -244,7 +244,16 @@ async def search_everywhere(ctx: ImagingContext, access: Access, request: Reques
 
 
 async def store(ctx: ImagingContext, access: Access, request: Request) -> Response:
-    """STOW-RS (PS3.18 §10.5) forwarded as a stream; stored studies are queued for publishing."""
+    """STOW-RS (PS3.18 §10.5) forwarded as a stream; stored studies are queued for publishing.
+
+    The stream reaches the PACS unjudged, so only a client the EHR registered as an imaging source
+    (grant ``write`` mode ``any``) may store here; any other writer is refused whole (403), as
+    instances cannot be decided per PatientID on the way (security.md ISO-08; docs/proxy.md).
+    """
+    if access.info.write_mode != "any":
+        raise DicomwebError(
+            403, "in proxy mode only a registered imaging source may store instances (STOW-RS)"
+        )
     upstream = _upstream(ctx)
     if "study" in request.path_params:
         _path_uids(request)
