@@ -180,7 +180,8 @@ def _state(enabled: bool) -> str:
 
 
 def cmd_ehr_clients(args: argparse.Namespace) -> int:
-    """``imagebridge ehr clients add|list|show|disable``: apps and services an administrator registers."""
+    """``imagebridge ehr clients add|list|show|disable|enable|imaging-source``: apps and services an
+    administrator registers."""
     from imagebridge.ehr.admin import read_jwks
 
     async def body(admin: Admin) -> int:
@@ -201,10 +202,19 @@ def cmd_ehr_clients(args: argparse.Namespace) -> int:
             return _show("client", args.client_id, client, _client_json)
         if args.action == "show":
             return _show("client", args.client_id, await admin.clients.get(args.client_id), _client_json)
-        if args.action == "disable":
-            if not await admin.clients.set_enabled(args.client_id, False):
+        if args.action in ("disable", "enable"):
+            if not await admin.clients.set_enabled(args.client_id, args.action == "enable"):
                 return _missing("client", args.client_id)
-            print(f"disabled {args.client_id}")
+            print(f"{args.action}d {args.client_id}")
+            return 0
+        if args.action == "imaging-source":
+            found = await admin.clients.get(args.client_id)
+            if found is None:
+                return _missing("client", args.client_id)
+            if found.kind != "backend":
+                raise ValueError("only a backend client can be an imaging source")
+            await admin.clients.set_imaging_source(args.client_id, not args.off)
+            print(f"{args.client_id} is {'no longer ' if args.off else ''}an imaging source")
             return 0
         for client in await admin.clients.all():
             print("\t".join((client.client_id, client.kind, _state(client.enabled), client.scope)))
@@ -342,7 +352,13 @@ def _clients_parser(service: Any) -> None:
         action="store_true",
         help="a modality or archive feed: it may store imaging (STOW-RS) for any PatientID",
     )
-    _registry_actions(clients, "client_id", cmd_ehr_clients)
+    clients.add_parser("enable", help="let a disabled client get tokens again").add_argument("client_id")
+    source = clients.add_parser(
+        "imaging-source", help="let a registered backend client store imaging for any PatientID"
+    )
+    source.add_argument("client_id")
+    source.add_argument("--off", action="store_true", help="take the permission away again")
+    _registry_actions(clients, "client_id", cmd_ehr_clients, ("enable", "imaging-source"))
 
 
 def _registry_actions(

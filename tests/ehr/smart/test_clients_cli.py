@@ -73,6 +73,47 @@ def test_an_imaging_source_is_registered_as_such(ehr: RunningStack, tmp_path: Pa
     assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["imaging_source"] is True
 
 
+def test_an_existing_backend_client_becomes_an_imaging_source_and_back(ehr: RunningStack) -> None:
+    """``clients imaging-source [--off]`` (a modality registered before migration 0006) and
+    ``clients enable`` after ``disable``; only backend clients, unknown ids exit 1."""
+    assert json.loads(ehr_cli(ehr, "clients", "show", "quality-review").stdout)["imaging_source"] is False
+    try:
+        granted = ehr_cli(ehr, "clients", "imaging-source", "quality-review")
+        assert (granted.returncode, granted.stdout) == (0, "quality-review is an imaging source\n")
+        assert json.loads(ehr_cli(ehr, "clients", "show", "quality-review").stdout)["imaging_source"] is True
+    finally:
+        taken = ehr_cli(ehr, "clients", "imaging-source", "quality-review", "--off")
+    assert (taken.returncode, taken.stdout) == (0, "quality-review is no longer an imaging source\n")
+    assert json.loads(ehr_cli(ehr, "clients", "show", "quality-review").stdout)["imaging_source"] is False
+
+    public = ehr_cli(ehr, "clients", "imaging-source", "demo-app")
+    assert public.returncode == 2
+    assert "only a backend client" in public.stderr
+    assert ehr_cli(ehr, "clients", "imaging-source", "no-such-client").returncode == 1
+
+    client_id = f"toggled-{secrets.token_hex(3)}"
+    assert (
+        ehr_cli(
+            ehr,
+            "clients",
+            "add",
+            client_id,
+            "--kind",
+            "public",
+            "--scope",
+            "launch",
+            "--redirect-uri",
+            "https://app.example/cb",
+        ).returncode
+        == 0
+    )
+    assert ehr_cli(ehr, "clients", "disable", client_id).returncode == 0
+    assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["enabled"] is False
+    enabled = ehr_cli(ehr, "clients", "enable", client_id)
+    assert (enabled.returncode, enabled.stdout) == (0, f"enabled {client_id}\n")
+    assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["enabled"] is True
+
+
 def test_add_refuses_bad_clients(ehr: RunningStack) -> None:
     no_keys = ehr_cli(
         ehr,

@@ -78,9 +78,17 @@ class ClientRegistry:
         return done.rowcount == 1
 
     async def set_enabled(self, client_id: str, enabled: bool) -> bool:
+        return await self._set(client_id, enabled=enabled)
+
+    async def set_imaging_source(self, client_id: str, imaging_source: bool) -> bool:
+        """Mark a registered client as an imaging source or not (docs/policy.md "Writing imaging")."""
+        return await self._set(client_id, imaging_source=imaging_source)
+
+    async def _set(self, client_id: str, **values: bool) -> bool:
+        """Update ``values`` of the client's row; False for an unknown client."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(clients).where(clients.c.client_id == client_id).values(enabled=enabled)
+                update(clients).where(clients.c.client_id == client_id).values(**values)
             )
         return bool(result.rowcount)
 
