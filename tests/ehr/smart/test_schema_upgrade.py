@@ -27,31 +27,36 @@ def _schema(conn: Connection) -> tuple[set[str], dict[str, set[str]]]:
     return indexes, {table: {c["name"] for c in found.get_columns(table)} for table, _ in ADDED}
 
 
-def test_0002_upgrades_a_database_from_before_it(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'ehr.sqlite3'}"
+def left_by(url: str, revision: str, *statements: str) -> None:
+    """A database as ``revision`` left it: today's schema taken back by ``statements``, stamped."""
 
-    async def as_0001_left_it() -> None:
+    async def run() -> None:
         engine = db.create_engine(url)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
-                await conn.execute(text("DROP INDEX ix_tokens_session"))
-                for table, column in ADDED:
-                    await conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
-                await conn.execute(
-                    text(
-                        "INSERT INTO users (username, password_hash, fhir_user, display_name, created_at)"
-                        " VALUES"
-                        " ('chen', 'x', 'Practitioner/dr-chen', 'Dr. Chen', 0),"
-                        " ('elena', 'x', 'RelatedPerson/elena', 'Elena', 0),"
-                        " ('alice', 'x', 'Patient/alice', 'Alice', 0)"
-                    )
-                )
+                for statement in statements:
+                    await conn.execute(text(statement))
         finally:
             await engine.dispose()
 
-    asyncio.run(as_0001_left_it())
-    command.stamp(db.alembic_config(MIGRATIONS, url), "0001")
+    asyncio.run(run())
+    command.stamp(db.alembic_config(MIGRATIONS, url), revision)
+
+
+def test_0002_upgrades_a_database_from_before_it(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ehr.sqlite3'}"
+
+    left_by(
+        url,
+        "0001",
+        "DROP INDEX ix_tokens_session",
+        *(f"ALTER TABLE {table} DROP COLUMN {column}" for table, column in ADDED),
+        "INSERT INTO users (username, password_hash, fhir_user, display_name, created_at) VALUES"
+        " ('chen', 'x', 'Practitioner/dr-chen', 'Dr. Chen', 0),"
+        " ('elena', 'x', 'RelatedPerson/elena', 'Elena', 0),"
+        " ('alice', 'x', 'Patient/alice', 'Alice', 0)",
+    )
     db.upgrade(MIGRATIONS, url)
 
     async def read() -> tuple[dict[str, tuple[tuple[str, ...], bool]], set[str]]:
@@ -79,24 +84,13 @@ def test_0006_registers_no_existing_client_as_an_imaging_source(tmp_path: Path) 
     """A client registered before 0006 is not an imaging source afterwards (docs/policy.md)."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'ehr.sqlite3'}"
 
-    async def as_0005_left_it() -> None:
-        engine = db.create_engine(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-                await conn.execute(text("ALTER TABLE clients DROP COLUMN imaging_source"))
-                await conn.execute(
-                    text(
-                        "INSERT INTO clients (client_id, kind, name, scope, redirect_uris, zero_click,"
-                        " enabled, created_at) VALUES ('modality', 'backend', 'modality',"
-                        " 'system/ImagingStudy.c', '[]', 0, 1, 0)"
-                    )
-                )
-        finally:
-            await engine.dispose()
-
-    asyncio.run(as_0005_left_it())
-    command.stamp(db.alembic_config(MIGRATIONS, url), "0005")
+    left_by(
+        url,
+        "0005",
+        "ALTER TABLE clients DROP COLUMN imaging_source",
+        "INSERT INTO clients (client_id, kind, name, scope, redirect_uris, zero_click, enabled, created_at)"
+        " VALUES ('modality', 'backend', 'modality', 'system/ImagingStudy.c', '[]', 0, 1, 0)",
+    )
     db.upgrade(MIGRATIONS, url)
 
     async def read() -> bool | None:
