@@ -79,10 +79,9 @@ class _Socket(asyncio.BufferedProtocol):
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    async def read(self, whole: bool = False) -> bytes:
-        """The next piece (whatever has arrived, up to :data:`PIECE`; a full one when ``whole``,
-        unless the upstream closed first); b"" once the upstream closed."""
-        while not self._pieces and not (self._filled and not whole) and not self._done:
+    async def read(self) -> bytes:
+        """The next piece (whatever has arrived, up to :data:`PIECE`); b"" once the upstream closed."""
+        while not self._pieces and not self._filled and not self._done:
             self._wakeup = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(self._wait):
@@ -116,17 +115,16 @@ class _Bytes:
         self._data = b""
         self._pos = 0
 
-    async def _fill(self, whole: bool = False) -> bool:
+    async def _fill(self) -> bool:
         """Whether unread bytes are at hand (False once the upstream closed)."""
         if self._pos < len(self._data):
             return True
-        self._data, self._pos = await self._socket.read(whole), 0
+        self._data, self._pos = await self._socket.read(), 0
         return bool(self._data)
 
-    async def take(self, limit: int, whole: bool = False) -> bytes:
-        """Up to ``limit`` of the next bytes (the rest of a piece is itself, not a copy); b"" at the end.
-        ``whole``: wait for a full piece rather than copy out what has arrived so far (a body's bulk)."""
-        if not await self._fill(whole):
+    async def take(self, limit: int) -> bytes:
+        """Up to ``limit`` of the next bytes (the rest of a piece is itself, not a copy); b"" at the end."""
+        if not await self._fill():
             return b""
         data, pos = self._data, self._pos
         end = min(len(data), pos + limit)
@@ -175,12 +173,12 @@ class RelayedResponse:
                 yield data
             return
         if "content-length" not in self.headers:  # delimited by the connection's close
-            while data := await self._bytes.take(PIECE, whole=True):
+            while data := await self._bytes.take(PIECE):
                 yield data
             return
         remaining = _length(self.headers["content-length"])
         while remaining:
-            data = await self._bytes.take(remaining, whole=remaining >= PIECE)
+            data = await self._bytes.take(remaining)
             if not data:
                 raise RelayError("the upstream PACS closed the connection before the end of the body")
             remaining -= len(data)
