@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from imagebridge.common.audit_journal import JournalUnavailable
 from imagebridge.common.responses import bearer_challenge
 from imagebridge.common.smart_scopes import Interaction, Scope
 from imagebridge.common.tokens import token_id
@@ -515,6 +516,8 @@ def handle_errors(endpoint: Any) -> Any:
             return bearer_challenge(exc.error, exc.description)
         except FhirError as exc:
             response = exc.response()
+        except JournalUnavailable:
+            raise  # the app's handler answers 503: nothing is disclosed without its AuditEvent
         except Exception:  # an error of ours: still an OperationOutcome, never a stack trace
             log.exception("unhandled error in %s %s", request.method, request.url.path)
             response = FhirError(500, "exception", "internal error").response()

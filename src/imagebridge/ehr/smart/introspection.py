@@ -88,16 +88,23 @@ async def introspection_endpoint(request: Request) -> Response:
     if grant.patient:
         body["patient"] = grant.patient
     body.update({k: v for k, v in grant.context.items() if k not in body})
-    body[IMAGING_GRANT] = await ctx.memo.imaging_grant(
-        generation, principal, lambda: imaging_grant(ctx, principal)
-    )
-    write = await write_grant(ctx, principal, form.get(WRITE_PATIENT))
-    if write is not None:
-        body[IMAGING_GRANT] = {**body[IMAGING_GRANT], "write": write}
+    imaging = await ctx.memo.imaging_grant(generation, principal, lambda: imaging_grant(ctx, principal))
+    asked = form.get(WRITE_PATIENT)
+    if asked is not None and "write" in imaging:  # the one part that depends on the request
+        imaging = {**imaging, "write": await write_grant(ctx, principal, asked)}
+    body[IMAGING_GRANT] = imaging
     return no_store_json(body)
 
 
 async def imaging_grant(ctx: EhrContext, principal: Principal) -> dict[str, Any]:
+    """The imaging-grant member: what may be released and, for writers, for whom they may store
+    (remembered with it: the answer when no PatientID is asked)."""
+    released = await _released(ctx, principal)
+    write = await write_grant(ctx, principal, None)
+    return released if write is None else {**released, "write": write}
+
+
+async def _released(ctx: EhrContext, principal: Principal) -> dict[str, Any]:
     """What the imaging system may release under this authorization (criterion f, channel 2)."""
     if not principal.patient:
         return {"mode": "query"}

@@ -32,5 +32,7 @@ LOGIN = Limiter(limit=10, window=300)
 #: 30 rejected token requests per client per minute.
 TOKEN = Limiter(limit=30, window=60)
 #: Refused token requests (every grant type, backend assertions and jti replays included) that
-#: raise a Security Alert AuditEvent (security.md AU-02), per claimed client and per address.
-ALERT = Limiter(limit=10, window=300)
+#: raise a Security Alert AuditEvent (security.md AU-02), per claimed client and, apart (a flood of
+#: made-up client ids must not wipe an address's count), per address.
+ALERT_BY_CLIENT = Limiter(limit=10, window=300)
+ALERT_BY_ADDRESS = Limiter(limit=10, window=300)

@@ -77,14 +77,16 @@ def _audit_refusal(ctx: EhrContext, request: Request, form: dict[str, str], exc:
     """security.md AU-02: each refused token request is an AuditEvent (outcome 4, the client it
     claimed to be, unverified); the one that makes 10 within 5 minutes for one claimed client or
     one address also raises a Security Alert."""
-    claimed = form.get("client_id") or claimed_issuer(form.get("client_assertion", "")) or "-"
+    claimed = (form.get("client_id") or claimed_issuer(form.get("client_assertion", "")) or "-")[:200]
     why = f"{exc.error}: {exc.description}"
     audit.authorization_event(ctx, audit.TOKEN_REFUSED, request, claimed, why=why, status=exc.status)
     address = request.client.host if request.client else "-"
-    limit, window = ratelimit.ALERT.limit, ratelimit.ALERT.window
-    for key, what in ((f"client {claimed}", "this client"), (f"address {address}", "this address")):
-        if ratelimit.ALERT.count(key):
-            alert = f"{limit} refused token requests within {window:.0f} s from {what}"
+    for alarm, key, what in (
+        (ratelimit.ALERT_BY_CLIENT, claimed, "this client"),
+        (ratelimit.ALERT_BY_ADDRESS, address, "this address"),
+    ):
+        if alarm.count(key):
+            alert = f"{alarm.limit} refused token requests within {alarm.window:.0f} s from {what}"
             audit.authorization_event(
                 ctx, audit.SECURITY_ALERT, request, claimed, why=alert, status=exc.status
             )

@@ -30,8 +30,7 @@ depends_on = None
 SHARDS = 16
 #: Resource types in a patient's compartment (their ``patient`` index rows name the patient).
 COMPARTMENT = ("Patient", "ImagingStudy", "DiagnosticReport", "CareTeam", "Consent", "RelatedPerson")
-_OUTSIDE = "resource_type NOT IN ('AuditEvent', 'Patient', 'ImagingStudy', 'DiagnosticReport', "
-_OUTSIDE += "'CareTeam', 'Consent', 'RelatedPerson')"
+_OUTSIDE = "resource_type NOT IN (" + ", ".join(f"'{t}'" for t in ("AuditEvent", *COMPARTMENT)) + ")"
 _NAMES = ("patients", "directory")
 #: (suffix, event, the changed row whose values choose the shard)
 _EVENTS = (("insert", "INSERT", "NEW"), ("update", "UPDATE", "NEW"), ("delete", "DELETE", "OLD"))
