@@ -207,6 +207,8 @@ async def store_instances(
                     content_type.boundary.encode("latin-1"),
                     max_part_bytes=settings.max_instance_bytes,
                 ):
+                    if intake.refusal is not None:
+                        break  # the EHR cannot decide: 503 now, not after the rest of the body
                     part_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
                     if part_type != "application/dicom":
                         intake.refuse((False, _failure(CANNOT_UNDERSTAND)))
