@@ -24,6 +24,12 @@ class SettingsError(ValueError):
     """A setting has a value of the wrong form."""
 
 
+def _origin(public_url: str, host: str, port: int, tls_certfile: str) -> str:
+    """Where clients reach the service: ``public_url``, else its own address (https with TLS on)."""
+    scheme = "https" if tls_certfile else "http"
+    return (public_url or f"{scheme}://{host}:{port}").rstrip("/")
+
+
 @dataclasses.dataclass(frozen=True)
 class EhrSettings:
     """The EHR: SMART authorization server and FHIR R4 API."""
@@ -61,7 +67,7 @@ class EhrSettings:
 
     @property
     def origin(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return _origin(self.public_url, self.host, self.port, self.tls_certfile)
 
     @property
     def fhir_base(self) -> str:
@@ -152,7 +158,7 @@ class ImagingSettings:
 
     @property
     def origin(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return _origin(self.public_url, self.host, self.port, self.tls_certfile)
 
     @property
     def dicomweb_base(self) -> str:
