@@ -94,8 +94,11 @@ def power_loss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Archi
 
 
 def test_the_volume_really_loses_unsynced_writes(power_loss: tuple[ArchiveStack, PowerLossVolume]) -> None:
-    """The control: without fsync, data and names are gone after the crash; with it, they stay."""
-    _, volume = power_loss
+    """The control: without fsync, data and names are gone after the crash; with it, they stay.
+    The imaging process is down meanwhile, as power loss takes it too."""
+    stack, volume = power_loss
+    assert stack.stack.imaging is not None
+    stack.stack.imaging.kill()
     root = volume.mountpoint
     (root / "unsynced").write_bytes(b"lost")
     durable = os.open(root / "synced", os.O_CREAT | os.O_WRONLY, 0o600)
@@ -112,6 +115,7 @@ def test_the_volume_really_loses_unsynced_writes(power_loss: tuple[ArchiveStack,
     for name in ("unsynced", "synced"):
         (root / name).unlink()
     volume.command("persist")
+    stack.stack.start_imaging()
 
 
 @pytest.mark.slow  # 8 restarts on a file system in Python: about a minute on 2 idle cores
