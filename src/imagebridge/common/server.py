@@ -17,17 +17,13 @@ import uvicorn
 from imagebridge.common import log_redaction
 
 
-def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
-    """A server context for ``certfile``/``keyfile`` that refuses anything older than TLS 1.2."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile, keyfile or None)
-    return context
-
-
 def _tls_factory(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    """uvicorn's context hook (module level, so worker processes can unpickle it)."""
-    return tls_context(str(config.ssl_certfile), str(config.ssl_keyfile or ""))
+    """uvicorn's context hook (module level, so worker processes can unpickle it): the context
+    uvicorn builds from its settings (certificate, key, password, ciphers, client certificates,
+    ALPN), refusing anything older than TLS 1.2 (RFC 8996)."""
+    context = default()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def serve(
