@@ -14,14 +14,18 @@ from imagebridge.imaging.app import MIGRATIONS
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An imaging database migrated to head: a SQLite file, then a throw-away PostgreSQL one."""
+def blank_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty imaging database: a SQLite file, then a throw-away PostgreSQL one."""
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'imaging.db'}"
-        db.upgrade(MIGRATIONS, url)
-        yield url
+        yield f"sqlite+aiosqlite:///{tmp_path / 'imaging.db'}"
         return
     require_postgres()
     with temporary_database("imaging") as url:
-        db.upgrade(MIGRATIONS, url)
         yield url
+
+
+@pytest.fixture
+def database_url(blank_database_url: str) -> str:
+    """:func:`blank_database_url` migrated to head."""
+    db.upgrade(MIGRATIONS, blank_database_url)
+    return blank_database_url

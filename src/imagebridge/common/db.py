@@ -10,9 +10,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import Column, event, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
@@ -56,6 +56,19 @@ def alembic_config(script_location: Path, url: str) -> Config:
 def upgrade(script_location: Path, url: str) -> None:
     """Run the service's Alembic migrations to head (synchronously, before serving)."""
     command.upgrade(alembic_config(script_location, url), "head")
+
+
+def add_missing_column(table: str, column: Column[Any]) -> None:
+    """In a migration step: add ``column`` to ``table`` unless it has it already (a database that
+    the first migration created from the current metadata)."""
+    if column.name not in {found["name"] for found in inspect(op.get_bind()).get_columns(table)}:
+        op.add_column(table, column)
+
+
+def drop_column(table: str, name: str) -> None:
+    """In a migration's downgrade: drop a column (by copying the table on SQLite)."""
+    with op.batch_alter_table(table) as batch:
+        batch.drop_column(name)
 
 
 def run_migrations_online(url: str, target_metadata: Any) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Collection
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from imagebridge.imaging.gate.ehr_client import EhrClient, EhrUnavailable, PublishRefused
@@ -30,20 +30,18 @@ REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinit
 ENDPOINT_SYSTEM = "urn:imagebridge:wado-rs"
 #: DICOM acquisition modalities (PS3.16 CID 29 subset) that belong in ImagingStudy.modality.
 NON_ACQUISITION = frozenset({"SR", "KO", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "OT"})
-_DEQUEUE = delete(publish_queue).where(
-    publish_queue.c.study_uid == bindparam("uid"), publish_queue.c.queued_at == bindparam("at")
-)
-_RELEASE = (
-    update(publish_queue)
-    .where(publish_queue.c.study_uid == bindparam("uid"), publish_queue.c.queued_at == bindparam("at"))
-    .values(queued_at=bindparam("now"))
-)
 #: Seconds without a new instance before the publisher sends a study: a study arriving over
 #: several requests is published once, complete, not again after every request.
 SETTLE = 1.0
-#: Seconds a worker holds the studies it took from the queue (their ``queued_at`` moved this far
-#: ahead): the other workers skip them meanwhile, and take them over if it dies before dequeuing.
+#: Seconds a worker holds the studies it took from the queue (their ``leased_until``): the other
+#: workers skip them meanwhile, also those queued again, and take them over if it dies holding them.
 LEASE = 120.0
+#: A published study leaves the queue unless it was queued again meanwhile (``queued_at`` moved).
+_DEQUEUE = delete(publish_queue).where(
+    publish_queue.c.study_uid == bindparam("uid"),
+    publish_queue.c.queued_at == bindparam("at"),
+    publish_queue.c.leased_until == bindparam("lease"),
+)
 _QUEUED = select(publish_queue.c.study_uid).where(
     publish_queue.c.study_uid.in_(bindparam("uids", expanding=True))
 )
@@ -203,27 +201,31 @@ class Publisher:
         """Publish once every study queued at least ``settle`` seconds ago; return how many of
         them remain queued (refused by the EHR). The published ones leave the queue together.
 
-        The studies are first leased (one UPDATE that moves their ``queued_at`` :data:`LEASE`
-        seconds ahead, only where it still lies behind the cut-off), so workers sharing the queue
-        never publish the same study at once: the database lets one UPDATE take a given row.
+        The studies are first leased (one UPDATE that sets their ``leased_until`` :data:`LEASE`
+        seconds ahead, only where no other worker's lease is running), so workers sharing the
+        queue never publish the same study at once: the database lets one UPDATE take a given row.
+        A study queued again while leased (a STOW during its publication) keeps its row, due
+        again once this worker releases it.
         """
         now = time.time()
         cutoff, lease = now - settle, now + LEASE
-        due = select(publish_queue.c.study_uid).where(publish_queue.c.queued_at <= cutoff)
+        free = or_(publish_queue.c.leased_until.is_(None), publish_queue.c.leased_until <= now)
+        due = select(publish_queue.c.study_uid).where(publish_queue.c.queued_at <= cutoff, free)
         async with self.engine.begin() as conn:
-            taken = await conn.scalars(
+            taken = await conn.execute(
                 update(publish_queue)
                 .where(
                     publish_queue.c.study_uid.in_(due.order_by(publish_queue.c.queued_at).limit(100)),
                     publish_queue.c.queued_at <= cutoff,
+                    free,
                 )
-                .values(queued_at=lease)
-                .returning(publish_queue.c.study_uid)
+                .values(leased_until=lease)
+                .returning(publish_queue.c.study_uid, publish_queue.c.queued_at)
             )
-            uids = sorted(taken)
+            queued_at: dict[str, float] = {uid: at for uid, at in taken}
+        uids = sorted(queued_at)
         remaining = 0
         published: list[dict[str, Any]] = []
-        handled: set[str] = set()
         try:
             for uid in uids:
                 try:
@@ -231,20 +233,20 @@ class Publisher:
                 except PublishRefused as exc:
                     remaining += 1
                     await self._failed(uid, str(exc))
-                    handled.add(uid)
                     continue
-                handled.add(uid)
-                # a study queued again meanwhile (queued_at moved off the lease) stays queued
-                published.append({"uid": uid, "at": lease})
+                published.append({"uid": uid, "at": queued_at[uid], "lease": lease})
         finally:
-            # what an unavailable EHR left unpublished is due again at once, not when the lease ends
-            released = [{"uid": uid, "at": lease, "now": now} for uid in uids if uid not in handled]
-            if published or released:
+            # what is still held (queued again meanwhile, or left by an unavailable EHR) is due
+            # again once released: at once, or after its settle time if queued again
+            if uids:
                 async with self.engine.begin() as conn:
                     if published:
                         await conn.execute(_DEQUEUE, published)
-                    if released:
-                        await conn.execute(_RELEASE, released)
+                    await conn.execute(
+                        update(publish_queue)
+                        .where(publish_queue.c.study_uid.in_(uids), publish_queue.c.leased_until == lease)
+                        .values(leased_until=None)
+                    )
         return remaining
 
     async def publish(self, study_uid: str) -> None:
@@ -270,6 +272,9 @@ class Publisher:
                 update(publish_queue)
                 .where(publish_queue.c.study_uid == study_uid)
                 .values(
-                    attempts=publish_queue.c.attempts + 1, last_error=error[:1000], queued_at=time.time() + 60
+                    attempts=publish_queue.c.attempts + 1,
+                    last_error=error[:1000],
+                    queued_at=time.time() + 60,
+                    leased_until=None,
                 )
             )

@@ -100,6 +100,8 @@ publish_queue = Table(
     Column("queued_at", Float, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text),
+    # Until when a worker publishing the study holds it (publish.py Publisher.publish_pending).
+    Column("leased_until", Float),
 )
 
 audit = Table(

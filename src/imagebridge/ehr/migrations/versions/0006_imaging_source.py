@@ -10,7 +10,8 @@ Revision ID: 0006
 """
 
 import sqlalchemy as sa
-from alembic import op
+
+from imagebridge.common import db
 
 revision = "0006"
 down_revision = "0005"
@@ -19,13 +20,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    have = {column["name"] for column in sa.inspect(op.get_bind()).get_columns("clients")}
-    if "imaging_source" not in have:
-        op.add_column(
-            "clients", sa.Column("imaging_source", sa.Boolean, nullable=False, server_default=sa.false())
-        )
+    db.add_missing_column(
+        "clients", sa.Column("imaging_source", sa.Boolean, nullable=False, server_default=sa.false())
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("clients") as batch:
-        batch.drop_column("imaging_source")
+    db.drop_column("clients", "imaging_source")
