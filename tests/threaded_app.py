@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
 
 class ThreadedApp:
-    """``app`` on 127.0.0.1:``port`` until :meth:`stop` (which a later :meth:`start` may undo)."""
+    """``app`` on 127.0.0.1:``port`` until :meth:`stop` (which a later :meth:`start` may undo);
+    ``options`` are further ``uvicorn.Config`` arguments (``ssl_certfile``, …)."""
 
-    def __init__(self, app: ASGIApp, port: int) -> None:
+    def __init__(self, app: ASGIApp, port: int, **options: Any) -> None:
         self.app = app
         self.port = port
+        self.options = options
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", **self.options
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

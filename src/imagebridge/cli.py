@@ -44,6 +44,7 @@ def _imaging_settings(args: argparse.Namespace) -> ImagingSettings:
         port=getattr(args, "port", None),
         upstream_url=getattr(args, "upstream", None),
         upstream_auth=getattr(args, "upstream_auth", None),
+        upstream_ca_file=getattr(args, "upstream_ca_file", None),
         audit_fsync=getattr(args, "audit_fsync", None),
     )
 
@@ -57,6 +58,7 @@ def _export(section: str, args: argparse.Namespace) -> None:
         ("port", "port"),
         ("upstream", "upstream_url"),
         ("upstream_auth", "upstream_auth"),
+        ("upstream_ca_file", "upstream_ca_file"),
         ("audit_fsync", "audit_fsync"),
     ):
         if getattr(args, name, None) is not None:
@@ -247,6 +249,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+_UPSTREAM_CA_HELP = "PEM CA bundle trusted for the upstream's certificate (a private CA)"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="imagebridge", description=__doc__)
     top.add_argument("--config", type=Path, help="TOML settings file (default: $IMAGEBRIDGE_CONFIG)")
@@ -286,6 +291,7 @@ def parser() -> argparse.ArgumentParser:
         else:
             run.add_argument("--upstream", help="proxy mode: the DICOMweb base URL of an existing PACS")
             run.add_argument("--upstream-auth", help="basic:user:password or bearer:TOKEN for the upstream")
+            run.add_argument("--upstream-ca-file", help=_UPSTREAM_CA_HELP)
             _archive_parsers(service)
             audit = service.add_parser("audit", help="print the audit trail (one record per decision)")
             audit.add_argument("--since", help="ISO 8601 date or date-time (UTC unless an offset is given)")
@@ -297,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
             )
             sync.add_argument("--upstream", help="the DICOMweb base URL of the upstream PACS")
             sync.add_argument("--upstream-auth", help="basic:user:password or bearer:TOKEN")
+            sync.add_argument("--upstream-ca-file", help=_UPSTREAM_CA_HELP)
             sync.add_argument("--all", action="store_true", help="scan every study, not only recent ones")
             sync.set_defaults(func=cmd_imaging_sync)
     return top

@@ -4,15 +4,13 @@ running pair served over HTTPS with certificates made by the test (tests/securit
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.security.tls_pair import Certificates, TlsPair, make_certificates, start_tls_pair
+from tests.security.tls_pair import Certificates, TlsPair, handshake, make_certificates, start_tls_pair
 
 from imagebridge.apps.stack import IMAGING_CLIENT_SCOPE, LocalStack, start_service
 from imagebridge.ehr.admin import Admin
@@ -32,30 +30,15 @@ def pair(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Itera
         running.stop()
 
 
-def _handshake(port: int, version: ssl.TLSVersion, ca_file: Path) -> str:
-    """The TLS version negotiated by a client offering at most ``version`` (and at least TLS 1.0)."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # the client itself would offer TLS 1.0/1.1
-    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: the point of the test
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = version
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        return str(tls.version())
-
-
 @pytest.mark.parametrize("service", ["ehr", "imaging"])
 def test_rs11_tls_below_1_2_is_refused(pair: TlsPair, service: str) -> None:
     port = pair.stack.ehr_port if service == "ehr" else pair.stack.imaging_port
     for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
         with pytest.raises(ssl.SSLError) as refused:
-            _handshake(port, old, pair.certs.ca_file)
+            handshake(port, old, pair.certs.ca_file)
         assert "NO_PROTOCOLS_AVAILABLE" not in str(refused.value)  # refused by the server
-    assert _handshake(port, ssl.TLSVersion.TLSv1_2, pair.certs.ca_file) == "TLSv1.2"
-    assert _handshake(port, ssl.TLSVersion.MAXIMUM_SUPPORTED, pair.certs.ca_file) == "TLSv1.3"
+    assert handshake(port, ssl.TLSVersion.TLSv1_2, pair.certs.ca_file) == "TLSv1.2"
+    assert handshake(port, ssl.TLSVersion.MAXIMUM_SUPPORTED, pair.certs.ca_file) == "TLSv1.3"
 
 
 def test_rs11_token_fhir_and_dicomweb_answer_over_tls(pair: TlsPair) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import socket
 import ssl
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +117,22 @@ def make_certificates(folder: Path) -> Certificates:
             keys[2],
         ),
     )
+
+
+def handshake(port: int, version: ssl.TLSVersion, ca_file: Path) -> str:
+    """The TLS version negotiated with 127.0.0.1:``port`` by a client trusting ``ca_file`` and
+    offering at most ``version`` (and at least TLS 1.0)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # the client itself would offer TLS 1.0/1.1
+    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: the point of the test
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = version
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        return str(tls.version())
 
 
 @dataclass

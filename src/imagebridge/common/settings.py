@@ -135,6 +135,9 @@ class ImagingSettings:
     upstream_url: str = ""
     #: How this system authenticates to the upstream: "", ``basic:user:pass`` or ``bearer:TOKEN``.
     upstream_auth: str = ""
+    #: PEM CA bundle trusted for the upstream's certificate in addition to the system's (a PACS
+    #: whose certificate a private CA issued).
+    upstream_ca_file: str = ""
     #: Work around a known upstream's deviations: "" (none), "orthanc", or "auto" (ask /system).
     upstream_quirks: str = "auto"
     #: Seconds between scans of the upstream for studies to publish to the EHR.

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ import pytest
 from tests.conftest import TEST_SCALE
 from tests.imaging.archive.archive_stack import STOW_TYPE, add_backend, instance, multipart, part10
 from tests.imaging.upstream.fake_pacs import FakePacs
+from tests.imaging.upstream.tls_front import TlsFront
 from tests.orthanc import Orthanc, orthanc, unavailable
+from tests.security.tls_pair import Certificates, handshake, make_certificates
 from tests.services import missing
 
 from imagebridge.apps import demo_data
@@ -504,6 +507,67 @@ def test_a_query_the_pacs_refuses_as_such_keeps_its_status(
             in_study = http.get(f"{base}/studies/{alice}/series", params={"00291010": "x"}, headers=auth)
     assert everywhere.status_code == 400
     assert in_study.status_code == 400
+
+
+_CA_FILE = "IMAGEBRIDGE_IMAGING_UPSTREAM_CA_FILE"
+
+
+@pytest.fixture(scope="module")
+def upstream_certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("upstream-certs"))
+
+
+def test_an_https_upstream_of_a_private_ca_is_trusted_through_upstream_ca_file(
+    proxy: ProxyStack, tmp_path_factory: pytest.TempPathFactory, upstream_certs: Certificates
+) -> None:
+    """Orthanc behind HTTPS with a certificate of the test's CA: QIDO-RS and metadata (the pooled
+    client) and a whole study (the relay's own connection) come through, byte-identical."""
+    alice = proxy.seeded.study_uids["ACC-1001"]
+    auth = {"Authorization": f"Bearer {proxy.token()}"}
+    ca = {_CA_FILE: str(upstream_certs.ca_file)}
+    with (
+        TlsFront(proxy.orthanc.origin, upstream_certs.server) as front,
+        _second_proxy(proxy, tmp_path_factory, front.base, **ca) as base,
+        httpx.Client(timeout=60) as http,
+    ):
+        found = http.get(f"{base}/studies", headers={**auth, "Accept": _JSON})
+        metadata = http.get(f"{base}/studies/{alice}/metadata", headers={**auth, "Accept": _JSON})
+        study = http.get(f"{base}/studies/{alice}", headers={**auth, "Accept": DICOM})
+    assert found.status_code == 200, found.text
+    assert {_study(s) for s in found.json()} == _alice(proxy)
+    assert metadata.status_code == 200, metadata.text
+    assert {_study(s) for s in metadata.json()} == {alice}
+    assert study.status_code == 200, study.text
+    assert {hashlib.sha256(part).hexdigest() for part in iter_multipart(study)} == _expected("ACC-1001")
+
+
+@pytest.mark.parametrize("upstream", ["no_ca_file", "self_signed", "wrong_host", "tls_1_1"])
+def test_an_https_upstream_not_verified_is_502(
+    proxy: ProxyStack, tmp_path_factory: pytest.TempPathFactory, upstream_certs: Certificates, upstream: str
+) -> None:
+    """The PACS's certificate is checked against the system's trust store plus upstream_ca_file,
+    for its host name, and TLS 1.2 is the least spoken, on the pooled client's and the relay's
+    connections alike."""
+    pem = getattr(upstream_certs, upstream, upstream_certs.server)
+    cap = ssl.TLSVersion.TLSv1_1 if upstream == "tls_1_1" else ssl.TLSVersion.MAXIMUM_SUPPORTED
+    ca = {} if upstream == "no_ca_file" else {_CA_FILE: str(upstream_certs.ca_file)}
+    alice = proxy.seeded.study_uids["ACC-1001"]
+    auth = {"Authorization": f"Bearer {proxy.token()}"}
+    with (
+        TlsFront(proxy.orthanc.origin, pem, cap) as front,
+        _second_proxy(proxy, tmp_path_factory, front.base, **ca) as base,
+        httpx.Client(timeout=60) as http,
+    ):
+        if upstream == "tls_1_1":  # control: the front does speak TLS 1.1
+            assert handshake(front.port, cap, upstream_certs.ca_file) == "TLSv1.1"
+        answers = [
+            http.get(f"{base}/studies", headers={**auth, "Accept": _JSON}),
+            http.get(f"{base}/studies/{alice}/metadata", headers={**auth, "Accept": _JSON}),
+            http.get(f"{base}/studies/{alice}", headers={**auth, "Accept": DICOM}),
+        ]
+    for answer in answers:
+        assert answer.status_code == 502, (answer.request.url, answer.status_code, answer.text[:200])
+        assert answer.json()["message"].startswith("the upstream PACS")
 
 
 def _capability(proxy: ProxyStack, study: str) -> httpx.Response:

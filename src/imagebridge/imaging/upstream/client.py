@@ -15,7 +15,6 @@ headers stay on their hop). Known deviations of the upstream are smoothed here, 
 from __future__ import annotations
 
 import base64
-import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from imagebridge.common import http
 from imagebridge.common.settings import ImagingSettings
 from imagebridge.imaging.upstream import relay
 
@@ -106,7 +106,9 @@ class UpstreamClient:
         self._quirks = settings.upstream_quirks
         self._timeout = settings.upstream_timeout
         self._auth = auth_header(settings.upstream_auth)
-        self._tls: ssl.SSLContext | None = None
+        #: One context for the pooled client and :meth:`relayed`'s own connections: the system's
+        #: trust store plus ``upstream_ca_file``, host names checked, TLS 1.2 or newer.
+        self._tls = http.trust(settings.upstream_ca_file)
         target = urllib.parse.urlsplit(self.base)
         proxies = urllib.request.getproxies()
         #: Whether whole retrievals may be read off a connection of their own (:meth:`relayed`):
@@ -118,6 +120,7 @@ class UpstreamClient:
             timeout=httpx.Timeout(settings.upstream_timeout, read=settings.upstream_timeout),
             headers=self._auth,
             follow_redirects=False,
+            verify=self._tls,
         )
 
     async def quirks(self) -> str:
@@ -171,8 +174,6 @@ class UpstreamClient:
     async def relayed(self, path: str, query: str, headers: Mapping[str, str]) -> relay.RelayedResponse:
         """A GET read straight off its own connection (:mod:`relay`: whole studies, series and
         instances); same credentials, TLS verification and timeout as :meth:`open`."""
-        if self.base.startswith("https:") and self._tls is None:
-            self._tls = httpx.create_ssl_context()  # what httpx uses (certifi, SSL_CERT_FILE, …)
         url = f"{self.base}{path}" + (f"?{query}" if query else "")
         try:
             return await relay.get(url, {**headers, **self._auth}, wait=self._timeout, tls=self._tls)
