@@ -10,6 +10,7 @@ from imagebridge.imaging.gate.token_info import (
     IMAGING_GRANT,
     MalformedIntrospection,
     TokenInfo,
+    WriteDecision,
     parse_introspection,
     parse_write_decision,
 )
@@ -49,3 +50,31 @@ def test_write_decisions() -> None:
     assert parse_write_decision(_answer({"mode": "mrns", "mrns": ["MRN-A"]}), "MRN-A")
     with pytest.raises(MalformedIntrospection):
         parse_write_decision(_answer(asked), "MRN-A")
+
+
+@pytest.mark.parametrize(
+    ("decision", "patient_id", "answer"),
+    [
+        (WriteDecision("any"), "MRN-B", True),
+        (WriteDecision("mrns", frozenset({"MRN-A"})), "MRN-A", True),
+        (WriteDecision("mrns", frozenset({"MRN-A"})), "MRN-B", False),
+        (WriteDecision("mrns"), "", False),  # a patient-context writer the policy lets write for no one
+        (WriteDecision("ask"), "MRN-A", None),
+        (WriteDecision(), "MRN-A", False),  # no write member: for no one, never for everyone
+        (WriteDecision(), "", False),
+        (WriteDecision("all"), "MRN-A", False),  # never parsed (an EHR fault), still no one
+    ],
+)
+def test_write_decision_answers_yes_no_or_ask(
+    decision: WriteDecision, patient_id: str, answer: bool | None
+) -> None:
+    assert decision.allows(patient_id) is answer
+    assert decision.unlimited is (decision.mode == "any")
+
+
+def test_an_answer_without_a_write_member_writes_for_no_one() -> None:
+    parsed = parse_introspection(_answer())
+    for info in (parsed, TokenInfo.from_json(parsed.to_json())):
+        assert info.write == WriteDecision()
+        assert not info.write.unlimited
+        assert info.write.allows("MRN-A") is False

@@ -280,21 +280,10 @@ class Gate:
 
         return await self.studies.get(f"{access.digest}:{study_uid}", ask)
 
-    @staticmethod
-    def write_known(access: Access, patient_id: str) -> bool | None:
-        """May this token store instances with ``patient_id``, as far as its grant says (None:
-        ask the EHR, :meth:`may_write_for`). No ``write`` member means for no one."""
-        mode = access.info.write_mode
-        if mode == "any":
-            return True
-        if mode == "mrns":
-            return patient_id in access.info.write_mrns
-        return None if mode == "ask" else False
-
     async def may_write_for(self, access: Access, patient_id: str) -> bool:
         """The EHR's decision whether this token may store instances with ``patient_id``, cached
         per (token, PatientID) as study decisions are; the EHR unreachable is a 503 refusal."""
-        known = self.write_known(access, patient_id)
+        known = access.info.write.allows(patient_id)
         if known is not None:
             return known
 
@@ -318,7 +307,7 @@ class Gate:
         only when the EHR must be asked)."""
 
         def allowed(patient_id: str) -> bool:
-            known = self.write_known(access, patient_id)
+            known = access.info.write.allows(patient_id)
             if known is not None:
                 return known
             return anyio.from_thread.run(self.may_write_for, access, patient_id)

@@ -30,6 +30,30 @@ class MalformedIntrospection(ValueError):
 
 
 @dataclass(frozen=True)
+class WriteDecision:
+    """For whom a token may store imaging, as the grant's ``write`` member says (docs/gate.md
+    "Writing"; security.md ISO-08). ``mode`` is one of :data:`WRITE_MODES`, or None when the EHR
+    sent no ``write`` member: then for no one (missing context is never system-level access)."""
+
+    mode: str | None = None
+    #: With ``mode == "mrns"``: the DICOM PatientIDs the token may store instances for.
+    mrns: frozenset[str] = frozenset()
+
+    def allows(self, patient_id: str) -> bool | None:
+        """May the token store instances with ``patient_id``: yes, no, or None (ask the EHR)."""
+        if self.mode == "any":
+            return True
+        if self.mode == "mrns":
+            return patient_id in self.mrns
+        return None if self.mode == "ask" else False
+
+    @property
+    def unlimited(self) -> bool:
+        """Any PatientID, without asking: the client is a registered imaging source."""
+        return self.mode == "any"
+
+
+@dataclass(frozen=True)
 class TokenInfo:
     active: bool
     scopes: ScopeSet = field(default_factory=ScopeSet)
@@ -44,9 +68,8 @@ class TokenInfo:
     allowed_studies: frozenset[str] | None = None
     #: The granted scopes as the EHR wrote them (``scopes`` parsed).
     scope_text: str = ""
-    #: From our EHR: for whom the token may store imaging (:data:`WRITE_MODES`); None: for no one.
+    #: From our EHR: the grant's ``write`` mode and MRNs, decided by :attr:`write`.
     write_mode: str | None = None
-    #: With ``write_mode == "mrns"``: the DICOM PatientIDs the token may store instances for.
     write_mrns: frozenset[str] = frozenset()
 
     @cached_property
@@ -58,6 +81,11 @@ class TokenInfo:
     def imaging_write_levels(self) -> frozenset[Level]:
         """The levels whose granted scopes allow creating ImagingStudy (STOW-RS)."""
         return frozenset(level for level in LEVELS if self.scopes.allows((level,), "ImagingStudy", "c"))
+
+    @cached_property
+    def write(self) -> WriteDecision:
+        """For whom the token may store imaging (:attr:`write_mode`, :attr:`write_mrns`)."""
+        return WriteDecision(self.write_mode, self.write_mrns)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form for a shared cache (it never contains the token itself)."""
@@ -164,11 +192,10 @@ def parse_write_decision(body: dict[str, Any], patient_id: str) -> bool:
     info = parse_introspection(body)
     if not info.active:
         return False
-    if info.write_mode == "any":
-        return True
-    if info.write_mode == "mrns":
-        return patient_id in info.write_mrns
-    write = body[IMAGING_GRANT]["write"] if info.write_mode == "ask" else {}
+    known = info.write.allows(patient_id)
+    if known is not None:
+        return known
+    write = body[IMAGING_GRANT]["write"]  # mode "ask": the answer to the question asked
     if write.get("patient_id") != patient_id:
         return False
     allowed = write.get("allowed")

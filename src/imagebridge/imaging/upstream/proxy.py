@@ -250,7 +250,7 @@ async def store(ctx: ImagingContext, access: Access, request: Request) -> Respon
     (grant ``write`` mode ``any``) may store here; any other writer is refused whole (403), as
     instances cannot be decided per PatientID on the way (security.md ISO-08; docs/proxy.md).
     """
-    if access.info.write_mode != "any":
+    if not access.info.write.unlimited:
         raise DicomwebError(
             403, "in proxy mode only a registered imaging source may store instances (STOW-RS)"
         )
