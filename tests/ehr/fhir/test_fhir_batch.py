@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 from tests.conftest import RunningStack
-from tests.ehr.fhir.ehr_access import add_client, cohort, get, issue, published_study, put, unique
+from tests.ehr.fhir.ehr_access import add_client, cohort, get, issue, published_study, put, study, unique
 
 from imagebridge.apps.demo_data import MRN_SYSTEM
 from imagebridge.common.balp import GRANT_URN
@@ -286,3 +286,119 @@ def test_batch_needs_a_token_json_and_a_bounded_body(running: RunningStack, writ
 def test_capability_statement_names_batch_only(running: RunningStack) -> None:
     rest = httpx.get(f"{running.fhir_base}/metadata").json()["rest"][0]
     assert rest["interaction"] == [{"code": "batch"}]
+
+
+def _consented_patient(running: RunningStack) -> tuple[str, str]:
+    """A patient of its own with an MRN, and a backend client registered for a Group holding only
+    that patient, allowed to write studies and Consents there."""
+    pid = unique("batch-consent")
+    put(running, {"resourceType": "Patient", "id": pid, "identifier": [{"system": MRN_SYSTEM, "value": pid}]})
+    group = unique("batch-consent-cohort")
+    put(running, cohort(group, pid))
+    scope = "system/ImagingStudy.c system/Consent.c"
+    return pid, issue(running, add_client(running, "backend", scope, group=f"Group/{group}"), scope)
+
+
+def _withholding_studies(patient: str) -> dict[str, Any]:
+    """A Consent of ``patient`` withholding every ImagingStudy from every app (ehr/policy/consent.py)."""
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"code": "patient-privacy"}]},
+        "category": [{"coding": [{"code": "IDSCL"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "provision": {"type": "deny"},
+    }
+
+
+def test_a_later_entry_sees_the_consent_an_earlier_entry_wrote(running: RunningStack) -> None:
+    """The entries share the caller's policy view only while the data stands still: the Consent of
+    the second entry refuses the third entry's study, as it refuses the third single request."""
+    batched, batch_token = _consented_patient(running)
+    answer = _post(
+        running,
+        batch_token,
+        _batch(
+            _entry("POST", "ImagingStudy", published_study(_uid(), batched)),
+            _entry("POST", "Consent", _withholding_studies(batched)),
+            _entry("POST", "ImagingStudy", published_study(_uid(), batched)),
+        ),
+        prefer="return=minimal",
+    )
+    assert answer.status_code == 200, answer.text
+    in_batch = [e["response"]["status"] for e in answer.json()["entry"]]
+
+    single, single_token = _consented_patient(running)
+    headers = {"Authorization": f"Bearer {single_token}", "Content-Type": "application/fhir+json"}
+    alone = [
+        httpx.post(f"{running.fhir_base}/{resource['resourceType']}", json=resource, headers=headers)
+        for resource in (
+            published_study(_uid(), single),
+            _withholding_studies(single),
+            published_study(_uid(), single),
+        )
+    ]
+    assert [r.status_code for r in alone] == [201, 201, 403]
+    assert in_batch == ["201 Created", "201 Created", "403 Forbidden"]
+
+
+def test_many_entries_answer_as_the_single_requests_do(
+    running: RunningStack, writer: str, patient: str
+) -> None:
+    """Conditional creates matching stored studies (each answering the match unchanged), updates of
+    a study the caller may not see and creates for a patient outside its Group, interleaved: the
+    entries sharing one policy view answer each as its single request does."""
+    outsider = unique("batch-outsider")
+    put(
+        running,
+        {
+            "resourceType": "Patient",
+            "id": outsider,
+            "identifier": [{"system": MRN_SYSTEM, "value": outsider}],
+        },
+    )
+    hidden = study(unique("batch-hidden"), outsider)
+    put(running, hidden)
+    uids = [_uid() for _ in range(8)]
+    stored = _post(
+        running, writer, _batch(*[_entry("POST", "ImagingStudy", published_study(u, patient)) for u in uids])
+    )
+    assert [e["response"]["status"] for e in stored.json()["entry"]] == ["201 Created"] * len(uids)
+
+    def requests(uid: str) -> list[tuple[str, str, dict[str, Any], dict[str, str]]]:
+        """(method, url, resource, ifNoneExist) of one round."""
+        return [
+            (
+                "POST",
+                "ImagingStudy",
+                published_study(uid, patient, "1999-01-01"),
+                {"ifNoneExist": f"identifier=urn:dicom:uid|urn:oid:{uid}"},
+            ),
+            ("PUT", f"ImagingStudy/{hidden['id']}", hidden, {}),
+            ("POST", "ImagingStudy", published_study(_uid(), outsider), {}),
+        ]
+
+    rounds = [r for uid in uids for r in requests(uid)]
+    answer = _post(running, writer, _batch(*[_entry(m, url, res, **req) for m, url, res, req in rounds]))
+    assert answer.status_code == 200, answer.text
+    in_batch = [
+        (
+            e["response"]["status"].split()[0],
+            e.get("resource", {}).get("id"),
+            e.get("resource", {}).get("meta", {}).get("versionId"),
+        )
+        for e in answer.json()["entry"]
+    ]
+    alone = []
+    for method, url, resource, request in rounds:
+        headers = {"Authorization": f"Bearer {writer}", "Content-Type": "application/fhir+json"}
+        if "ifNoneExist" in request:
+            headers["If-None-Exist"] = request["ifNoneExist"]
+        single = httpx.request(
+            method, f"{running.fhir_base}/{url}", json=resource, headers=headers, timeout=60
+        )
+        body = single.json() if single.status_code < 300 else {}
+        alone.append((str(single.status_code), body.get("id"), body.get("meta", {}).get("versionId")))
+    assert in_batch == alone
+    assert [status for status, _, _ in alone] == ["200", "404", "403"] * len(uids)
+    assert all(rid is not None for status, rid, _ in alone if status == "200")

@@ -7,6 +7,11 @@ while the others are stored. The answer is a ``batch-response`` Bundle with one 
 request entry, in the same order, each carrying ``response.status`` and, where a resource was
 stored, ``location``, ``etag`` and ``lastModified``, or an OperationOutcome where it failed.
 
+The caller's policy view is shared by the entries while the EHR's resource change counter
+stands still (:meth:`PolicyEngine.view` with ``data_version``, as reads reuse it): read again before
+each entry, so a write of an earlier entry (or of anyone else) that moves it is seen by the next
+entry exactly as by the next single request.
+
 Supported entries: ``POST [type]`` (create, conditional with ``request.ifNoneExist``),
 ``PUT [type]/[id]`` (update) and ``PUT [type]?[criteria]`` (conditional update). Other methods
 fail alone with 405. A ``transaction`` Bundle is refused whole (400): this server does not apply
@@ -33,6 +38,7 @@ from imagebridge.ehr.bearer import Authenticated
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.fhir import rest
 from imagebridge.ehr.fhir.outcome import FhirError, fhir_response, operation_outcome
+from imagebridge.ehr.policy.engine import PolicyView
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,22 @@ async def batch(request: Request) -> Response:
     entries = _entries(bundle, ctx.settings.batch_max_entries, ctx.settings.fhir_base)
     note.audited = False  # each entry is audited as its single interaction would be
     minimal = "return=minimal" in request.headers.get("prefer", "")
-    answers = [await _answer(ctx, auth, note.actor, entry, minimal) for entry in entries]
+    views = _shared_view(ctx, auth)
+    answers = [await _answer(ctx, auth, views, note.actor, entry, minimal) for entry in entries]
     return fhir_response({"resourceType": "Bundle", "type": "batch-response", "entry": answers})
+
+
+def _shared_view(ctx: EhrContext, auth: Authenticated) -> rest.Views:
+    """The caller's view for each entry: built again only when the resource change counter (bumped
+    in the transaction of every FHIR write but AuditEvents, migrations 0003/0004), read before each
+    entry, has moved since, or after ``VIEW_SECONDS`` (the rules read the clock)."""
+
+    async def view() -> PolicyView:
+        generation = await ctx.memo.generation(ctx.engine)
+        version = generation.resources if generation is not None else None
+        return await ctx.policy.view(auth.principal, data_version=version)
+
+    return view
 
 
 def _entries(bundle: dict[str, Any], max_entries: int, fhir_base: str) -> list[_Entry]:
@@ -101,12 +121,17 @@ def _entry(index: int, item: Any, fhir_base: str) -> _Entry:
 
 
 async def _answer(
-    ctx: EhrContext, auth: Authenticated, actor: audit.Actor | None, entry: _Entry, minimal: bool
+    ctx: EhrContext,
+    auth: Authenticated,
+    views: rest.Views,
+    actor: audit.Actor | None,
+    entry: _Entry,
+    minimal: bool,
 ) -> dict[str, Any]:
     """One entry processed like its single interaction; its ``response`` (and AuditEvents)."""
     note = rest.Note(audit.CREATE if entry.method == "POST" else audit.UPDATE, actor)
     try:
-        written = await _write(ctx, auth, note, entry)
+        written = await _write(ctx, auth, views, note, entry)
     except FhirError as exc:
         status, outcome = exc.status, operation_outcome(exc.code, exc.diagnostics)
     except Exception:  # an error of ours: this entry fails, the others still count
@@ -133,7 +158,9 @@ async def _answer(
     return {"response": {"status": _status(status), "outcome": outcome}}
 
 
-async def _write(ctx: EhrContext, auth: Authenticated, note: rest.Note, entry: _Entry) -> rest.Written:
+async def _write(
+    ctx: EhrContext, auth: Authenticated, views: rest.Views, note: rest.Note, entry: _Entry
+) -> rest.Written:
     if entry.method not in ("POST", "PUT"):
         raise FhirError(405, "not-supported", f"{entry.method} entries are not supported in a batch")
     if entry.resource_type not in rest.SUPPORTED_TYPES:
@@ -145,13 +172,17 @@ async def _write(ctx: EhrContext, auth: Authenticated, note: rest.Note, entry: _
     if entry.method == "POST":
         if entry.resource_id is not None or entry.query:
             raise FhirError(400, "invalid", "a POST entry's url is the resource type alone")
-        return await rest.create_resource(ctx, auth, note, entry.resource_type, body, entry.if_none_exist)
+        return await rest.create_resource(
+            ctx, auth, note, entry.resource_type, body, entry.if_none_exist, views
+        )
     if entry.resource_id is not None:
         if entry.query:
             raise FhirError(400, "invalid", "a PUT entry names an id or search criteria, not both")
-        return await rest.update_resource(ctx, auth, note, entry.resource_type, entry.resource_id, body)
+        return await rest.update_resource(
+            ctx, auth, note, entry.resource_type, entry.resource_id, body, views
+        )
     criteria = parse_qsl(entry.query, keep_blank_values=True)
-    return await rest.conditional_update_resource(ctx, auth, note, entry.resource_type, body, criteria)
+    return await rest.conditional_update_resource(ctx, auth, note, entry.resource_type, body, criteria, views)
 
 
 def _status(code: int) -> str:

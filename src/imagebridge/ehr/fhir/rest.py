@@ -66,6 +66,10 @@ class Note:
 #: Reads the resource a write sends, checked to be of the given type: the request body of a
 #: single interaction, or a batch entry's ``resource``.
 Body = Callable[[str], Awaitable[dict[str, Any]]]
+#: The caller's policy view as a write asks for it, after reading what it replaces: built anew
+#: for a single interaction (:func:`fresh_view`), shared by a batch's entries while the EHR's data
+#: stands still (batch.py).
+Views = Callable[[], Awaitable[PolicyView]]
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ async def versioned_caller(
         request.client.host if request.client else None,
     )
     return ctx, auth, note, generation.resources if generation else None
+
+
+def fresh_view(ctx: EhrContext, auth: Authenticated) -> Views:
+    """The caller's view built anew when asked (the single write interactions)."""
+    return lambda: ctx.policy.view(auth.principal)
 
 
 def _require_scope(auth: Authenticated, resource_type: str, interaction: Interaction) -> list[Scope]:
@@ -306,6 +315,7 @@ async def create(request: Request) -> Response:
         resource_type,
         lambda t: read_body(request, t),
         request.headers.get("if-none-exist"),
+        fresh_view(ctx, auth),
     )
     return _written_response(written)
 
@@ -317,6 +327,7 @@ async def create_resource(
     resource_type: str,
     body: Body,
     condition: str | None,
+    views: Views,
 ) -> Written:
     """A create, conditional with ``condition`` (an ``If-None-Exist`` search), for ``POST [type]``
     and a batch's POST entries: scopes, then the policy, then the atomic write."""
@@ -326,7 +337,7 @@ async def create_resource(
         note.audited = False  # an added record is its own audit (a refusal is audited below)
     resource = await resolve_subject(ctx, await body(resource_type))
     resource.pop("id", None)
-    view = await ctx.policy.view(auth.principal)
+    view = await views()
     try:
         _may_write(view, resource, scopes)
     except FhirError:
@@ -408,6 +419,7 @@ async def conditional_update(request: Request) -> Response:
         _resource_type(request),
         lambda t: read_body(request, t),
         request.query_params.multi_items(),
+        fresh_view(ctx, auth),
     )
     return _written_response(written)
 
@@ -419,6 +431,7 @@ async def conditional_update_resource(
     resource_type: str,
     body: Body,
     criteria: Sequence[tuple[str, str]],
+    views: Views,
 ) -> Written:
     """``PUT [type]?[criteria]`` for the interaction and a batch's entries."""
     _not_audit(resource_type)
@@ -428,7 +441,7 @@ async def conditional_update_resource(
     parsed = parse_search(resource_type, criteria, strict=True)
     if not parsed.query.criteria:
         raise FhirError(400, "invalid", "a conditional update needs search criteria")
-    view = await ctx.policy.view(auth.principal)
+    view = await views()
 
     def build(existing: dict[str, Any] | None) -> dict[str, Any]:
         if existing is not None and resource.get("id") not in (None, existing["id"]):
@@ -449,12 +462,19 @@ async def update(request: Request) -> Response:
         _resource_type(request),
         str(request.path_params["id"]),
         lambda t: read_body(request, t),
+        fresh_view(ctx, auth),
     )
     return _written_response(written)
 
 
 async def update_resource(
-    ctx: EhrContext, auth: Authenticated, note: Note, resource_type: str, resource_id: str, body: Body
+    ctx: EhrContext,
+    auth: Authenticated,
+    note: Note,
+    resource_type: str,
+    resource_id: str,
+    body: Body,
+    views: Views,
 ) -> Written:
     """``PUT [type]/[id]`` for the interaction and a batch's entries."""
     _not_audit(resource_type)
@@ -465,11 +485,11 @@ async def update_resource(
     if resource.get("id") != resource_id:
         raise FhirError(400, "invalid", "the body's id must equal the id in the URL")
     existing = await ctx.store.read(resource_type, resource_id)
+    view = await views()
     if existing is not None:
         note.disclosures = [audit.Disclosure(subject_patient(existing), [f"{resource_type}/{resource_id}"])]
-        if not (await ctx.policy.may_see(auth.principal, existing)).allowed:
+        if not view.decide(existing, view.scopes_for(resource_type, ("r", "s"))).allowed:
             raise _not_found(resource_type, resource_id)
-    view = await ctx.policy.view(auth.principal)
     return await _stored(ctx, note, ctx.store.put(_checked(view, auth, resource, existing)))
 
 
