@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from tests.security.tls_pair import Certificates, TlsPair, handshake, make_certificates, start_tls_pair
 
-from imagebridge.apps.stack import IMAGING_CLIENT_SCOPE, LocalStack, start_service
+from imagebridge.apps.stack import IMAGING_CLIENT_SCOPE, LocalStack, free_port, start_service
 from imagebridge.ehr.admin import Admin
 
 
@@ -30,15 +31,66 @@ def pair(tmp_path_factory: pytest.TempPathFactory, certs: Certificates) -> Itera
         running.stop()
 
 
-@pytest.mark.parametrize("service", ["ehr", "imaging"])
-def test_rs11_tls_below_1_2_is_refused(pair: TlsPair, service: str) -> None:
-    port = pair.stack.ehr_port if service == "ehr" else pair.stack.imaging_port
+def _tls_1_2_and_newer_only(port: int, ca_file: Path) -> None:
     for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
         with pytest.raises(ssl.SSLError) as refused:
-            handshake(port, old, pair.certs.ca_file)
+            handshake(port, old, ca_file)
         assert "NO_PROTOCOLS_AVAILABLE" not in str(refused.value)  # refused by the server
-    assert handshake(port, ssl.TLSVersion.TLSv1_2, pair.certs.ca_file) == "TLSv1.2"
-    assert handshake(port, ssl.TLSVersion.MAXIMUM_SUPPORTED, pair.certs.ca_file) == "TLSv1.3"
+    assert handshake(port, ssl.TLSVersion.TLSv1_2, ca_file) == "TLSv1.2"
+    assert handshake(port, ssl.TLSVersion.MAXIMUM_SUPPORTED, ca_file) == "TLSv1.3"
+
+
+@pytest.mark.parametrize("service", ["ehr", "imaging"])
+def test_rs11_tls_below_1_2_is_refused(pair: TlsPair, service: str) -> None:
+    _tls_1_2_and_newer_only(
+        pair.stack.ehr_port if service == "ehr" else pair.stack.imaging_port, pair.certs.ca_file
+    )
+
+
+def test_rs11_au04_two_workers_serve_tls_and_redact_their_access_logs(pair: TlsPair, tmp_path: Path) -> None:
+    """``imaging serve --workers 2``: uvicorn pickles its configuration into each worker process,
+    the TLS context hook and the redacting access-log configuration included; both must work there.
+    The workers share the pair's public URL (the tokens' audience) on a port of their own."""
+    port, canary = free_port(), "CANARY-W2-5T8K"
+    service = start_service(
+        "imaging",
+        {
+            **pair.stack.imaging_env(),
+            "IMAGEBRIDGE_IMAGING_PORT": str(port),
+            "IMAGEBRIDGE_IMAGING_DATA_DIR": str(tmp_path / "imaging"),
+        },
+        f"https://127.0.0.1:{port}",
+        tmp_path / "workers.log",
+        "--workers",
+        "2",
+        verify=pair.certs.client_context(),
+    )
+    try:
+        for _ in range(600):  # /healthz answered as soon as one worker was up
+            if service.log().count("Application startup complete") == 2:
+                break
+            time.sleep(0.1)
+        _tls_1_2_and_newer_only(port, pair.certs.ca_file)
+        token = pair.patient_token("alice")
+        answers = []
+        for _ in range(4):  # a connection each: the workers take turns accepting
+            with httpx.Client(timeout=30, verify=pair.certs.client_context()) as http:
+                answers.append(
+                    http.get(
+                        f"https://127.0.0.1:{port}/dicom-web/studies",
+                        params={"PatientID": canary, "limit": "5"},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                )
+    finally:
+        service.stop()
+    log = service.log()
+    assert log.count("Application startup complete") == 2, log[-2000:]
+    for answer in answers:
+        assert answer.status_code in (200, 204)
+        line = f'"GET /dicom-web/studies?PatientID=[redacted]&limit=[redacted] HTTP/1.1" {answer.status_code}'
+        assert line in log, log[-2000:]
+    assert canary not in log
 
 
 def test_rs11_token_fhir_and_dicomweb_answer_over_tls(pair: TlsPair) -> None:
