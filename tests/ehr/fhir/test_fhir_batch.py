@@ -402,3 +402,43 @@ def test_many_entries_answer_as_the_single_requests_do(
     assert in_batch == alone
     assert [status for status, _, _ in alone] == ["200", "404", "403"] * len(uids)
     assert all(rid is not None for status, rid, _ in alone if status == "200")
+
+
+def test_if_none_exist_on_a_put_entry_fails_that_entry_alone(
+    running: RunningStack, writer: str, patient: str
+) -> None:
+    """``request.ifNoneExist`` is for creates (FHIR R4 Bundle.entry.request.ifNoneExist): a PUT
+    carrying it is 400, not an update that silently ignores it; the other entries are processed."""
+    stored, kept, refused = _uid(), _uid(), _uid()
+    created = _post(running, writer, _batch(_entry("POST", "ImagingStudy", published_study(stored, patient))))
+    study_id = created.json()["entry"][0]["resource"]["id"]
+    condition = f"identifier=urn:dicom:uid|urn:oid:{stored}"
+    answer = _post(
+        running,
+        writer,
+        _batch(
+            _entry(
+                "PUT",
+                f"ImagingStudy/{study_id}",
+                {**published_study(stored, patient, "1999-01-01"), "id": study_id},
+                ifNoneExist=condition,
+            ),
+            _entry("POST", "ImagingStudy", published_study(kept, patient)),
+            _entry(
+                "PUT",
+                f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{refused}",
+                published_study(refused, patient),
+                ifNoneExist=f"identifier=urn:dicom:uid|urn:oid:{refused}",
+            ),
+        ),
+    )
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["400 Bad Request", "201 Created", "400 Bad Request"]
+    for failed in (entries[0], entries[2]):
+        issue_ = failed["response"]["outcome"]["issue"][0]
+        assert issue_["code"] == "invalid"
+        assert "ifNoneExist applies to POST" in issue_["diagnostics"]
+    assert [s["started"] for s in _by_uid(running, writer, stored)] == ["2025-02-03"]
+    assert len(_by_uid(running, writer, kept)) == 1
+    assert _by_uid(running, writer, refused) == []

@@ -13,9 +13,11 @@ each entry, so a write of an earlier entry (or of anyone else) that moves it is 
 entry exactly as by the next single request.
 
 Supported entries: ``POST [type]`` (create, conditional with ``request.ifNoneExist``),
-``PUT [type]/[id]`` (update) and ``PUT [type]?[criteria]`` (conditional update). Other methods
-fail alone with 405. A ``transaction`` Bundle is refused whole (400): this server does not apply
-several writes atomically. A Bundle that is not a well-formed batch (not JSON, not a Bundle,
+``PUT [type]/[id]`` (update) and ``PUT [type]?[criteria]`` (conditional update); a PUT entry
+with ``request.ifNoneExist`` fails alone with 400, that element being for creates only (R4
+Bundle.entry.request.ifNoneExist, §3.1.0.8 "conditional create"). Other methods fail alone
+with 405. A ``transaction`` Bundle is refused whole (400): this server does not apply several
+writes atomically. A Bundle that is not a well-formed batch (not JSON, not a Bundle,
 another type, an entry without ``request.method`` and ``request.url``, an unknown method) is 400
 and nothing in it is written; more entries than ``batch_max_entries`` is 413, as is a body over
 the single interactions' size limit.
@@ -165,6 +167,13 @@ async def _write(
         raise FhirError(405, "not-supported", f"{entry.method} entries are not supported in a batch")
     if entry.resource_type not in rest.SUPPORTED_TYPES:
         raise FhirError(404, "not-supported", f"resource type {entry.resource_type!r} is not supported")
+    if entry.method == "PUT" and entry.if_none_exist is not None:
+        raise FhirError(
+            400,
+            "invalid",
+            "request.ifNoneExist applies to POST (conditional create) only; "
+            "a conditional update puts its search criteria in request.url",
+        )
 
     async def body(resource_type: str) -> dict[str, Any]:
         return dict(rest.typed(entry.resource, resource_type, "the entry's resource"))
