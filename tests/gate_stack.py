@@ -150,6 +150,15 @@ class GateStack:
         return self.stack.imaging.log()
 
 
+def access_line(response: httpx.Response) -> str:
+    """The access-log line (after its client address) that ``response``'s request should have left:
+    its path, its query's parameter names, every value ``[redacted]`` (security.md AU-04)."""
+    url = response.request.url
+    query = "&".join(f"{name}=[redacted]" for name, _ in url.params.multi_items())
+    target = url.path + (f"?{query}" if query else "")
+    return f'"{response.request.method} {target} HTTP/1.1" {response.status_code}'
+
+
 def warm_up(stack: LocalStack, attempts: int = 20) -> None:
     """Let the imaging system discover the EHR and get its own token before the first timed call.
 

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 import httpx
-from tests.gate_stack import READ_ACCEPT, GateStack
+from tests.gate_stack import READ_ACCEPT, GateStack, access_line
 from tests.imaging.gate.uids import first_instance
 
 from imagebridge.common import jose
@@ -43,7 +43,6 @@ def _traffic(stack: GateStack) -> list[tuple[str, httpx.Response]]:
                     base + path, headers={"Authorization": f"Bearer {presented}", "Accept": READ_ACCEPT}
                 )
                 out.append((presented, response))
-        http.get(f"{base}/studies", params={"access_token": token})
     return out
 
 
@@ -64,6 +63,11 @@ def _private_key_values(stack: GateStack) -> list[str]:
 
 def test_au03_no_issued_secret_in_any_log_or_database(gate_stack: GateStack) -> None:
     _traffic(gate_stack)
+    with httpx.Client(timeout=30) as http:  # a token in the URL (RFC 6750 §5.3): logged redacted
+        in_url = http.get(
+            f"{gate_stack.dicomweb_base}/studies", params={"access_token": gate_stack.patient_token("alice")}
+        )
+    assert access_line(in_url) in gate_stack.imaging_log()
     secrets = [*gate_stack.secrets, *_private_key_values(gate_stack)]
     assert len(secrets) >= 6
     for name, content in _haystacks(gate_stack).items():
