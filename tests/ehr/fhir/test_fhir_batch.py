@@ -4,18 +4,22 @@ malformed Bundles refused whole with a 4xx OperationOutcome and nothing written.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from sqlalchemy import select
 from tests.conftest import RunningStack
 from tests.ehr.fhir.ehr_access import add_client, cohort, get, issue, published_study, put, study, unique
 
 from imagebridge.apps.demo_data import MRN_SYSTEM
 from imagebridge.common.balp import GRANT_URN
 from imagebridge.common.tokens import token_id
+from imagebridge.ehr.admin import Admin
+from imagebridge.ehr.tables import resources
 
 SCOPE = "system/ImagingStudy.crus system/Endpoint.c"
 
@@ -442,3 +446,42 @@ def test_if_none_exist_on_a_put_entry_fails_that_entry_alone(
     assert [s["started"] for s in _by_uid(running, writer, stored)] == ["2025-02-03"]
     assert len(_by_uid(running, writer, kept)) == 1
     assert _by_uid(running, writer, refused) == []
+
+
+def _events_of(running: RunningStack, token: str) -> list[dict[str, Any]]:
+    """The committed AuditEvents naming ``token``'s id, straight from the EHR's database (events
+    that name no patient are in no one's access report)."""
+
+    async def run() -> list[dict[str, Any]]:
+        admin = Admin(running.stack.ehr_settings)
+        try:
+            async with admin.engine.connect() as conn:
+                rows = await conn.execute(
+                    select(resources.c.content).where(
+                        resources.c.resource_type == "AuditEvent",
+                        resources.c.content.contains(f"{GRANT_URN}{token_id(token)}"),
+                    )
+                )
+                return [orjson.loads(row.content) for row in rows]
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def test_a_bundle_refused_whole_is_one_batch_audit_event(running: RunningStack, patient: str) -> None:
+    """A Bundle refused before any entry is processed (not a batch, a transaction) is recorded as
+    one AuditEvent of subtype ``batch`` (ehr/audit.py BATCH) with the refusal as its outcome, naming
+    the caller; its entries, never processed, are not audited."""
+    client = add_client(running, "backend", SCOPE)
+    token = issue(running, client, SCOPE)
+    study_entry = _entry("POST", "ImagingStudy", published_study(_uid(), patient))
+    assert _post(running, token, _batch(study_entry, kind="collection")).status_code == 400
+    assert _post(running, token, _batch(study_entry, kind="transaction")).status_code == 400
+    get(running, "AuditEvent", token)  # a read of AuditEvents first commits what the EHR journaled
+    batches = [e for e in _events_of(running, token) if e["subtype"][0]["code"] == "batch"]
+    assert [(e["type"]["code"], e["action"], e["outcome"]) for e in batches] == [("rest", "E", "4")] * 2
+    for event in batches:
+        assert event["agent"][0]["who"]["identifier"]["value"] == client
+        assert not [e for e in event["entity"] if "what" in e]  # nothing was disclosed or written
+    assert not [e for e in _events_of(running, token) if e["subtype"][0]["code"] == "create"]
