@@ -250,6 +250,48 @@ def test_fsync_journal_is_fdatasynced_once_per_group(tmp_path: Path, monkeypatch
     asyncio.run(run())
 
 
+def test_a_failed_fdatasync_is_never_trusted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FT-09 ("fsyncgate"): after fdatasync fails (EIO) the pages that failed may be marked clean,
+    so syncing that file again could succeed without them. The waiters of the failed call are
+    refused; the segment is sealed and never synced again; its records not known durable are
+    rewritten into a new segment that the next sync covers; a replay delivers each record once."""
+    synced: list[int] = []  # inode of each fdatasync'ed file
+    failures: list[OSError] = []
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(audit_journal.os, "fdatasync", fdatasync)
+    replayed: list[str] = []
+
+    async def replay(entries: Sequence[Entry], origin: Origin) -> None:
+        replayed.extend(e["k"] for e in entries)
+
+    async def run() -> None:
+        sink = Sink()
+        journal = Journal(tmp_path, sink.apply, fsync=True)
+        journal.append({"k": "durable"})
+        await journal.durable()
+        (failed,) = tmp_path.glob("*.journal")
+        failures.append(OSError(errno.EIO, "Input/output error"))
+        journal.append({"k": "refused"})
+        with pytest.raises(audit_journal.JournalUnavailable):
+            await journal.durable()
+        journal.append({"k": "after"})
+        await journal.durable()
+        assert synced.count(failed.stat().st_ino) == 2  # the good sync and the failed one, never again
+        assert synced[-1] != failed.stat().st_ino
+        await Journal(tmp_path, replay).settle()  # another process reading the live segments
+        assert sorted(replayed) == ["after", "durable", "refused"]  # each once
+        await journal.flush()
+        assert sorted(sink.rows) == ["after", "durable", "refused"]
+        await journal.aclose()
+
+    asyncio.run(run())
+
+
 def _refusal() -> Response:
     return Response(b"no audit, no data", 503, {"Retry-After": "5"})
 
@@ -287,6 +329,7 @@ def test_durable_responses_refuse_when_the_sync_fails(
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(audit_journal.os, "fdatasync", failing)
+    monkeypatch.setattr(audit_journal, "CLOSE_SECONDS", 0.1)  # the records stay for the next start
     sent: list[dict[str, Any]] = []
     produced: list[bytes] = []
 

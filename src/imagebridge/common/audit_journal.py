@@ -18,12 +18,20 @@ idempotent: every record carries a unique key and is inserted only when absent.
 
 A line is ``<crc32 hex> <JSON>\\n``; a line cut short by a crash (no newline, wrong checksum,
 not a JSON object) is skipped, never fatal.
+
+A failed ``fdatasync`` is never retried on the same file (FT-09, "fsyncgate"): Linux marks the
+pages that failed clean, so a later call can succeed without them ever reaching the disk. The
+journal seals every segment that sync covered and writes the records not yet known durable (it
+still holds them, uncommitted: with ``fsync`` on, only durable records are committed) into a new
+segment, followed by a line naming the bytes they supersede; replay drops the superseded copies,
+so each record is delivered once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -62,6 +70,9 @@ RECOVER_SECONDS = 30.0
 CLOSE_SECONDS = 10.0
 #: Seconds between attempts while the database refuses the records.
 RETRY_SECONDS = 1.0
+#: The key of a journal's own line ``{SUPERSEDES: [[segment name, offset], ...]}``: the entries of
+#: those segments from those byte offsets on are replaced by the lines before it in its segment.
+SUPERSEDES = "~supersedes"
 
 
 def encode(entry: Entry) -> bytes:
@@ -72,11 +83,18 @@ def encode(entry: Entry) -> bytes:
 
 def decode(data: bytes) -> tuple[list[Entry], int]:
     """The entries of the whole, intact lines of ``data``, and how many lines were skipped."""
-    entries: list[Entry] = []
+    found, skipped = _decode_at(data)
+    return [entry for _, entry in found], skipped
+
+
+def _decode_at(data: bytes) -> tuple[list[tuple[int, Entry]], int]:
+    """:func:`decode`, each entry with the byte offset of its line."""
+    entries: list[tuple[int, Entry]] = []
     skipped = 0
     lines = data.split(b"\n")
     if lines[-1]:
         skipped += 1  # the last write was cut short
+    offset = 0
     for line in lines[:-1]:
         crc, _, payload = line.partition(b" ")
         try:
@@ -84,9 +102,10 @@ def decode(data: bytes) -> tuple[list[Entry], int]:
         except ValueError:
             entry = None
         if isinstance(entry, dict):
-            entries.append(entry)
+            entries.append((offset, entry))
         elif line:
             skipped += 1
+        offset += len(line) + 1
     return entries, skipped
 
 
@@ -99,6 +118,8 @@ class _Segment:
     outstanding: int = 0
     #: Bytes of it known to be on stable storage (``fsync`` journals).
     synced: int = 0
+    #: Written no more: an ``fdatasync`` of it failed (never trusted again) or a write was cut short.
+    sealed: bool = False
 
 
 class Journal:
@@ -121,8 +142,9 @@ class Journal:
         #: nothing, power loss the uncommitted tail (docs/audit.md).
         self.fsync = fsync
         self._segments: list[_Segment] = []
-        #: Entries appended and not yet committed, each with the segment holding it.
-        self._pending: list[tuple[Entry, _Segment]] = []
+        #: Entries appended and not yet committed, each with the segment holding it and its number
+        #: (``_appended`` after it).
+        self._pending: list[tuple[Entry, _Segment, int]] = []
         self._appended = 0
         self._committed = 0
         self._progress = asyncio.Event()
@@ -135,22 +157,27 @@ class Journal:
         self._syncing: asyncio.Task[None] | None = None
         #: A segment was created (renamed into the directory) since the last sync.
         self._new_entries = False
+        #: Sealed segments whose records not known durable are still to be rewritten (:meth:`_rewrite`).
+        self._superseding: list[_Segment] = []
 
     def append(self, entry: Entry) -> None:
         """Journal ``entry`` (one ``write``); the writer task commits it soon after.
         :class:`JournalUnavailable` when the disk refuses it."""
         line = encode(entry)
         try:
+            if self._superseding:
+                self._rewrite()
             segment = self._current()
             written = os.write(segment.fd, line)
         except OSError as exc:
             raise JournalUnavailable(f"audit journal {self.directory}: {exc}") from exc
         if written != len(line):  # a regular file short-writes only when the disk is full
+            self._seal([segment])  # a torn line: whatever came after it would be read as damaged
             raise JournalUnavailable(f"audit journal {segment.path}: wrote {written} of {len(line)} bytes")
         segment.size += written
         segment.outstanding += 1
-        self._pending.append((entry, segment))
         self._appended += 1
+        self._pending.append((entry, segment, self._appended))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
@@ -165,8 +192,13 @@ class Journal:
             await asyncio.shield(self._syncing)
 
     async def _sync(self) -> None:
+        try:
+            if self._superseding:
+                self._rewrite()
+        except OSError as exc:
+            raise JournalUnavailable(f"audit journal {self.directory}: {exc}") from exc
         upto = self._appended
-        sizes = [(segment, segment.size) for segment in self._segments if segment.synced < segment.size]
+        sizes = [(s, s.size) for s in self._segments if not s.sealed and s.synced < s.size]
         # duplicates: a segment retired meanwhile closes its own descriptor, never this one
         fds = [os.dup(segment.fd) for segment, _ in sizes]
         directory, self._new_entries = self._new_entries, False
@@ -175,6 +207,10 @@ class Journal:
         except BaseException as exc:
             self._new_entries = self._new_entries or directory
             if isinstance(exc, OSError):
+                # fsyncgate: what failed may be marked clean and never written; never sync it again
+                self._seal([segment for segment, _ in sizes])
+                with contextlib.suppress(OSError):  # else the next append or sync tries again
+                    self._rewrite()
                 raise JournalUnavailable(f"audit journal {self.directory}: {exc}") from exc
             raise
         for segment, size in sizes:
@@ -234,9 +270,43 @@ class Journal:
             os.close(segment.fd)
         self._segments = []
 
+    def _seal(self, segments: Sequence[_Segment]) -> None:
+        """Write to ``segments`` no more; with ``fsync``, rewrite their records not known durable."""
+        for segment in segments:
+            if not segment.sealed:
+                segment.sealed = True
+                if self.fsync and segment.synced < segment.size:
+                    self._superseding.append(segment)
+
+    def _rewrite(self) -> None:
+        """Append to a new segment the records of the sealed segments not known to be durable,
+        then the line saying they supersede those segments' bytes from their last good sync on."""
+        moved = [
+            k
+            for k, (_, segment, number) in enumerate(self._pending)
+            if segment.sealed and number > self._synced
+        ]
+        marker = {SUPERSEDES: [[segment.path.name, segment.synced] for segment in self._superseding]}
+        data = b"".join([*(encode(self._pending[k][0]) for k in moved), encode(marker)])
+        segment = self._create()
+        written = os.write(segment.fd, data)
+        if written != len(data):
+            self._seal([segment])
+            raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes to {segment.path}")
+        segment.size += written
+        for k in moved:
+            entry, old, number = self._pending[k]
+            old.outstanding -= 1
+            segment.outstanding += 1
+            self._pending[k] = (entry, segment, number)
+        self._superseding = []
+
     def _current(self) -> _Segment:
-        if self._segments and self._segments[-1].size < self.segment_bytes:
+        if self._segments and not self._segments[-1].sealed and self._segments[-1].size < self.segment_bytes:
             return self._segments[-1]
+        return self._create()
+
+    def _create(self) -> _Segment:
         if self.fsync:  # the folder's name too must survive power loss
             make_dirs(self.directory)
         else:
@@ -259,16 +329,26 @@ class Journal:
                 async with asyncio.timeout(self.commit_delay):
                     await self._hurry.wait()
             self._hurry.clear()
-            batch = self._pending
-            self._pending = []
+            if self.fsync:  # only durable records are committed: the others may yet be rewritten
+                try:
+                    await self.durable()
+                except JournalUnavailable:
+                    log.exception("audit records could not be made durable yet; retrying")
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+            ready = len(self._pending)
+            if self.fsync and self._pending:
+                ready = max(0, min(ready, self._synced - self._pending[0][2] + 1))
+            batch = self._pending[:ready]
+            self._pending = self._pending[ready:]
             while True:
                 try:
-                    await self.apply([entry for entry, _ in batch], "own")
+                    await self.apply([entry for entry, _, _ in batch], "own")
                     break
                 except Exception:
                     log.exception("audit records could not be committed yet; retrying")
                     await asyncio.sleep(RETRY_SECONDS)
-            for _, segment in batch:
+            for _, segment, _ in batch:
                 segment.outstanding -= 1
             self._committed += len(batch)
             self._retire()
@@ -278,7 +358,7 @@ class Journal:
         """Delete the committed segments that are full (this process writes a new one)."""
         keep: list[_Segment] = []
         for segment in self._segments:
-            if segment.outstanding == 0 and segment.size >= self.segment_bytes:
+            if segment.outstanding == 0 and (segment.sealed or segment.size >= self.segment_bytes):
                 segment.path.unlink(missing_ok=True)  # while still locked: nobody replays it
                 os.close(segment.fd)
             else:
@@ -337,12 +417,13 @@ class Journal:
                 ]
                 if not chosen or (origin == "live" and not include_live):
                     continue
-                entries: list[Entry] = []
+                read: list[tuple[str, list[tuple[int, Entry]]]] = []
                 for path, fd in chosen:
-                    found, skipped = decode(_read_all(fd))
+                    found, skipped = _decode_at(_read_all(fd))
                     if skipped:
                         log.warning("audit journal %s: skipped %d damaged line(s)", path.name, skipped)
-                    entries.extend(found)
+                    read.append((path.name, found))
+                entries = _unsuperseded(read)
                 if entries:
                     await self.apply(entries, origin)
                 if origin == "dead":
@@ -353,6 +434,22 @@ class Journal:
         finally:
             for _, fd, _ in opened:
                 os.close(fd)
+
+
+def _unsuperseded(segments: Sequence[tuple[str, Sequence[tuple[int, Entry]]]]) -> list[Entry]:
+    """The entries of one writer's ``segments`` (name, entries by offset; oldest first), without
+    the journal's own :data:`SUPERSEDES` lines and the entries they supersede."""
+    cut: dict[str, int] = {}
+    for _, found in segments:
+        for _, entry in found:
+            for name, offset in entry.get(SUPERSEDES, ()):
+                cut[name] = min(offset, cut.get(name, offset))
+    return [
+        entry
+        for name, found in segments
+        for offset, entry in found
+        if SUPERSEDES not in entry and offset < cut.get(name, offset + 1)
+    ]
 
 
 def _sync_files(fds: Sequence[int], directory: Path | None) -> None:
