@@ -24,12 +24,17 @@ from imagebridge.ehr.tables import resources
 SCOPE = "system/ImagingStudy.crus system/Endpoint.c"
 
 
-@pytest.fixture(scope="module")
-def patient(running: RunningStack) -> str:
-    """A patient of this module's own (MRN = id), so its access report holds only this module's events."""
-    pid = unique("batch")
+def _new_patient(running: RunningStack, prefix: str) -> str:
+    """A new Patient whose MRN is its id (the imaging system publishes studies by MRN)."""
+    pid = unique(prefix)
     put(running, {"resourceType": "Patient", "id": pid, "identifier": [{"system": MRN_SYSTEM, "value": pid}]})
     return pid
+
+
+@pytest.fixture(scope="module")
+def patient(running: RunningStack) -> str:
+    """A patient of this module's own, so its access report holds only this module's events."""
+    return _new_patient(running, "batch")
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +300,7 @@ def test_capability_statement_names_batch_only(running: RunningStack) -> None:
 def _consented_patient(running: RunningStack) -> tuple[str, str]:
     """A patient of its own with an MRN, and a backend client registered for a Group holding only
     that patient, allowed to write studies and Consents there."""
-    pid = unique("batch-consent")
-    put(running, {"resourceType": "Patient", "id": pid, "identifier": [{"system": MRN_SYSTEM, "value": pid}]})
+    pid = _new_patient(running, "batch-consent")
     group = unique("batch-consent-cohort")
     put(running, cohort(group, pid))
     scope = "system/ImagingStudy.c system/Consent.c"
@@ -352,15 +356,7 @@ def test_many_entries_answer_as_the_single_requests_do(
     """Conditional creates matching stored studies (each answering the match unchanged), updates of
     a study the caller may not see and creates for a patient outside its Group, interleaved: the
     entries sharing one policy view answer each as its single request does."""
-    outsider = unique("batch-outsider")
-    put(
-        running,
-        {
-            "resourceType": "Patient",
-            "id": outsider,
-            "identifier": [{"system": MRN_SYSTEM, "value": outsider}],
-        },
-    )
+    outsider = _new_patient(running, "batch-outsider")
     hidden = study(unique("batch-hidden"), outsider)
     put(running, hidden)
     uids = [_uid() for _ in range(8)]
