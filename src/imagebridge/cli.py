@@ -210,12 +210,8 @@ def cmd_ehr_clients(args: argparse.Namespace) -> int:
             print(f"{args.action}d {args.client_id}")
             return 0
         if args.action == "imaging-source":
-            found = await admin.clients.get(args.client_id)
-            if found is None:
+            if not await admin.clients.set_imaging_source(args.client_id, not args.off):
                 return _missing("client", args.client_id)
-            if found.kind != "backend":
-                raise ValueError("only a backend client can be an imaging source")
-            await admin.clients.set_imaging_source(args.client_id, not args.off)
             print(f"{args.client_id} is {'no longer ' if args.off else ''}an imaging source")
             return 0
         for client in await admin.clients.all():

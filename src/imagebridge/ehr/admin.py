@@ -54,11 +54,10 @@ class Admin:
         imaging_source: bool = False,
     ) -> Client:
         """Register a client; ``imaging_source`` marks a backend client that stores imaging for
-        any PatientID (a modality or an archive feed; docs/policy.md "Writing imaging")."""
+        any PatientID (a modality or an archive feed; docs/policy.md "Writing imaging"). A bad
+        registration is a ``ValueError`` (the registry's :class:`NotAnImagingSource` among them)."""
         if kind in ("backend", "confidential") and not (jwks or jwks_uri):
             raise ValueError(f"a {kind} client needs a JWKS (inline or by URL)")
-        if imaging_source and kind != "backend":
-            raise ValueError("only a backend client can be an imaging source")
         if await self.clients.get(client_id) is not None:
             raise ValueError(f"a client {client_id!r} is registered already")
         client = replace(

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from imagebridge.common.smart_scopes import InvalidScope, parse_scopes
 from imagebridge.ehr.context import EhrContext
 from imagebridge.ehr.policy.engine import Principal
-from imagebridge.ehr.smart.clients import Client
+from imagebridge.ehr.smart.clients import Client, backend_service
 from imagebridge.ehr.smart.grants import Grant
 from imagebridge.ehr.smart.memo import Generation
 
@@ -75,5 +75,8 @@ def principal_for(grant: Grant, client: Client | None) -> Principal:
         patient=grant.patient,
         fhir_user=grant.fhir_user,
         group_ref=client.group_ref if client.kind == "backend" else None,
-        imaging_source=client.imaging_source and client.kind == "backend",
+        # The registry stores the mark only on backend services; a row written around it (SQL by
+        # hand, a restored or foreign database) could put it on an app, and a patient app's
+        # ImagingStudy.c would then store for any PatientID: so it is checked here again.
+        imaging_source=client.imaging_source and backend_service(client),
     )

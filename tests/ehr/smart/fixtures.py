@@ -13,11 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import RunningStack
+from tests.pg import temporary_database
+from tests.services import require_postgres
 
 from imagebridge.apps.seed import seed_ehr
 from imagebridge.apps.smart_client import BackendClient, backend_token
 from imagebridge.apps.stack import LocalStack, settings_env, start_service
 from imagebridge.common import jose
+from imagebridge.common.settings import EhrSettings
+from imagebridge.ehr.app import migrate
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +47,21 @@ def introspector(ehr: RunningStack) -> str:
     with httpx.Client() as http:
         token: str = backend_token(ehr.fhir_base, client, "introspection", http)["access_token"]
     return token
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ehr_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EhrSettings]:
+    """Settings of an EHR database of its own, migrated: a SQLite file, then a PostgreSQL one."""
+    if request.param == "sqlite":
+        found = EhrSettings(data_dir=tmp_path)
+        migrate(found)
+        yield found
+        return
+    require_postgres()
+    with temporary_database("ehr") as url:
+        found = EhrSettings(data_dir=tmp_path, database_url=url)
+        migrate(found)
+        yield found
 
 
 @contextmanager

@@ -1,10 +1,13 @@
-"""``imagebridge ehr clients add|list|show|disable`` run as a subprocess against the running EHR's
-database, then checked over HTTP: the registered backend service gets a token until disabled."""
+"""``imagebridge ehr clients add|list|show|disable|enable|imaging-source`` run as a subprocess
+against the running EHR's database, then checked over HTTP: the registered backend service gets a
+token until disabled; only a Backend Services client becomes an imaging source (exit 2 otherwise,
+with the registry's message)."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -53,12 +56,13 @@ def test_backend_client_added_listed_shown_and_disabled(
     assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["enabled"] is False
 
 
-def test_an_imaging_source_is_registered_as_such(ehr: RunningStack, tmp_path: Path) -> None:
-    """``--imaging-source``: a modality storing for any PatientID (docs/policy.md "Writing imaging")."""
-    client_id = f"modality-{secrets.token_hex(3)}"
-    jwks_file = tmp_path / "modality.jwks.json"
+def _add_imaging_source(
+    ehr: RunningStack, tmp_path: Path, client_id: str, *more: str
+) -> subprocess.CompletedProcess[str]:
+    """``clients add <client_id> --imaging-source`` of a backend client with keys, and ``more``."""
+    jwks_file = tmp_path / f"{client_id}.jwks.json"
     jwks_file.write_text(json.dumps(jose.public_jwks(jose.generate_private_jwk("ES384"))))
-    added = ehr_cli(
+    return ehr_cli(
         ehr,
         "clients",
         "add",
@@ -68,7 +72,14 @@ def test_an_imaging_source_is_registered_as_such(ehr: RunningStack, tmp_path: Pa
         "--jwks-file",
         str(jwks_file),
         "--imaging-source",
+        *more,
     )
+
+
+def test_an_imaging_source_is_registered_as_such(ehr: RunningStack, tmp_path: Path) -> None:
+    """``--imaging-source``: a modality storing for any PatientID (docs/policy.md "Writing imaging")."""
+    client_id = f"modality-{secrets.token_hex(3)}"
+    added = _add_imaging_source(ehr, tmp_path, client_id)
     assert added.returncode == 0, added.stderr
     assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["imaging_source"] is True
 
@@ -114,7 +125,7 @@ def test_an_existing_backend_client_becomes_an_imaging_source_and_back(ehr: Runn
     assert json.loads(ehr_cli(ehr, "clients", "show", client_id).stdout)["enabled"] is True
 
 
-def test_add_refuses_bad_clients(ehr: RunningStack) -> None:
+def test_add_refuses_bad_clients(ehr: RunningStack, tmp_path: Path) -> None:
     no_keys = ehr_cli(
         ehr,
         "clients",
@@ -136,5 +147,11 @@ def test_add_refuses_bad_clients(ehr: RunningStack) -> None:
     )
     assert public_source.returncode == 2
     assert "only a backend client can be an imaging source" in public_source.stderr
+    redirected_source = _add_imaging_source(
+        ehr, tmp_path, source, "--redirect-uri", "https://source.example/cb"
+    )
+    assert redirected_source.returncode == 2  # a backend sent through a browser is no Backend Service
+    assert "only a backend client can be an imaging source" in redirected_source.stderr
+    assert ehr_cli(ehr, "clients", "show", source).returncode == 1
     assert ehr_cli(ehr, "clients", "show", "no-such-client").returncode == 1
     assert ehr_cli(ehr, "clients", "disable", "no-such-client").returncode == 1

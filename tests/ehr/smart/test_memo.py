@@ -9,19 +9,15 @@ import asyncio
 import importlib
 import itertools
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from sqlalchemy import insert, text
-from tests.pg import temporary_database
-from tests.services import require_postgres
 
 from imagebridge.common.settings import EhrSettings
 from imagebridge.common.smart_scopes import parse_scopes
 from imagebridge.ehr.admin import Admin
-from imagebridge.ehr.app import migrate
 from imagebridge.ehr.policy.engine import _SUBJECT, Principal
 from imagebridge.ehr.smart.clients import Client
 from imagebridge.ehr.smart.grants import Grant, GrantStore
@@ -36,18 +32,9 @@ from imagebridge.ehr.smart.memo import (
 from imagebridge.ehr.tables import resources
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EhrSettings]:
-    if request.param == "sqlite":
-        found = EhrSettings(data_dir=tmp_path)
-        migrate(found)
-        yield found
-        return
-    require_postgres()
-    with temporary_database("memo") as url:
-        found = EhrSettings(data_dir=tmp_path, database_url=url)
-        migrate(found)
-        yield found
+@pytest.fixture
+def settings(ehr_settings: EhrSettings) -> EhrSettings:
+    return ehr_settings
 
 
 def test_counters_move_with_every_change_they_stand_for(settings: EhrSettings) -> None:

@@ -2,17 +2,19 @@
 
 Client kinds (SMART App Launch 2.2 "Client Authentication"): ``public`` apps, ``confidential``
 apps using asymmetric keys, and ``backend`` services (client_credentials, RFC 7523 assertions).
+Only a Backend Services client may be an imaging source: the registry refuses to store any other
+with the mark (:class:`NotAnImagingSource`), whoever asks.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagebridge.ehr.tables import clients
@@ -40,19 +42,38 @@ class Client:
     imaging_source: bool = False
 
 
+class NotAnImagingSource(ValueError):
+    """An imaging source asked for a client that is not a Backend Services client."""
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(
+            f"only a backend client can be an imaging source ({client_id!r} is not one: SMART Backend"
+            " Services, authenticating with private_key_jwt keys, without redirect URIs)"
+        )
+
+
+def backend_service(client: Client) -> bool:
+    """A SMART Backend Services client: ``client_credentials`` authenticated by ``private_key_jwt``
+    (registered keys), never sent through a browser (no redirect URIs)."""
+    return client.kind == "backend" and bool(client.jwks or client.jwks_uri) and not client.redirect_uris
+
+
+def _checked(client: Client) -> Client:
+    """``client``, if it may be stored as it is (docs/policy.md "Writing imaging")."""
+    if client.imaging_source and not backend_service(client):
+        raise NotAnImagingSource(client.client_id)
+    return client
+
+
 class ClientRegistry:
-    """Read and write client registrations."""
+    """Read and write client registrations; an imaging source is always a backend service."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
     async def get(self, client_id: str) -> Client | None:
         async with self.engine.connect() as conn:
-            row = (
-                (await conn.execute(select(clients).where(clients.c.client_id == client_id)))
-                .mappings()
-                .first()
-            )
+            row = (await conn.execute(_by_id(client_id))).mappings().first()
         return None if row is None else client_from_row(dict(row))
 
     async def all(self) -> list[Client]:
@@ -62,7 +83,7 @@ class ClientRegistry:
 
     async def add(self, client: Client) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(insert(clients).values(**_row(client), created_at=time.time()))
+            await conn.execute(insert(clients).values(**_row(_checked(client)), created_at=time.time()))
 
     async def replace_registered(self, client: Client, token_digest: str) -> bool:
         """Store ``client`` if its registration access token is still ``token_digest`` (RFC 7592).
@@ -73,7 +94,7 @@ class ClientRegistry:
             done = await conn.execute(
                 update(clients)
                 .where(clients.c.client_id == client.client_id, clients.c.registration_token == token_digest)
-                .values(**_row(client))
+                .values(**_row(_checked(client)))
             )
         return done.rowcount == 1
 
@@ -81,8 +102,18 @@ class ClientRegistry:
         return await self._set(client_id, enabled=enabled)
 
     async def set_imaging_source(self, client_id: str, imaging_source: bool) -> bool:
-        """Mark a registered client as an imaging source or not (docs/policy.md "Writing imaging")."""
-        return await self._set(client_id, imaging_source=imaging_source)
+        """Mark a registered client as an imaging source or not (docs/policy.md "Writing imaging");
+        False for an unknown client, :class:`NotAnImagingSource` for one that may not be a source.
+        The row stays locked from the check to the write."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(_by_id(client_id).with_for_update())).mappings().first()
+            if row is None:
+                return False
+            _checked(replace(client_from_row(dict(row)), imaging_source=imaging_source))
+            await conn.execute(
+                update(clients).where(clients.c.client_id == client_id).values(imaging_source=imaging_source)
+            )
+        return True
 
     async def _set(self, client_id: str, **values: bool) -> bool:
         """Update ``values`` of the client's row; False for an unknown client."""
@@ -91,6 +122,10 @@ class ClientRegistry:
                 update(clients).where(clients.c.client_id == client_id).values(**values)
             )
         return bool(result.rowcount)
+
+
+def _by_id(client_id: str) -> Select[Any]:
+    return select(clients).where(clients.c.client_id == client_id)
 
 
 def _row(client: Client) -> dict[str, Any]:
