@@ -1,34 +1,43 @@
 """Imaging isolation on the write side (security.md §3: ISO-07, ISO-08, ISO-09) against the
-running pair, on a stack of its own with no studies: the demo patients Alice and Bob, the demo
-modality (``system/ImagingStudy.c`` for every patient), and a writer whose Group holds Alice only."""
+running pair, on a stack of its own with no studies: the demo patients Alice, Bob and Maya, the
+demo modality (``system/ImagingStudy.c`` for every patient), and writers whose Group holds Alice
+only or all three."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import select
+import socket
 import time
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select as sql_select
 from tests.gate_stack import GateStack, start_gate_stack
 from tests.imaging.archive.archive_stack import (
+    BOUNDARY,
     STOW_TYPE,
     add_backend,
     failure_reasons,
     instance,
     multipart,
     part10,
+    referenced_uids,
     sha256,
 )
 
 from imagebridge.apps import demo_data
 from imagebridge.apps.smart_client import WADO_ACCEPT, BackendClient, backend_token, iter_multipart
-from imagebridge.common import jose
+from imagebridge.common import db, jose
 from imagebridge.ehr.admin import Admin
 from imagebridge.imaging.archive.ingest import CONFLICTS, NOT_AUTHORIZED, STUDY_MISMATCH
+from imagebridge.imaging.tables import instances
 
-ALICE, BOB = demo_data.ALICE, demo_data.BOB
+ALICE, BOB, MAYA = demo_data.ALICE, demo_data.BOB, demo_data.MAYA
 WRITER = "iso-writer-alice"
 
 
@@ -153,8 +162,8 @@ def _client_token(
 
 
 def _reader(stack: GateStack) -> str:
-    """A backend reader whose Group holds both patients."""
-    members = (ALICE.fhir_id, BOB.fhir_id)
+    """A backend reader whose Group holds the three demo patients."""
+    members = (ALICE.fhir_id, BOB.fhir_id, MAYA.fhir_id)
     return _client_token(stack, "iso-reader-all", "system/ImagingStudy.rs", "iso-readers", members)
 
 
@@ -247,3 +256,130 @@ def test_iso08_a_write_the_ehr_cannot_decide_fails_the_request(writes: GateStack
     assert answer.status_code == 503, answer.text
     assert int(answer.headers["retry-after"]) > 0
     assert _qido_studies(writes, _reader(writes), str(his.StudyInstanceUID)) == []
+
+
+class _Upload:
+    """A STOW-RS request sent piece by piece over its own connection (the ``Content-Length`` of
+    the whole body announced), so a test sees whether the answer comes before the body ends."""
+
+    def __init__(self, stack: GateStack, token: str, body: bytes) -> None:
+        url = httpx.URL(f"{stack.dicomweb_base}/studies")
+        assert url.port is not None
+        self.body = body
+        self.sent = 0
+        self.sock = socket.create_connection((url.host, url.port), timeout=120)
+        head = (
+            f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: {STOW_TYPE}\r\n"
+            f"Accept: application/dicom+json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode())
+
+    def send_to(self, end: int) -> None:
+        self.sock.sendall(self.body[self.sent : end])
+        self.sent = end
+
+    def answered(self, wait: float) -> bool:
+        """Whether the first bytes of the answer have arrived (waiting at most ``wait`` s)."""
+        return bool(select.select([self.sock], [], [], wait)[0])
+
+    def answer(self) -> tuple[int, dict[str, str], bytes]:
+        """Status, header fields (names lower-cased) and body of the answer."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            assert chunk, "the connection closed without an answer"
+            data += chunk
+        head, _, content = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        while len(content) < int(headers["content-length"]):
+            chunk = self.sock.recv(65536)
+            assert chunk, "the connection closed within the answer"
+            content += chunk
+        return int(status_line.split()[1]), headers, content
+
+
+def _indexed(stack: GateStack, sop_uids: list[str]) -> set[str]:
+    """Which of ``sop_uids`` the imaging system's index holds (read in its database)."""
+
+    async def run() -> set[str]:
+        engine = db.create_engine(stack.stack.imaging_settings.resolved_database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                query = sql_select(instances.c.sop_uid).where(instances.c.sop_uid.in_(sop_uids))
+                return {str(row.sop_uid) for row in await conn.execute(query)}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _wait_for_write_answers(stack: GateStack, patient_ids: set[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not patient_ids <= set(stack.proxy.write_answers):
+        assert time.monotonic() < deadline, f"the EHR was never asked about {patient_ids}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("failure", ["stopped", "status_500"])
+def test_iso08_the_ehr_failing_within_a_request_answers_503_at_once(writes: GateStack, failure: str) -> None:
+    """Invariants 4 and 5 within one multi-instance request of a writer the EHR decides per
+    PatientID (grant ``write`` mode ``ask``, a Group holding Alice, Bob and Maya): Alice's and
+    Maya's instances are decided, then the EHR stops (connection refused) or answers 500, and
+    Bob's PatientID cannot be decided. The request answers 503 + Retry-After before the rest of
+    the body is even sent (it is not spooled), acknowledges nothing, and leaves none of Bob's
+    instances anywhere; the instances decided before stay stored (durable and indexed), so the
+    client's retry once the EHR is back acknowledges every instance, theirs as the same bytes."""
+    members = (ALICE.fhir_id, BOB.fhir_id, MAYA.fhir_id)
+    writer = _client_token(writes, "iso-writer-all", "system/ImagingStudy.crs", "iso-writers-all", members)
+    bob_study = generate_uid()
+    datasets = [
+        instance(patient_id=ALICE.mrn, seed=40),
+        instance(patient_id=MAYA.mrn, seed=41),
+        *(instance(study=bob_study, patient_id=BOB.mrn, number=n, seed=42 + n) for n in range(1, 22)),
+    ]
+    parts = [part10(ds) for ds in datasets]
+    sops = [str(ds.SOPInstanceUID) for ds in datasets]
+    body = multipart(parts)
+    # where each part's header block begins: a part is complete once the next one's delimiter is in
+    starts = [m.end() for m in re.finditer(re.escape(f"--{BOUNDARY}\r\n".encode()), body)]
+    assert len(starts) == len(parts)
+    writes.proxy.write_answers.clear()
+    upload = _Upload(writes, writer, body)
+    try:
+        upload.send_to(starts[2])  # Alice's and Maya's instances
+        _wait_for_write_answers(writes, {ALICE.mrn, MAYA.mrn})
+        if failure == "stopped":
+            writes.proxy.stop()
+        else:
+            writes.proxy.mode = failure
+        upload.send_to(starts[3])  # Bob's first instance: the EHR cannot decide it
+        for start in starts[4:]:
+            if upload.answered(1.0):
+                break
+            upload.send_to(start)
+        else:
+            if not upload.answered(1.0):
+                upload.send_to(len(body))  # the rest, and the close delimiter: see the assertion
+        status, headers, content = upload.answer()
+    finally:
+        upload.sock.close()
+        if failure == "stopped":
+            writes.proxy.start()
+        writes.proxy.mode = "forward"
+    assert status == 503, content
+    assert int(headers["retry-after"]) > 0
+    assert orjson.loads(content)["error"] == "temporarily_unavailable"  # no Store Instances Response
+    assert upload.sent < len(body), "the 503 waited for the rest of the body"
+    assert _indexed(writes, sops) == set(sops[:2])
+    assert not any((writes.stack.imaging_settings.data_dir / "spool").iterdir())
+    retried = _stow(writes, writer, parts)
+    assert retried.status_code == 200, retried.text
+    assert referenced_uids(retried.json()) == sops
+    reader = _reader(writes)
+    assert _published(writes, reader, f"/studies/{datasets[0].StudyInstanceUID}") == parts[:1]
+    assert _published(writes, reader, f"/studies/{datasets[1].StudyInstanceUID}") == parts[1:2]
+    assert sorted(map(sha256, _published(writes, reader, f"/studies/{bob_study}"))) == sorted(
+        map(sha256, parts[2:])
+    )

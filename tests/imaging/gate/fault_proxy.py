@@ -1,8 +1,9 @@
 """A tiny HTTP proxy in front of the EHR's introspection endpoint, for gate tests.
 
 The imaging system is pointed at it through the out-of-band ``introspection_endpoint`` setting.
-It forwards every call to the real EHR and counts calls per token digest; a test can switch it
-to misbehave (security.md FT-02, FT-03, RS-03, RS-08) or stop it (FT-01: connection refused).
+It forwards every call to the real EHR and counts calls per token digest (and records the write
+questions it answered); a test can switch it to misbehave (security.md FT-02, FT-03, RS-03, RS-08)
+or stop it (FT-01: connection refused).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,6 +24,7 @@ from tests.threaded_app import ThreadedApp
 
 from imagebridge.apps.stack import free_port
 from imagebridge.common.tokens import digest
+from imagebridge.imaging.gate.gate import WRITE_PATIENT
 from imagebridge.imaging.gate.token_info import IMAGING_GRANT
 
 #: Modes: how the proxy answers. Anything not listed forwards unchanged.
@@ -45,6 +48,8 @@ class FaultProxy:
         #: Mode "skewed": seconds the EHR's clock is ahead (negative: behind) of the imaging host's.
         self.clock_offset = 0
         self.calls: Counter[str] = Counter()
+        #: The PatientIDs of the write questions (docs/gate.md "Writing") answered by the EHR.
+        self.write_answers: list[str] = []
         self._app = ThreadedApp(
             Starlette(routes=[Route("/introspect", self._introspect, methods=["POST"])]), self.port
         )
@@ -71,7 +76,12 @@ class FaultProxy:
         answer: Any = upstream.json()
         if isinstance(answer, dict) and answer.get("active"):
             answer = self._rewrite(mode, answer, self.clock_offset)
-        return Response(orjson.dumps(answer), upstream.status_code, media_type="application/json")
+        # recorded once the answer is sent, so a test may break the EHR right after it
+        asked = form.get(WRITE_PATIENT)
+        recorded = BackgroundTask(self.write_answers.append, asked) if asked is not None else None
+        return Response(
+            orjson.dumps(answer), upstream.status_code, media_type="application/json", background=recorded
+        )
 
     @staticmethod
     def _rewrite(mode: str, answer: dict[str, Any], offset: int) -> dict[str, Any]:
