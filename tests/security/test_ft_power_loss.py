@@ -12,13 +12,14 @@ process, which is why FT-08 asks for lost unsynced writes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from tests.imaging.test_durability import archive_cli, stow_in_background
 from tests.services import missing
 
 from imagebridge.apps.smart_client import WADO_ACCEPT
+from imagebridge.common.audit_journal import Entry, Journal, Origin
 
 ROUNDS = 8
 INSTANCES_PER_STOW = 6
@@ -77,6 +79,110 @@ class PowerLossVolume:
             subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
             self.process.kill()
             self.process.wait()
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Iterator[PowerLossVolume]:
+    """A power-loss volume of its own, without services."""
+    mounted = PowerLossVolume(tmp_path / "volume")
+    try:
+        yield mounted
+    finally:
+        mounted.unmount()
+
+
+def test_the_volume_drops_what_a_failed_fsync_did_not_write(volume: PowerLossVolume) -> None:
+    """The model is Linux's (FT-09): bytes whose fsync failed are gone for good even though a later
+    fsync of the file succeeds; what is written afterwards is written back. A file unlinked while
+    open has no link left."""
+    root = volume.mountpoint
+    fd = os.open(root / "file", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    unlinked = os.open(root / "unlinked", os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        os.write(fd, b"kept\n")
+        os.fsync(fd)
+        folder = os.open(root, os.O_RDONLY)
+        os.fsync(folder)
+        os.close(folder)
+        os.write(fd, b"lost\n")
+        volume.command("fail-fsync")
+        with pytest.raises(OSError, match="Input/output error"):
+            os.fsync(fd)
+        volume.command("heal")
+        os.fsync(fd)  # succeeds, without the bytes that failed
+        os.write(fd, b"after\n")
+        os.fsync(fd)
+        (root / "unlinked").unlink()
+        assert os.fstat(unlinked).st_nlink == 0
+    finally:
+        os.close(fd)
+        os.close(unlinked)
+    volume.command("crash")
+    assert (root / "file").read_bytes() == b"kept\n" + bytes(5) + b"after\n"
+
+
+#: An fsync journal whose fdatasync fails once, then heals; prints each acknowledged record's key.
+_JOURNAL_WRITER = """
+import asyncio, sys
+from pathlib import Path
+from imagebridge.common.audit_journal import Journal, JournalUnavailable
+
+async def never(entries, origin):
+    await asyncio.sleep(3600)
+
+async def main():
+    root = Path(sys.argv[1])
+    journal = Journal(root / "audit-journal", never, fsync=True)
+
+    async def request(key):
+        journal.append({"k": key})
+        try:
+            await journal.durable()  # what DurableResponses waits for before the response
+        except JournalUnavailable:
+            return
+        print(key, flush=True)
+
+    await request("before")
+    (root / ".unsynced-fs").write_text("fail-fsync")
+    await request("refused")
+    (root / ".unsynced-fs").write_text("heal")
+    for i in range(3):
+        await request(f"after-{i}")
+    print("done", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_power_loss_after_a_failed_fdatasync_keeps_every_acknowledged_record(volume: PowerLossVolume) -> None:
+    """FT-09 for the audit journal (``audit_fsync`` on): fdatasync fails once with EIO, later
+    appends and syncs succeed, the process dies and the power fails. Every record whose request
+    was answered (its sync returned) is replayed; the refused one's is not required."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _JOURNAL_WRITER, str(volume.mountpoint)], stdout=subprocess.PIPE
+    )
+    try:
+        assert writer.stdout is not None
+        acknowledged = set(iter(writer.stdout.readline, b"done\n"))
+    finally:
+        writer.kill()
+        writer.wait()
+        if writer.stdout is not None:
+            writer.stdout.close()
+    assert acknowledged == {b"before\n", b"after-0\n", b"after-1\n", b"after-2\n"}
+    volume.command("crash")
+    replayed: list[str] = []
+
+    async def apply(entries: Sequence[Entry], origin: Origin) -> None:
+        replayed.extend(e["k"] for e in entries)
+
+    async def recover() -> int:
+        return await Journal(volume.mountpoint / "audit-journal", apply).recover()
+
+    assert asyncio.run(recover()) > 0
+    assert {key.decode().strip() for key in acknowledged} <= set(replayed)
+    assert len(replayed) == len(set(replayed))  # each once
 
 
 @pytest.fixture(scope="module")

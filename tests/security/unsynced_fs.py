@@ -10,8 +10,11 @@ page cache, stricter than most real file systems (POSIX fsync(2), "Rationale"):
 * ``crash`` (written to the control file) drops everything else: the live tree becomes the
   durable one. ``persist`` makes everything durable, as an orderly shutdown would.
 * ``fail-fsync`` makes every fsync fail with EIO until ``heal``, the way Linux does it (FT-09,
-  "fsyncgate"): the failed writes stay readable but are no longer dirty, so fsyncing the same
-  file again succeeds without making them durable, until the file is written again.
+  "fsyncgate"): the writes not yet durable stay readable but are dropped for good: a later
+  fsync of the same file succeeds without them (after a crash those bytes read as zeros) and
+  makes durable only what was written after the failure, or written again over them.
+* a file unlinked while still open reports ``st_nlink`` 0 to ``fstat``: libfuse keeps it under a
+  hidden name (``.fuse_hidden…``) until it is closed, and that name is no link.
 
 The whole file system lives in memory. Run ``python -m tests.security.unsynced_fs <mountpoint>``
 (foreground; unmount to stop) and write a command to ``<mountpoint>/.unsynced-fs``.
@@ -31,6 +34,8 @@ from typing import Any
 import mfusepy as fuse
 
 CONTROL = "/.unsynced-fs"
+#: The name libfuse gives a file unlinked while open, until it is closed (then it unlinks it).
+HIDDEN = ".fuse_hidden"
 ROOT = 1
 
 
@@ -42,6 +47,7 @@ class Node:
     data: bytearray = field(default_factory=bytearray)
     entries: dict[str, int] = field(default_factory=dict)
     mtime: int = field(default_factory=time.time_ns)
+    nlink: int = 1
 
     @property
     def is_dir(self) -> bool:
@@ -63,7 +69,8 @@ class UnsyncedFS(fuse.Operations):
         self.durable: dict[int, Node] = copy.deepcopy(self.live)
         self.next_ino = ROOT + 1
         self.failing = False
-        self.forgotten: set[int] = set()  # files whose unsynced writes an fsync error dropped
+        #: Byte ranges [start, end) of files whose write-back an fsync error dropped.
+        self.lost: dict[int, list[tuple[int, int]]] = {}
 
     # -- the model -------------------------------------------------------------------------
 
@@ -96,15 +103,30 @@ class UnsyncedFS(fuse.Operations):
         return ino
 
     def _sync_file(self, ino: int) -> None:
-        if self.failing:
-            self.forgotten.add(ino)
-            raise fuse.FuseOSError(errno.EIO)
-        if ino in self.forgotten:
-            return  # the lie that FT-09 is about: success, and nothing made durable
         node = self.live[ino]
         durable = self.durable.setdefault(ino, node.emptied())
-        durable.data = bytearray(node.data)
+        if self.failing:
+            live, disk = node.data, durable.data
+            start = next((i for i in range(min(len(live), len(disk))) if live[i] != disk[i]), len(disk))
+            if start < len(node.data):
+                self.lost.setdefault(ino, []).append((start, len(node.data)))
+            raise fuse.FuseOSError(errno.EIO)
+        data = bytearray(node.data)
+        for start, end in self.lost.get(ino, ()):  # the lie that FT-09 is about: never written
+            width = max(0, min(end, len(data)) - start)
+            data[start : start + width] = durable.data[start : start + width].ljust(width, b"\0")
+        durable.data = data
         durable.mode, durable.mtime = node.mode, node.mtime
+
+    def _rewritten(self, ino: int, start: int, end: int) -> None:
+        """Bytes written again are dirty again: the next fsync writes them back."""
+        kept = []
+        for a, b in self.lost.get(ino, ()):
+            kept.extend(r for r in ((a, min(b, start)), (max(a, end), b)) if r[0] < r[1])
+        if kept:
+            self.lost[ino] = kept
+        else:
+            self.lost.pop(ino, None)
 
     def _sync_dir(self, ino: int) -> None:
         if self.failing:
@@ -119,10 +141,10 @@ class UnsyncedFS(fuse.Operations):
         """``crash``, ``persist``, ``fail-fsync`` or ``heal`` (the module's docstring)."""
         if command == "crash":
             self.live = copy.deepcopy(self.durable)
-            self.forgotten.clear()
+            self.lost.clear()
         elif command == "persist":
             self.durable = copy.deepcopy(self.live)
-            self.forgotten.clear()
+            self.lost.clear()
         elif command in ("fail-fsync", "heal"):
             self.failing = command == "fail-fsync"
         else:
@@ -137,7 +159,7 @@ class UnsyncedFS(fuse.Operations):
             node = self.live[fh if fh is not None and fh in self.live else self._lookup(path)]
             return {
                 "st_mode": node.mode,
-                "st_nlink": 2 if node.is_dir else 1,
+                "st_nlink": 2 if node.is_dir else node.nlink,
                 "st_size": len(node.data),
                 "st_mtime": node.mtime,
                 "st_ctime": node.mtime,
@@ -174,7 +196,7 @@ class UnsyncedFS(fuse.Operations):
                 self.control(data.decode().strip())
                 return len(data)
             node = self.live[fh]
-            self.forgotten.discard(fh)
+            self._rewritten(fh, offset, offset + len(data))
             if offset > len(node.data):
                 node.data.extend(bytes(offset - len(node.data)))
             node.data[offset : offset + len(data)] = data
@@ -206,7 +228,7 @@ class UnsyncedFS(fuse.Operations):
             parent, name = self._parent(path)
             if name not in parent.entries:
                 raise fuse.FuseOSError(errno.ENOENT)
-            del parent.entries[name]
+            self.live[parent.entries.pop(name)].nlink = 0
         return 0
 
     def rmdir(self, path: str) -> int:
@@ -227,6 +249,10 @@ class UnsyncedFS(fuse.Operations):
                 raise fuse.FuseOSError(errno.ENOTEMPTY)
             del old_parent.entries[old_name]
             new_parent.entries[new_name] = ino
+            if replaced is not None and replaced != ino:
+                self.live[replaced].nlink = 0
+            if new_name.startswith(HIDDEN):  # libfuse's stand-in for unlinking an open file
+                self.live[ino].nlink = 0
         return 0
 
     def chmod(self, path: str, mode: int) -> int:
