@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -136,6 +137,53 @@ def test_a_dead_writers_segments_are_applied_in_one_batch(tmp_path: Path) -> Non
     assert asyncio.run(run()) == 3
     assert batches == [(["stand-in", "completion"], "dead"), (["other writer"], "dead")]
     assert list(tmp_path.glob("*.journal")) == []
+
+
+#: Replays the directory with at most 64 open files; prints the batches applied, as JSON.
+_LOW_NOFILE_REPLAY = """
+import asyncio, json, resource, sys
+from pathlib import Path
+from imagebridge.common.audit_journal import Journal
+
+batches = []
+
+async def apply(entries, origin):
+    completed = {e.get("completes") for e in entries}
+    held = [e for e in entries if e.get("later") and e["k"] not in completed and origin == "dead-partial"]
+    batches.append((origin, [e["k"] for e in entries if e not in held]))
+    return held
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+retired = asyncio.run(Journal(Path(sys.argv[1]), apply).recover())
+print(json.dumps({"retired": retired, "batches": batches}))
+"""
+
+
+def test_more_dead_segments_than_open_files_are_replayed_in_bounded_groups(tmp_path: Path) -> None:
+    """After a long database outage a dead writer may leave more segments than a process may open
+    (EMFILE): replay opens them one at a time and applies them in groups of
+    :data:`~audit_journal.REPLAY_SEGMENTS`. A stand-in whose completion is in a later group is held
+    back until that group (ehr/audit.py), and the last group is the dead writer's last chance."""
+    count = 300
+    for i in range(count):
+        entries = [{"k": f"r{i}"}]
+        if i == 1:
+            entries.append({"k": "stand-in", "later": True})
+        if i == count - 2:
+            entries.append({"k": "completion", "completes": "stand-in"})
+        (tmp_path / f"{i + 1:020d}-7-{i:08x}.journal").write_bytes(b"".join(map(encode, entries)))
+    done = subprocess.run(
+        [sys.executable, "-c", _LOW_NOFILE_REPLAY, str(tmp_path)], capture_output=True, check=True
+    )
+    result = json.loads(done.stdout)
+    assert result["retired"] == count
+    assert list(tmp_path.glob("*.journal")) == []
+    batches: list[tuple[str, list[str]]] = result["batches"]
+    assert [origin for origin, _ in batches] == ["dead-partial"] * (len(batches) - 1) + ["dead"]
+    assert max(len(keys) for _, keys in batches) <= audit_journal.REPLAY_SEGMENTS + 2
+    applied = [key for _, keys in batches for key in keys]
+    assert sorted(applied) == sorted([f"r{i}" for i in range(count)] + ["stand-in", "completion"])
+    assert {"stand-in", "completion"} <= set(batches[-1][1])  # seen together
 
 
 def test_a_killed_writer_leaves_its_records_to_the_next_process(tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import select
 
-from imagebridge.common import db
+from imagebridge.common import audit_journal, db
 from imagebridge.common.audit_journal import decode, encode
 from imagebridge.ehr import audit
 from imagebridge.ehr.app import MIGRATIONS
@@ -75,7 +76,13 @@ def test_completed_disclosures_are_written_not_their_stand_in(tmp_path: Path) ->
     asyncio.run(run())
 
 
-def test_a_dead_process_leaves_stand_ins_only_for_what_it_did_not_complete(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [64, 1])
+def test_a_dead_process_leaves_stand_ins_only_for_what_it_did_not_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: int
+) -> None:
+    """Also when its segments are replayed one per group: a stand-in is held back until the group
+    holding its completion (common/audit_journal.py ``dead-partial``)."""
+    monkeypatch.setattr(audit_journal, "REPLAY_SEGMENTS", group)
     url = _database(tmp_path)
     journal = tmp_path / "journal"
     journal.mkdir()
@@ -94,11 +101,12 @@ def test_a_dead_process_leaves_stand_ins_only_for_what_it_did_not_complete(tmp_p
         {"later": finished},
         {"events": [completed], "completes": finished["id"]},
     ]
-    (journal / "00000000000000000001-1-dead.journal").write_bytes(b"".join(encode(e) for e in lines))
+    for i, line in enumerate(lines):
+        (journal / f"0000000000000000000{i}-1-dead.journal").write_bytes(encode(line))
 
     async def run() -> dict[str, dict[str, Any]]:
         try:
-            assert await trail.journal.recover() == 1
+            assert await trail.journal.recover() == len(lines)
             assert await trail.journal.recover() == 0  # retired
             return await _events(trail.store)
         finally:

@@ -14,7 +14,8 @@ Each segment is locked (``flock``) by the process writing it, so any process sha
 directory tells a live segment from a dead process's: :meth:`Journal.recover` replays and
 retires the dead ones (at startup and every :data:`RECOVER_SECONDS`), and :meth:`Journal.settle`,
 called before audit records are read, also replays the live ones of other processes. Replay is
-idempotent: every record carries a unique key and is inserted only when absent.
+idempotent: every record carries a unique key and is inserted only when absent. A dead process's
+segments are read one at a time and applied in bounded groups (:meth:`Journal._apply_groups`).
 
 A line is ``<crc32 hex> <JSON>\\n``; a line cut short by a crash (no newline, wrong checksum,
 not a JSON object) is skipped, never fatal.
@@ -38,7 +39,7 @@ import os
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,10 +54,11 @@ log = logging.getLogger(__name__)
 
 Entry = dict[str, Any]
 #: Whose entries are applied: this process's, another live process's (read while it writes), or
-#: a dead process's (its last chance).
-Origin = Literal["own", "live", "dead"]
+#: a dead process's: its last group (``dead``: its last chance), or an earlier one (``dead-partial``).
+Origin = Literal["own", "live", "dead", "dead-partial"]
 #: Writes entries, in order, into the database, idempotently (an entry already there is skipped).
-Apply = Callable[[Sequence[Entry], Origin], Awaitable[None]]
+#: With ``dead-partial`` it may hold entries back (returns them): they come again with the next group.
+Apply = Callable[[Sequence[Entry], Origin], Awaitable[Sequence[Entry] | None]]
 
 SUFFIX = ".journal"
 #: A segment holding this many bytes is replaced by a new one (and retired once committed).
@@ -70,6 +72,8 @@ RECOVER_SECONDS = 30.0
 CLOSE_SECONDS = 10.0
 #: Seconds between attempts while the database refuses the records.
 RETRY_SECONDS = 1.0
+#: Segments of a dead writer applied in one group (one open at a time; 4 MiB of records).
+REPLAY_SEGMENTS = 64
 #: The key of a journal's own line ``{SUPERSEDES: [[segment name, offset], ...]}``: the entries of
 #: those segments from those byte offsets on are replaced by the lines before it in its segment.
 SUPERSEDES = "~supersedes"
@@ -391,49 +395,54 @@ class Journal:
         return retired
 
     async def _replay_writer(self, paths: list[Path], *, include_live: bool) -> int:
-        """Apply one process's segments (by pid) together: an entry may complete one journaled in
-        an earlier segment (the EHR's stand-ins, ehr/audit.py), and must be seen in the same
-        batch. Dead and live segments (a reused pid) are applied apart, each as its origin."""
-        opened: list[tuple[Path, int, bool]] = []
+        """Apply one process's segments (by pid), oldest first, in groups (:meth:`_apply_groups`).
+
+        Whoever locks the oldest one replays the dead ones and holds that lock until they are all
+        applied and retired (the oldest last), opening the others one at a time: thousands may be
+        left after a long database outage, more than a process may open. A process that cannot
+        lock it leaves them to that one (or to their live writer) and reads them only as live.
+        Dead and live segments (a reused pid) are applied apart, each as its origin."""
+        opened = ((k, found) for k, path in enumerate(paths) if (found := _open_segment(path)) is not None)
+        first = next(opened, None)
+        if first is None:
+            return 0
+        k, (fd, dead) = first
         try:
-            for path in paths:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue  # retired meanwhile
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    dead = True
-                except BlockingIOError:
-                    dead = False
-                opened.append((path, fd, dead))
-            retired = 0
-            origins: tuple[Origin, Origin] = ("dead", "live")
-            for origin in origins:
-                chosen = [
-                    (path, fd)
-                    for path, fd, dead in opened
-                    if dead == (origin == "dead") and os.fstat(fd).st_nlink > 0
-                ]
-                if not chosen or (origin == "live" and not include_live):
-                    continue
-                read: list[tuple[str, list[tuple[int, Entry]]]] = []
-                for path, fd in chosen:
-                    found, skipped = _decode_at(_read_all(fd))
-                    if skipped:
-                        log.warning("audit journal %s: skipped %d damaged line(s)", path.name, skipped)
-                    read.append((path.name, found))
-                entries = _unsuperseded(read)
-                if entries:
-                    await self.apply(entries, origin)
-                if origin == "dead":
-                    for path, _ in chosen:
-                        path.unlink(missing_ok=True)
-                    retired += len(chosen)
-            return retired
+            if not dead:
+                if include_live:
+                    await self._apply_groups(_read_segments(paths[k:]), "live")
+                return 0
+            replayed: list[Path] = []
+            live: list[Path] = []
+            await self._apply_groups(_read_dead(paths[k], fd, paths[k + 1 :], replayed, live), "dead")
+            for path in reversed(replayed):  # the oldest, whose lock says "being replayed", last
+                path.unlink(missing_ok=True)
+            if live and include_live:
+                await self._apply_groups(_read_segments(live), "live")
+            return len(replayed)
         finally:
-            for _, fd, _ in opened:
-                os.close(fd)
+            os.close(fd)
+
+    async def _apply_groups(
+        self, segments: Iterable[tuple[str, list[tuple[int, Entry]]]], origin: Origin
+    ) -> None:
+        """Apply ``segments`` (one writer's, oldest first) in groups of about
+        :data:`REPLAY_SEGMENTS`: together what must be seen together. A segment that supersedes
+        another (:data:`SUPERSEDES`) joins that one's group; the entries ``apply`` holds back (a
+        dead writer's stand-in whose completion may come later, ehr/audit.py) go on to the next
+        group; the last group of a dead writer is ``dead``, the others ``dead-partial``."""
+        group: list[tuple[str, list[tuple[int, Entry]]]] = []
+        held: Sequence[Entry] = ()
+        for name, found in segments:
+            cut = {superseded for _, entry in found for superseded, _ in entry.get(SUPERSEDES, ())}
+            if len(group) >= REPLAY_SEGMENTS and not cut & {member for member, _ in group}:
+                entries = [*held, *_unsuperseded(group)]
+                held = (await self.apply(entries, "dead-partial" if origin == "dead" else origin)) or ()
+                group = []
+            group.append((name, found))
+        entries = [*held, *_unsuperseded(group)]
+        if entries:
+            await self.apply(entries, origin)
 
 
 def _unsuperseded(segments: Sequence[tuple[str, Sequence[tuple[int, Entry]]]]) -> list[Entry]:
@@ -450,6 +459,66 @@ def _unsuperseded(segments: Sequence[tuple[str, Sequence[tuple[int, Entry]]]]) -
         for offset, entry in found
         if SUPERSEDES not in entry and offset < cut.get(name, offset + 1)
     ]
+
+
+def _open_segment(path: Path) -> tuple[int, bool] | None:
+    """``path`` opened, locked if its writer is dead (then ``True``); None once retired."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        dead = True
+    except BlockingIOError:
+        dead = False
+    if os.fstat(fd).st_nlink == 0:  # retired between the listing and the lock
+        os.close(fd)
+        return None
+    return fd, dead
+
+
+def _read_segment(path: Path, fd: int) -> tuple[str, list[tuple[int, Entry]]]:
+    found, skipped = _decode_at(_read_all(fd))
+    if skipped:
+        log.warning("audit journal %s: skipped %d damaged line(s)", path.name, skipped)
+    return path.name, found
+
+
+def _read_segments(paths: Iterable[Path]) -> Iterator[tuple[str, list[tuple[int, Entry]]]]:
+    """The still-linked segments among ``paths``, read one at a time (not locked)."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            if os.fstat(fd).st_nlink > 0:
+                yield _read_segment(path, fd)
+        finally:
+            os.close(fd)
+
+
+def _read_dead(
+    first: Path, locked: int, paths: Iterable[Path], replayed: list[Path], live: list[Path]
+) -> Iterator[tuple[str, list[tuple[int, Entry]]]]:
+    """``first`` (already ``locked``), then the dead segments among ``paths``, each locked while it
+    is read; each is added to ``replayed``, the live ones to ``live``."""
+    replayed.append(first)
+    yield _read_segment(first, locked)
+    for path in paths:
+        opened = _open_segment(path)
+        if opened is None:
+            continue
+        fd, dead = opened
+        try:
+            if dead:
+                replayed.append(path)
+                yield _read_segment(path, fd)
+            else:
+                live.append(path)
+        finally:
+            os.close(fd)
 
 
 def _sync_files(fds: Sequence[int], directory: Path | None) -> None:

@@ -267,9 +267,12 @@ class AuditTrail:
         ]
         self.journal.append({"events": events, "completes": key})
 
-    async def _commit(self, entries: Sequence[Entry], origin: Origin) -> None:
+    async def _commit(self, entries: Sequence[Entry], origin: Origin) -> list[Entry]:
+        """Create the journaled events; a dead process's stand-in only when no completion of it
+        follows (``dead-partial``: one may follow in its next segments, so it is held back)."""
         completed = {entry.get("completes") for entry in entries}
         events: list[dict[str, Any]] = []
+        held: list[Entry] = []
         for entry in entries:
             events.extend(entry.get("events", ()))
             stand_in = entry.get("later")
@@ -280,10 +283,15 @@ class AuditTrail:
                 task = self._completing.pop(key, None)
                 if task is not None:
                     await asyncio.shield(task)  # its completion is journaled before the stand-in goes
-            elif origin == "dead" and key not in completed:
+            elif key in completed:
+                pass
+            elif origin == "dead":
                 events.append(stand_in)  # the process ended before completing it
+            elif origin == "dead-partial":
+                held.append(entry)
             # "live": the process that journaled it completes it
         await self._create(events)
+        return held
 
     async def _create(self, events: list[dict[str, Any]]) -> None:
         """Create ``events`` in one transaction, skipping those already there (a replay).
