@@ -29,6 +29,7 @@ from tests.imaging.archive.archive_stack import (
     referenced_uids,
     sha256,
 )
+from tests.imaging.upstream.fake_pacs import FakePacs
 
 from imagebridge.apps import demo_data
 from imagebridge.apps.smart_client import WADO_ACCEPT, BackendClient, backend_token, iter_multipart
@@ -383,3 +384,81 @@ def test_iso08_the_ehr_failing_within_a_request_answers_503_at_once(writes: Gate
     assert sorted(map(sha256, _published(writes, reader, f"/studies/{bob_study}"))) == sorted(
         map(sha256, parts[2:])
     )
+
+
+@pytest.mark.parametrize(
+    ("writer", "mode"),
+    [
+        ("imaging source", "no_write"),
+        ("imaging source", "no_grant"),
+        ("patient context", "no_write"),
+        ("ask", "no_write_decision"),
+    ],
+)
+def test_iso08_an_answer_without_the_write_member_writes_for_no_one(
+    writes: GateStack, writer: str, mode: str
+) -> None:
+    """Missing context is never system-level access (docs/gate.md "Writing": absent, stores
+    nothing): the EHR's answer for a writer with a write scope lacks the imaging grant's ``write``
+    member (``no_write``), the whole grant as a plain SMART EHR's would (``no_grant``), or only
+    the answer to the per-PatientID question does (``no_write_decision``). Even the demo modality,
+    an imaging source, then stores neither Alice's nor Bob's instance (409, 0x0124 each)."""
+    token = (
+        _modality(writes)
+        if writer == "imaging source"
+        else writes.patient_token(ALICE.fhir_id, "launch/patient patient/ImagingStudy.crs")
+        if writer == "patient context"
+        else _client_token(writes, WRITER, "system/ImagingStudy.crs", "iso-writer-alice")
+    )
+    datasets = [instance(patient_id=ALICE.mrn, seed=70), instance(patient_id=BOB.mrn, seed=71)]
+    writes.proxy.mode = mode
+    try:
+        answer = _stow(writes, token, [part10(ds) for ds in datasets])
+    finally:
+        writes.proxy.mode = "forward"
+    assert answer.status_code == 409, answer.text
+    assert failure_reasons(answer.json()) == [NOT_AUTHORIZED, NOT_AUTHORIZED]
+    assert "00081199" not in answer.json()
+    assert _indexed(writes, [str(ds.SOPInstanceUID) for ds in datasets]) == set()
+
+
+@pytest.fixture(scope="module")
+def proxy_writes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GateStack, FakePacs]]:
+    """A gate stack in proxy mode in front of a fake PACS that answers every request with 500."""
+    with FakePacs() as pacs:
+        pacs.mode = "status_500"
+        for stack in start_gate_stack(
+            tmp_path_factory,
+            "iso-proxy-writes",
+            with_studies=False,
+            IMAGEBRIDGE_IMAGING_UPSTREAM_URL=pacs.base,
+            IMAGEBRIDGE_IMAGING_UPSTREAM_QUIRKS="",
+            IMAGEBRIDGE_IMAGING_UPSTREAM_SYNC_INTERVAL="3600",
+        ):
+            yield stack, pacs
+
+
+@pytest.mark.parametrize("mode", ["forward", "no_write", "no_grant"])
+def test_iso08_in_proxy_mode_an_answer_without_the_write_member_stores_nothing(
+    proxy_writes: tuple[GateStack, FakePacs], mode: str
+) -> None:
+    """Proxy mode streams STOW-RS bodies to the PACS unjudged, so only an imaging source may store
+    (grant ``write`` mode ``any``): the demo modality's request reaches the PACS (here answering
+    500, hence 502), but not when the EHR's answer lacks the ``write`` member or the whole imaging
+    grant (403, the PACS never asked)."""
+    stack, pacs = proxy_writes
+    token = _modality(stack)
+    stack.proxy.mode = mode
+    pacs.requests.clear()
+    try:
+        answer = _stow(stack, token, [part10(instance(patient_id=ALICE.mrn, seed=80))])
+    finally:
+        stack.proxy.mode = "forward"
+    posts = [r for r in pacs.requests if r.startswith("POST ")]
+    if mode == "forward":
+        assert answer.status_code == 502, answer.text
+        assert posts == ["POST /dicom-web/studies"]
+    else:
+        assert answer.status_code == 403, answer.text
+        assert "imaging source" in answer.text
+        assert posts == []

@@ -74,10 +74,12 @@ class FaultProxy:
                 },
             )
         answer: Any = upstream.json()
+        asked = form.get(WRITE_PATIENT)
+        if mode == "no_write_decision":  # only the answers to write questions lose the member
+            mode = "no_write" if asked is not None else "forward"
         if isinstance(answer, dict) and answer.get("active"):
             answer = self._rewrite(mode, answer, self.clock_offset)
         # recorded once the answer is sent, so a test may break the EHR right after it
-        asked = form.get(WRITE_PATIENT)
         recorded = BackgroundTask(self.write_answers.append, asked) if asked is not None else None
         return Response(
             orjson.dumps(answer), upstream.status_code, media_type="application/json", background=recorded
@@ -93,6 +95,11 @@ class FaultProxy:
             return {**answer, "exp": answer["exp"] + offset, "iat": answer["iat"] + offset}
         if mode == "no_patient":  # as a plain SMART EHR that forgot the launch context would answer
             return {k: v for k, v in answer.items() if k not in ("patient", IMAGING_GRANT)}
+        if mode == "no_grant":  # a plain SMART EHR: no imaging grant at all
+            return {k: v for k, v in answer.items() if k != IMAGING_GRANT}
+        if mode == "no_write":  # an imaging grant without its write member
+            grant = {k: v for k, v in answer[IMAGING_GRANT].items() if k != "write"}
+            return {**answer, IMAGING_GRANT: grant}
         return answer
 
     def start(self) -> None:

@@ -31,11 +31,14 @@ class FakePacs:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/dicom-web"
         self.mode = "html"
+        #: Every request received, as "METHOD path".
+        self.requests: list[str] = []
         self._app = ThreadedApp(
             Starlette(routes=[Route("/{path:path}", self._answer, methods=["GET", "POST"])]), self.port
         )
 
     async def _answer(self, request: Request) -> Response:
+        self.requests.append(f"{request.method} {request.url.path}")
         if self.mode == "slow":
             await asyncio.sleep(30)
         status, body, headers = ANSWERS[self.mode]
