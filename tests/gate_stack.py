@@ -121,21 +121,7 @@ class GateStack:
 
     def audit_rows(self, token: str) -> list[Row[Any]]:
         """The imaging system's audit rows of the token's requests, oldest first (journal settled)."""
-
-        async def run() -> list[Row[Any]]:
-            settings = self.stack.imaging_settings
-            engine = db.create_engine(settings.resolved_database_url, pool_size=1)
-            try:
-                await reader(engine, settings).settle()
-                async with engine.connect() as conn:
-                    result = await conn.execute(
-                        select(audit).where(audit.c.token_id == token_id(token)).order_by(audit.c.id)
-                    )
-                    return list(result)
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(run())
+        return audit_rows(self.stack, token)
 
     def decision_ms(self, token: str) -> float:
         """How long the imaging system took to decide the token's latest request, as it recorded
@@ -221,3 +207,22 @@ def start_gate_stack(
 def gate_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateStack]:
     """Both services, introspection through a fault proxy, a 2 s revocation window."""
     yield from start_gate_stack(tmp_path_factory, "gate-stack")
+
+
+def audit_rows(stack: LocalStack, token: str) -> list[Row[Any]]:
+    """The imaging system's audit rows of the token's requests, oldest first (journal settled)."""
+
+    async def run() -> list[Row[Any]]:
+        settings = stack.imaging_settings
+        engine = db.create_engine(settings.resolved_database_url, pool_size=1)
+        try:
+            await reader(engine, settings).settle()
+            async with engine.connect() as conn:
+                result = await conn.execute(
+                    select(audit).where(audit.c.token_id == token_id(token)).order_by(audit.c.id)
+                )
+                return list(result)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())

@@ -13,8 +13,19 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from imagebridge.common import log_redaction
+from imagebridge.common.splice import TRANSPORT
+
+
+class ConnectionProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with each request's scope naming its connection's transport
+    (``scope["extensions"][TRANSPORT]["transport"]``) for :mod:`imagebridge.common.splice`."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {TRANSPORT: {"transport": self.transport}}
 
 
 def _tls_factory(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
@@ -44,6 +55,7 @@ def serve(
         "log_level": log_level,
         "proxy_headers": False,
         "server_header": False,
+        "http": ConnectionProtocol,
         "log_config": log_redaction.LOGGING_CONFIG,
     }
     if tls_certfile:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from tests.conftest import TEST_SCALE
+from tests.gate_stack import audit_rows
 from tests.imaging.archive.archive_stack import STOW_TYPE, add_backend, instance, multipart, part10
 from tests.imaging.upstream.fake_pacs import FakePacs
 from tests.imaging.upstream.tls_front import TlsFront
@@ -138,6 +139,23 @@ def test_backend_client_flow_through_the_proxy_is_byte_identical(proxy: ProxySta
     assert received == _expected("ACC-1001")
     assert len(received) == ct["numberOfInstances"]
     assert ct["series"][0]["instance"][0]["sopClass"]["code"].startswith("urn:oid:1.2.840.10008.")
+
+
+def test_a_relayed_study_is_audited_with_every_byte_it_sent(proxy: ProxyStack) -> None:
+    """A whole study comes off Orthanc's socket spliced to the caller's (common/splice.py): the
+    audit record counts what the caller received, and HEAD, which sends no body, counts none."""
+    token = proxy.token()
+    study = proxy.seeded.study_uids["ACC-1001"]
+    auth = {"Authorization": f"Bearer {token}", "Accept": DICOM}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("GET", f"{proxy.base}/studies/{study}", headers=auth) as received:
+            parts = {hashlib.sha256(part).hexdigest() for part in iter_multipart(received)}
+        head = http.head(f"{proxy.base}/studies/{study}", headers=auth)
+    assert received.status_code == head.status_code == 200
+    assert head.content == b""
+    assert parts == _expected("ACC-1001")
+    rows = [row for row in audit_rows(proxy.stack, token) if row.study_uid == study]
+    assert [row.bytes_sent for row in rows[-2:]] == [received.num_bytes_downloaded, 0]
 
 
 def _orthanc_uids(proxy: ProxyStack, study: str) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Insert, Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +34,7 @@ from imagebridge.common import db
 from imagebridge.common.audit_journal import Entry, Journal, Origin
 from imagebridge.common.settings import ImagingSettings
 from imagebridge.common.sliding_window import Limiter
+from imagebridge.common.splice import SplicedResponse
 from imagebridge.common.tokens import token_id
 from imagebridge.imaging.gate.gate import Access
 from imagebridge.imaging.tables import audit, studies
@@ -161,7 +162,8 @@ class AuditLog:
         when it is committed.
         """
         params = request.path_params
-        streaming = isinstance(response, StreamingResponse)
+        head = request.method == "HEAD"  # RFC 9110 §9.3.2: the answer carries no content
+        streaming = isinstance(response, StreamingResponse) and not head
         key = os.urandom(16).hex()
         entry = dict(
             record_key=key,
@@ -176,7 +178,7 @@ class AuditLog:
             sop_uid=params.get("instance"),
             outcome=outcome_of(response.status_code),
             status=response.status_code,
-            bytes_sent=0 if streaming else len(response.body),
+            bytes_sent=0 if streaming or head else len(response.body),
             request_path=_path(request)[:400],
             detail=detail[:2000] if detail else None,
             streaming=streaming,
@@ -185,8 +187,8 @@ class AuditLog:
         self.journal.append(entry)
         if entry["outcome"] == "deny":
             self._watch_refusals(request, entry)
-        if isinstance(response, StreamingResponse):
-            self._count_stream(response, key)
+        if streaming:
+            self._count_stream(cast(StreamingResponse, response), key)
         else:
             self.written.set()
         return response
@@ -269,7 +271,8 @@ class AuditLog:
         previous = response.background
 
         async def after() -> None:
-            self.journal.append({"key": key, "sent": sent})
+            spliced = response.sent if isinstance(response, SplicedResponse) else 0
+            self.journal.append({"key": key, "sent": sent + spliced})
             self.written.set()
             if previous is not None:
                 await previous()

@@ -23,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from imagebridge.common.read_ahead import read_ahead
+from imagebridge.common.splice import SplicedResponse
 from imagebridge.imaging.context import ImagingContext
 from imagebridge.imaging.dicomweb.errors import DicomwebError, not_found
 from imagebridge.imaging.dicomweb.routes import BASE, capability_routes, gated
@@ -146,8 +147,11 @@ async def forward(
     do_rewrite = rewrite and _is_json(response)
     if do_rewrite:
         body = rewritten(body, upstream.base.encode(), upstream.own_base.encode())
-    streamed = StreamingResponse(
-        _guarded(body), status_code=response.status_code, background=BackgroundTask(response.aclose)
+    done = BackgroundTask(response.aclose)
+    streamed = (
+        SplicedResponse(_guarded(body), response, response.status_code, background=done)
+        if isinstance(response, RelayedResponse)
+        else StreamingResponse(_guarded(body), status_code=response.status_code, background=done)
     )
     return _relay(upstream, response, streamed, rewrite=do_rewrite)
 

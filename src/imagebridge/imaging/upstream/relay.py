@@ -23,6 +23,8 @@ from typing import cast
 
 import httpx
 
+from imagebridge.common.splice import SpliceSource
+
 PIECE = 1 << 20
 """Bytes read from the socket into one buffer before it is handed out as a piece."""
 AHEAD = 4
@@ -39,7 +41,7 @@ class _Socket(asyncio.BufferedProtocol):
     """The upstream's bytes received into :data:`PIECE`-sized buffers, handed out as pieces."""
 
     def __init__(self, wait: float) -> None:
-        self._wait = wait
+        self.wait = wait
         self._buffer = bytearray(PIECE)
         self._filled = 0
         self._pieces: deque[bytes] = deque()
@@ -84,7 +86,7 @@ class _Socket(asyncio.BufferedProtocol):
         while not self._pieces and not self._filled and not self._done:
             self._wakeup = asyncio.get_running_loop().create_future()
             try:
-                async with asyncio.timeout(self._wait):
+                async with asyncio.timeout(self.wait):
                     await self._wakeup
             except TimeoutError as exc:
                 raise RelayError("the upstream PACS stopped sending (timeout)") from exc
@@ -101,6 +103,21 @@ class _Socket(asyncio.BufferedProtocol):
         if self._error is not None:
             raise RelayError(f"the upstream PACS broke off: {self._error}") from self._error
         return b""
+
+    def detach(self) -> tuple[list[bytes], int] | None:
+        """Stop reading: the pieces received so far and the socket's descriptor, for its bytes to
+        be read by someone else (None once the upstream closed: its socket may be gone)."""
+        sock = None if self.transport is None else self.transport.get_extra_info("socket")
+        if self._done or sock is None or self.transport is None:
+            return None
+        self.transport.pause_reading()
+        self._paused = True
+        pieces = list(self._pieces)
+        self._pieces.clear()
+        if self._filled:
+            pieces.append(bytes(memoryview(self._buffer)[: self._filled]))
+            self._filled = 0
+        return pieces, sock.fileno()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -121,6 +138,11 @@ class _Bytes:
             return True
         self._data, self._pos = await self._socket.read(), 0
         return bool(self._data)
+
+    def rest(self) -> bytes:
+        """The unread bytes of the piece at hand."""
+        data, self._data, self._pos = self._data[self._pos :], b"", 0
+        return data
 
     async def take(self, limit: int) -> bytes:
         """Up to ``limit`` of the next bytes (the rest of a piece is itself, not a copy); b"" at the end."""
@@ -183,6 +205,31 @@ class RelayedResponse:
                 raise RelayError("the upstream PACS closed the connection before the end of the body")
             remaining -= len(data)
             yield data
+
+    def detach(self) -> SpliceSource | None:
+        """The rest of the body as a socket to splice from (:mod:`imagebridge.common.splice`),
+        reading here stopped; None when it is read here (:meth:`body`): a chunked or TLS body,
+        or an upstream that has already closed."""
+        transport = self._socket.transport
+        if (
+            self.status_code in (204, 304)
+            or "chunked" in self.headers.get("transfer-encoding", "").lower()
+            or transport is None
+            or transport.get_extra_info("sslcontext") is not None
+        ):
+            return None
+        detached = self._socket.detach()
+        if detached is None:
+            return None
+        pieces, fd = detached
+        received = [self._bytes.rest(), *pieces]
+        remaining = None
+        if "content-length" in self.headers:
+            remaining = _length(self.headers["content-length"])
+            for i, piece in enumerate(received):
+                received[i] = piece[:remaining]
+                remaining -= len(received[i])
+        return SpliceSource(received, fd, remaining, self._socket.wait)
 
     async def _chunked(self) -> AsyncIterator[bytes]:
         """RFC 9112 §7.1: size line, data, CRLF, …, a zero size, trailer fields (dropped), CRLF."""

@@ -1,0 +1,194 @@
+"""Spliced bodies (common/splice.py): a socket's bytes passed to the client by the kernel, in
+HTTP/1.1 chunks (RFC 9112 §7.1), against uvicorn serving with the services' protocol on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from tests.threaded_app import ThreadedApp
+
+from imagebridge.apps.stack import free_port
+from imagebridge.common.server import ConnectionProtocol
+from imagebridge.common.splice import SplicedResponse, SpliceSource, usable_transport
+
+PAYLOAD = bytes(range(251)) * 20_000  # 5 MB: several 1 MiB pieces, not a multiple of them
+HEAD = b"already read: "
+
+
+@dataclass
+class RawSource:
+    """A TCP server sending :data:`PAYLOAD` to each connection, then closing it or, with
+    ``stall``, holding it open without sending until the test ends."""
+
+    stall: bool = False
+    sock: socket.socket = field(default_factory=lambda: socket.create_server(("127.0.0.1", 0)))
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        port: int = self.sock.getsockname()[1]
+        return port
+
+    def _serve(self) -> None:
+        while not self.ended.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._send, args=(conn, self.stall), daemon=True).start()
+
+    def _send(self, conn: socket.socket, stall: bool) -> None:
+        with conn, contextlib.suppress(OSError):  # the reader may go away before the end
+            for start in range(0, len(PAYLOAD), 65536):
+                conn.sendall(PAYLOAD[start : start + 65536])
+            if stall:
+                self.ended.wait(30)
+
+    def close(self) -> None:
+        self.ended.set()
+        self.sock.close()
+
+
+class Socketed:
+    """The source of a response: an open connection to a :class:`RawSource`."""
+
+    def __init__(self, sock: socket.socket, remaining: int | None, wait: float) -> None:
+        self.sock = sock
+        self.remaining = remaining
+        self.wait = wait
+
+    def detach(self) -> SpliceSource:
+        remaining = None if self.remaining is None else self.remaining - len(HEAD)
+        return SpliceSource([HEAD], self.sock.fileno(), remaining, self.wait)
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The same body read through Python (the fallback)."""
+        yield HEAD
+        loop = asyncio.get_running_loop()
+        while data := await loop.sock_recv(self.sock, 1 << 20):
+            yield data
+
+
+def _app(source: RawSource, sent: list[int]) -> Starlette:
+    async def relay(request: Request) -> Response:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", source.port))
+        length = request.query_params.get("length")
+        origin = Socketed(sock, int(length) if length else None, float(request.query_params.get("wait", "5")))
+
+        def done() -> None:
+            sent.append(response.sent)
+            sock.close()
+
+        response = SplicedResponse(origin.body(), origin, 200, {"content-type": "application/octet-stream"})
+        response.background = BackgroundTask(done)
+        return response
+
+    return Starlette(routes=[Route("/body", relay, methods=["GET"])])
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, RawSource, list[int]]]:
+    source = RawSource()
+    sent: list[int] = []
+    server = ThreadedApp(_app(source, sent), free_port(), http=ConnectionProtocol)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}/body", source, sent
+    finally:
+        server.stop()
+        source.close()
+
+
+def _settled(sent: list[int], count: int = 1) -> list[int]:
+    deadline = time.monotonic() + 10
+    while len(sent) < count:
+        assert time.monotonic() < deadline, "the response never finished"
+        time.sleep(0.02)
+    return sent
+
+
+def test_a_body_until_the_source_closes_is_spliced_byte_for_byte(
+    served: tuple[str, RawSource, list[int]],
+) -> None:
+    url, _, sent = served
+    with httpx.Client(timeout=30) as http:
+        answer = http.get(url)
+        again = http.get(url)  # the same connection serves the next request
+    assert answer.status_code == 200
+    assert answer.headers["transfer-encoding"] == "chunked"
+    assert answer.content == again.content == HEAD + PAYLOAD
+    assert _settled(sent, 2) == [len(HEAD + PAYLOAD)] * 2  # spliced: counted by the response
+
+
+def test_a_sized_body_ends_at_its_length(served: tuple[str, RawSource, list[int]]) -> None:
+    url, _, sent = served
+    length = 3_000_001
+    with httpx.Client(timeout=30) as http:
+        answer = http.get(url, params={"length": length})
+    assert answer.content == (HEAD + PAYLOAD)[:length]
+    assert _settled(sent) == [length]
+
+
+def test_head_and_servers_without_the_connection_go_through_python(
+    served: tuple[str, RawSource, list[int]],
+) -> None:
+    url, source, sent = served
+    plain_sent: list[int] = []
+    plain = ThreadedApp(_app(source, plain_sent), free_port())
+    plain.start()
+    try:
+        with httpx.Client(timeout=30) as http:
+            head = http.head(url)
+            streamed = http.get(f"http://127.0.0.1:{plain.port}/body")
+    finally:
+        plain.stop()
+    assert head.status_code == 200
+    assert head.content == b""
+    assert streamed.content == HEAD + PAYLOAD
+    assert _settled(sent) == [0]  # nothing spliced
+    assert _settled(plain_sent) == [0]
+    assert usable_transport({"type": "http", "method": "GET"}) is None
+
+
+def test_a_source_that_stops_sending_ends_the_body_after_its_wait(
+    served: tuple[str, RawSource, list[int]],
+) -> None:
+    url, source, sent = served
+    source.stall = True
+    with httpx.Client(timeout=30) as http:
+        answer = http.get(url, params={"wait": "0.5"})
+    assert answer.status_code == 200
+    assert answer.content == HEAD + PAYLOAD  # what arrived, in a well-formed chunked body
+    assert _settled(sent) == [len(HEAD + PAYLOAD)]
+
+
+def test_a_client_gone_mid_body_stops_the_pump(served: tuple[str, RawSource, list[int]]) -> None:
+    url, source, sent = served
+    source.stall = True  # the source never ends: only the client's going can stop the pump
+    with httpx.Client(timeout=30) as http:
+        with http.stream("GET", url, params={"wait": "60"}) as answer:
+            first = next(answer.iter_raw(65536))
+        assert first
+    # within seconds, not the source's 60 s wait: the hangup is seen while waiting for the source
+    assert _settled(sent)[0] <= len(HEAD + PAYLOAD)
+    with httpx.Client(timeout=30) as http:
+        source.stall = False
+        assert http.get(url).content == HEAD + PAYLOAD  # the server serves on
