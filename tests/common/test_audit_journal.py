@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -404,6 +405,70 @@ def test_durable_responses_refuse_when_the_sync_fails(
     assert (b"retry-after", b"5") in sent[0]["headers"]
     assert sent[1]["body"] == b"no audit, no data"
     assert produced == []
+
+
+def test_a_refused_requests_record_says_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record of a request answered 503 because its sync failed says 503, in the database and
+    in the segment it was rewritten to; a request whose record came while that sync was under way
+    waits for the next one and gets its 200. No second write: the rewrite carries the amendment."""
+    calls: list[int] = []
+    syncing = threading.Event()
+    release = threading.Event()
+
+    def fdatasync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:  # the first sync hangs until released, then fails
+            syncing.set()
+            release.wait(30)
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(audit_journal.os, "fdatasync", fdatasync)
+    statuses: dict[str, int] = {}
+    journaled: list[str] = []
+    replayed: list[Entry] = []
+
+    def refused(entry: Entry) -> Entry:
+        return {**entry, "status": 503}
+
+    async def replay(entries: Sequence[Entry], origin: Origin) -> None:
+        replayed.extend(entries)
+
+    async def run() -> None:
+        sink = Sink()
+        journal = Journal(tmp_path, sink.apply, fsync=True, refused=refused)
+
+        def app(key: str) -> Any:
+            async def respond(scope: Any, receive: Any, send: Any) -> None:
+                journal.append({"k": key, "status": 200})
+                journaled.append(key)
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"data"})
+
+            return respond
+
+        async def request(key: str) -> None:
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses[key] = message["status"]
+
+            middleware = audit_journal.DurableResponses(app(key), lambda: journal, _refusal)
+            await middleware({"type": "http"}, None, send)
+
+        first = asyncio.create_task(request("refused"))
+        await asyncio.to_thread(syncing.wait, 30)
+        second = asyncio.create_task(request("later"))
+        while "later" not in journaled:  # its record is journaled while the first sync hangs
+            await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(first, second)
+        await Journal(tmp_path, replay).settle()  # the segments, as a replay would find them
+        await journal.flush()
+        assert {k: e["status"] for k, e in sink.rows.items()} == statuses
+        await journal.aclose()
+
+    asyncio.run(run())
+    assert statuses == {"refused": 503, "later": 200}
+    assert sorted((e["k"], e["status"]) for e in replayed) == [("later", 200), ("refused", 503)]
 
 
 def test_append_the_disk_refuses_is_journal_unavailable(tmp_path: Path) -> None:

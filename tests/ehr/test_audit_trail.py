@@ -116,3 +116,16 @@ def test_a_dead_process_leaves_stand_ins_only_for_what_it_did_not_complete(
     assert set(events) == {unfinished["id"], completed["id"]}
     assert events[unfinished["id"]]["outcomeDesc"] == audit.UNFINISHED
     assert _patients(events[completed["id"]]) == ["Patient/p1"]
+
+
+def test_events_of_a_refused_request_say_it_was_answered_503() -> None:
+    """A request answered 503 because its events could not be made durable (common/audit_journal.py):
+    its events, the stand-in too, are outcome 8 saying why, and keep the reason they had."""
+    read = audit.audit_event(audit.READ, ACTOR, "http://ehr/fhir", 200, audit.Disclosure("p1", why="scope"))
+    unfinished = audit.Disclosure(None, why=audit.UNFINISHED)
+    stand_in = audit.audit_event(audit.SEARCH, ACTOR, "http://ehr/fhir", 200, unfinished, QUERY)
+    (amended,) = audit.refused_entry({"events": [read]})["events"]
+    assert (amended["outcome"], amended["outcomeDesc"]) == ("8", f"{audit.UNDURABLE}; scope")
+    assert amended["entity"] == read["entity"]
+    later = audit.refused_entry({"later": stand_in})["later"]
+    assert (later["outcome"], later["outcomeDesc"]) == ("8", f"{audit.UNDURABLE}; {audit.UNFINISHED}")

@@ -26,6 +26,16 @@ journal seals every segment that sync covered and writes the records not yet kno
 still holds them, uncommitted: with ``fsync`` on, only durable records are committed) into a new
 segment, followed by a line naming the bytes they supersede; replay drops the superseded copies,
 so each record is delivered once.
+
+A record says what its client got (:class:`DurableResponses`). When the sync covering a request's
+records fails, the request is answered 503 and its records, still in memory and not yet durable
+(nor committed), are amended by the journal's ``refused`` function before they are rewritten and
+committed: the rewrite that fsyncgate needs anyway carries the amended record, no second write.
+Requests whose records came after the failed sync wait for the next one instead. What cannot be
+amended stays as it was: a record that had already become durable (the request's response was
+refused for another of its records), and one whose own write failed, which is not recorded at all
+(nothing was served). If the rewrite cannot be written either, the old segment's copy, if the
+disk kept it, is what a replay finds.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -126,6 +137,24 @@ class _Segment:
     sealed: bool = False
 
 
+@dataclass(eq=False)
+class _Request:
+    """One HTTP request's appends to ``journal`` (:class:`DurableResponses`)."""
+
+    journal: Journal
+    #: The number of its last append (``Journal._appended`` after it); 0: none.
+    last: int = 0
+    #: Its response has started or been refused: its records can no longer be refused.
+    answered: bool = False
+    #: The journal could not make its records durable: it is answered 503, its records say so.
+    refused: bool = False
+
+
+_REQUEST: ContextVar[_Request | None] = ContextVar("audit_journal_request", default=None)
+#: An appended entry, the segment holding it, its number and the request it belongs to.
+_Appended = tuple[Entry, "_Segment", int, _Request | None]
+
+
 class Journal:
     """This process's segments in ``directory`` and the task committing what they hold."""
 
@@ -137,6 +166,7 @@ class Journal:
         segment_bytes: int = SEGMENT_BYTES,
         commit_delay: float = COMMIT_DELAY,
         fsync: bool = False,
+        refused: Callable[[Entry], Entry] | None = None,
     ) -> None:
         self.directory = directory
         self.apply = apply
@@ -145,10 +175,12 @@ class Journal:
         #: Make appends durable (:meth:`durable`) before responses; off: a killed process loses
         #: nothing, power loss the uncommitted tail (docs/audit.md).
         self.fsync = fsync
+        #: What an entry says once its request is answered 503 instead (its sync failed).
+        self.refused = refused
         self._segments: list[_Segment] = []
         #: Entries appended and not yet committed, each with the segment holding it and its number
         #: (``_appended`` after it).
-        self._pending: list[tuple[Entry, _Segment, int]] = []
+        self._pending: list[_Appended] = []
         self._appended = 0
         self._committed = 0
         self._progress = asyncio.Event()
@@ -167,6 +199,11 @@ class Journal:
     def append(self, entry: Entry) -> None:
         """Journal ``entry`` (one ``write``); the writer task commits it soon after.
         :class:`JournalUnavailable` when the disk refuses it."""
+        request = _REQUEST.get()
+        if request is not None and request.journal is not self:
+            request = None
+        if request is not None and request.refused and self.refused is not None:
+            entry = self.refused(entry)
         line = encode(entry)
         try:
             if self._superseding:
@@ -181,25 +218,46 @@ class Journal:
         segment.size += written
         segment.outstanding += 1
         self._appended += 1
-        self._pending.append((entry, segment, self._appended))
+        self._pending.append((entry, segment, self._appended, request))
+        if request is not None:
+            request.last = self._appended
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
-    async def durable(self) -> None:
-        """Wait until everything appended so far is on stable storage (``fsync`` journals; at
-        once otherwise). Concurrent waiters share one ``fdatasync`` per segment, run off the event
-        loop; appends made while one is under way wait for the next."""
-        target = self._appended
+    async def durable(self, upto: int | None = None) -> None:
+        """Wait until everything appended so far (or the first ``upto`` appends) is on stable
+        storage (``fsync`` journals; at once otherwise). Concurrent waiters share one
+        ``fdatasync`` per segment, run off the event loop; appends made while one is under way
+        wait for the next."""
+        target = self._appended if upto is None else upto
         while self.fsync and self._synced < target:
             if self._syncing is None or self._syncing.done():
                 self._syncing = asyncio.get_running_loop().create_task(self._sync())
             await asyncio.shield(self._syncing)
+
+    async def answer(self, request: _Request) -> None:
+        """Wait until ``request``'s records are on stable storage (with none of its own:
+        everything appended so far); :class:`JournalUnavailable` once they are refused."""
+        try:
+            while self.fsync and not request.refused:
+                try:
+                    await self.durable(request.last or None)
+                    return
+                except JournalUnavailable:
+                    if not request.last:
+                        raise
+                    # its records came after the sync that failed: the next one covers them
+            if request.refused:
+                raise JournalUnavailable(f"audit journal {self.directory}: the sync of its records failed")
+        finally:
+            request.answered = True
 
     async def _sync(self) -> None:
         try:
             if self._superseding:
                 self._rewrite()
         except OSError as exc:
+            self._refuse(self._appended)
             raise JournalUnavailable(f"audit journal {self.directory}: {exc}") from exc
         upto = self._appended
         sizes = [(s, s.size) for s in self._segments if not s.sealed and s.synced < s.size]
@@ -213,6 +271,7 @@ class Journal:
             if isinstance(exc, OSError):
                 # fsyncgate: what failed may be marked clean and never written; never sync it again
                 self._seal([segment for segment, _ in sizes])
+                self._refuse(upto)
                 with contextlib.suppress(OSError):  # else the next append or sync tries again
                     self._rewrite()
                 raise JournalUnavailable(f"audit journal {self.directory}: {exc}") from exc
@@ -282,12 +341,27 @@ class Journal:
                 if self.fsync and segment.synced < segment.size:
                     self._superseding.append(segment)
 
+    def _refuse(self, upto: int) -> None:
+        """The requests not yet answered with records among the appends not durable up to
+        ``upto`` are refused; all of their records not durable say so (``refused``)."""
+        synced = self._synced
+        refused = {
+            r for _, _, n, r in self._pending if synced < n <= upto and r is not None and not r.answered
+        }
+        for request in refused:
+            request.refused = True
+        if refused and self.refused is not None:
+            amend = self.refused
+            self._pending = [
+                (amend(e) if n > synced and r in refused else e, s, n, r) for e, s, n, r in self._pending
+            ]
+
     def _rewrite(self) -> None:
         """Append to a new segment the records of the sealed segments not known to be durable,
         then the line saying they supersede those segments' bytes from their last good sync on."""
         moved = [
             k
-            for k, (_, segment, number) in enumerate(self._pending)
+            for k, (_, segment, number, _) in enumerate(self._pending)
             if segment.sealed and number > self._synced
         ]
         marker = {SUPERSEDES: [[segment.path.name, segment.synced] for segment in self._superseding]}
@@ -299,10 +373,10 @@ class Journal:
             raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes to {segment.path}")
         segment.size += written
         for k in moved:
-            entry, old, number = self._pending[k]
+            entry, old, number, request = self._pending[k]
             old.outstanding -= 1
             segment.outstanding += 1
-            self._pending[k] = (entry, segment, number)
+            self._pending[k] = (entry, segment, number, request)
         self._superseding = []
 
     def _current(self) -> _Segment:
@@ -347,12 +421,12 @@ class Journal:
             self._pending = self._pending[ready:]
             while True:
                 try:
-                    await self.apply([entry for entry, _, _ in batch], "own")
+                    await self.apply([appended[0] for appended in batch], "own")
                     break
                 except Exception:
                     log.exception("audit records could not be committed yet; retrying")
                     await asyncio.sleep(RETRY_SECONDS)
-            for _, segment, _ in batch:
+            for _, segment, _, _ in batch:
                 segment.outstanding -= 1
             self._committed += len(batch)
             self._retire()
@@ -543,10 +617,11 @@ class _Refused(Exception):
 
 
 class DurableResponses:
-    """ASGI middleware: no HTTP response starts before the audit journal's appends so far are on
-    stable storage (:meth:`Journal.durable`). ``journal`` gives the process's journal. When they
-    cannot be made durable, nothing of the response is sent: ``refuse()`` (a 503) goes out
-    instead (ARCHITECTURE.md: no delivery without a committed audit record)."""
+    """ASGI middleware: no HTTP response starts before the records its request journaled (if none:
+    the audit journal's appends so far) are on stable storage (:meth:`Journal.answer`).
+    ``journal`` gives the process's journal. When they cannot be made durable, nothing of the
+    response is sent: ``refuse()`` (a 503) goes out instead (ARCHITECTURE.md: no delivery without
+    a committed audit record), and the records say so (the module's docstring)."""
 
     def __init__(self, app: ASGIApp, journal: Callable[[], Journal], refuse: Callable[[], Response]) -> None:
         self.app = app
@@ -558,18 +633,25 @@ class DurableResponses:
             await self.app(scope, receive, send)
             return
 
+        journal = self.journal()
+        request = _Request(journal)
+
         async def send_durably(message: Message) -> None:
             if message["type"] == "http.response.start":
                 try:
-                    await self.journal().durable()
+                    await journal.answer(request)
                 except JournalUnavailable as exc:
                     log.error("%s: answering 503 instead", exc)
                     await self.refuse()(scope, receive, send)
                     raise _Refused from exc
             await send(message)
 
-        with contextlib.suppress(_Refused):
-            await self.app(scope, receive, send_durably)
+        token = _REQUEST.set(request)  # its appends, made in this context, are counted as its own
+        try:
+            with contextlib.suppress(_Refused):
+                await self.app(scope, receive, send_durably)
+        finally:
+            _REQUEST.reset(token)
 
 
 def _read_all(fd: int) -> bytes:

@@ -170,6 +170,8 @@ def _coding(code: tuple[str, str, str]) -> dict[str, str]:
 Later = Callable[[], Awaitable[Sequence[Disclosure]]]
 #: Where an EHR keeps its audit journal, under its data directory.
 JOURNAL_DIR = "audit-journal"
+#: ``outcomeDesc`` of the events of a request answered 503 because they could not be made durable.
+UNDURABLE = "answered 503: the AuditEvent could not be made durable"
 #: ``outcomeDesc`` of the stand-in event of a request whose disclosures were still being
 #: completed when its process ended (it names the caller and the query, not the patients).
 UNFINISHED = "the process ended before this request's disclosures were completed"
@@ -202,7 +204,7 @@ class AuditTrail:
     def __init__(self, store: Store, source: str, journal_dir: Path, *, fsync: bool = False) -> None:
         self.store = store
         self.source = source
-        self.journal = Journal(journal_dir, self._commit, fsync=fsync)
+        self.journal = Journal(journal_dir, self._commit, fsync=fsync, refused=refused_entry)
         #: Requests whose disclosures are being completed, by their stand-in's id.
         self._completing: dict[str, asyncio.Task[None]] = {}
 
@@ -314,6 +316,22 @@ class AuditTrail:
                 )
                 there = set(found.scalars())
             await self.store.create_many([e for e in events if e["id"] not in there], flush=flush)
+
+
+def refused_entry(entry: Entry) -> Entry:
+    """``entry``'s events once their request is answered 503 instead (the journal could not make
+    them durable, common/audit_journal.py): outcome 8 (serious failure), saying why."""
+    amended = dict(entry)
+    if "events" in entry:
+        amended["events"] = [_answered_503(event) for event in entry["events"]]
+    if "later" in entry:
+        amended["later"] = _answered_503(entry["later"])
+    return amended
+
+
+def _answered_503(event: dict[str, Any]) -> dict[str, Any]:
+    why = event.get("outcomeDesc")
+    return {**event, "outcome": "8", "outcomeDesc": f"{UNDURABLE}; {why}"[:2000] if why else UNDURABLE}
 
 
 _TRAILS: WeakKeyDictionary[Store, AuditTrail] = WeakKeyDictionary()

@@ -5,15 +5,18 @@ a patient gets the study's patient (gate/audit.py)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select
+from starlette.responses import Response
 
-from imagebridge.common import db
-from imagebridge.common.audit_journal import Origin
-from imagebridge.imaging.gate.audit import AuditLog
+from imagebridge.common import audit_journal, db
+from imagebridge.common.audit_journal import DurableResponses, Origin
+from imagebridge.imaging.gate.audit import UNDURABLE, AuditLog
 from imagebridge.imaging.tables import audit, studies
 
 MRN = "urn:mrn"
@@ -113,3 +116,53 @@ def test_a_streamed_count_reaches_its_record_in_any_order(database_url: str, tmp
         (before_stale, 8, False),
         (later, 9, False),
     ]
+
+
+def test_the_record_of_a_request_refused_for_want_of_a_durable_record_says_503(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``audit_fsync`` on and fdatasync fails: the client gets the 503 and so does the record, which
+    keeps what had been decided in ``detail`` (gate/audit.py: a record says what the client got)."""
+    failures = [OSError(errno.EIO, "Input/output error")]
+
+    def fdatasync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(audit_journal.os, "fdatasync", fdatasync)
+    started: list[int] = []
+
+    async def run() -> list[Any]:
+        engine = db.create_engine(database_url, pool_size=2)
+        log = AuditLog(engine, MRN, tmp_path / "journal", fsync=True)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            log.journal.append(_record("c" * 32, "alice", streaming=True))
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"pixels"})
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started.append(message["status"])
+
+        def refuse() -> Response:
+            return Response(b"", 503, {"Retry-After": "5"})
+
+        try:
+            await DurableResponses(app, lambda: log.journal, refuse)({"type": "http"}, None, send)
+            await log.journal.flush()
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    select(
+                        audit.c.outcome, audit.c.status, audit.c.bytes_sent, audit.c.streaming, audit.c.detail
+                    )
+                )
+                return list(rows)
+        finally:
+            await log.aclose()
+            await engine.dispose()
+
+    rows = asyncio.run(run())
+    assert started == [503]
+    decided = f"{UNDURABLE} (decided: allow 200)"
+    assert [tuple(r) for r in rows] == [("unavailable", 503, 0, False, decided)]

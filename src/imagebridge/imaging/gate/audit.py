@@ -8,6 +8,12 @@ credentials in logs"; DICOM PS3.15 A.5; AU-01, AU-03). The record is appended to
 journal (:mod:`imagebridge.common.audit_journal`) before the response starts, so a killed process
 loses none, and committed to the table by a background writer moments later; the bytes actually
 sent are journaled when a streamed body has finished (AU-06). Readers settle the journal first.
+
+A record says what the client got. With ``audit_fsync`` on, a request whose record cannot be made
+durable is answered 503, and its record, still only in memory, becomes ``unavailable``/503 with
+the decision in ``detail`` before it is written again and committed (:func:`refused_record`; the
+journal's docstring says which records cannot be amended). A record that could not be written at
+all is not recorded: nothing was served.
 """
 
 from __future__ import annotations
@@ -70,6 +76,27 @@ def outcome_of(status: int) -> str:
     if status in (401, 403, 404):
         return "deny"
     return "unavailable" if status == 503 else "error"
+
+
+#: ``detail`` of the record of a request answered 503 because its record could not be made durable.
+UNDURABLE = "answered 503: the audit record could not be made durable"
+
+
+def refused_record(entry: Entry) -> Entry:
+    """``entry``'s record once its request is answered 503 instead (the journal could not make it
+    durable): what the client got, with what had been decided in ``detail``. A streamed body's
+    count and a Security Alert (about earlier refusals) stay as they are."""
+    if "record_key" not in entry or entry["operation"] == "security-alert":
+        return entry
+    detail = f"{UNDURABLE} (decided: {entry['outcome']} {entry['status']})"
+    return {
+        **entry,
+        "outcome": outcome_of(503),
+        "status": 503,
+        "bytes_sent": 0,
+        "streaming": False,
+        "detail": f"{detail}; {entry['detail']}"[:2000] if entry["detail"] else detail,
+    }
 
 
 #: A streamed body's final count, by record key (one executemany per commit).
@@ -138,7 +165,7 @@ class AuditLog:
         #: Set whenever a record becomes final and again once it is committed: the EHR publisher
         #: waits for a quiet moment (no new record) before reading the committed ones.
         self.written = asyncio.Event()
-        self.journal = Journal(journal_dir, self._commit, fsync=fsync)
+        self.journal = Journal(journal_dir, self._commit, fsync=fsync, refused=refused_record)
         self.refusals = Limiter(limit=ALERT_REFUSALS, window=ALERT_WINDOW)
 
     async def start(self) -> None:
