@@ -4,6 +4,7 @@ that answers with exactly the bytes each test gives, written in small pieces."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -79,6 +80,54 @@ def test_a_sized_body_stops_at_its_length_and_a_close_delimited_one_at_the_close
     sized = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sTRAILING GARBAGE" % (len(BODY), BODY)
     assert _exchange(sized)[2] == BODY
     assert _exchange(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + BODY)[2] == BODY
+
+
+def _detached(answer: bytes) -> tuple[bool, bytes]:
+    """Whether the body of ``answer`` could be detached for splicing, and the body it gives:
+    the bytes already received, then the rest read off the socket itself (common/splice.py)."""
+
+    async def run() -> tuple[bool, bytes]:
+        server = await _serve(answer, 7001, [])
+        port = server.sockets[0].getsockname()[1]
+        try:
+            response = await relay.get(f"http://127.0.0.1:{port}/s", {}, wait=5.0, tls=None)
+            try:
+                source = response.detach()
+                if source is None:
+                    return False, b"".join([piece async for piece in response.body()])
+                body = bytearray(b"".join(source.received))
+                remaining = source.remaining
+                while remaining is None or remaining > 0:
+                    try:
+                        data = os.read(source.fd, 1 << 20 if remaining is None else remaining)
+                    except BlockingIOError:
+                        await asyncio.sleep(0.001)
+                        continue
+                    if not data:
+                        break
+                    body += data
+                    remaining = None if remaining is None else remaining - len(data)
+                return True, bytes(body)
+            finally:
+                await response.aclose()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    return asyncio.run(run())
+
+
+def test_a_close_delimited_or_sized_body_is_detached_for_splicing_at_its_length() -> None:
+    assert _detached(b"HTTP/1.1 200 OK\r\n\r\n" + BODY) == (True, BODY)
+    sized = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sTRAILING GARBAGE" % (len(BODY), BODY)
+    assert _detached(sized) == (True, BODY)
+
+
+def test_a_chunked_body_or_an_invalid_length_is_not_detached() -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(BODY, 8192)
+    assert _detached(chunked) == (False, BODY)
+    with pytest.raises(RelayError, match="invalid Content-Length"):  # read here, where it fails
+        _detached(b"HTTP/1.1 200 OK\r\nContent-Length: x1\r\n\r\nabc")
 
 
 def test_an_interim_answer_is_skipped_and_a_folded_field_unfolded() -> None:

@@ -209,11 +209,12 @@ class RelayedResponse:
     def detach(self) -> SpliceSource | None:
         """The rest of the body as a socket to splice from (:mod:`imagebridge.common.splice`),
         reading here stopped; None when it is read here (:meth:`body`): a chunked or TLS body,
-        or an upstream that has already closed."""
+        an invalid ``Content-Length`` (:meth:`body` ends it), or an upstream already closed."""
         transport = self._socket.transport
         if (
             self.status_code in (204, 304)
             or "chunked" in self.headers.get("transfer-encoding", "").lower()
+            or not self.headers.get("content-length", "0").strip().isdigit()
             or transport is None
             or transport.get_extra_info("sslcontext") is not None
         ):
