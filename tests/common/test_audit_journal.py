@@ -341,6 +341,42 @@ def test_a_failed_fdatasync_is_never_trusted_again(tmp_path: Path, monkeypatch: 
     asyncio.run(run())
 
 
+def test_a_rewrite_whose_own_segment_is_lost_still_supersedes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two syncs fail in a row: the records go to a second segment, then to a third, whose line
+    names both earlier cuts. If the second segment is lost (never synced), replay still drops the
+    first segment's superseded copies: each record once."""
+    failures = [OSError(errno.EIO, "Input/output error")] * 2
+
+    def fdatasync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(audit_journal.os, "fdatasync", fdatasync)
+    replayed: list[str] = []
+
+    async def replay(entries: Sequence[Entry], origin: Origin) -> None:
+        replayed.extend(e["k"] for e in entries)
+
+    async def run() -> None:
+        journal = Journal(tmp_path, Sink().apply, fsync=True)
+        journal.append({"k": "a"})
+        for _ in range(2):
+            with pytest.raises(audit_journal.JournalUnavailable):
+                await journal.durable()
+        journal.append({"k": "b"})
+        await journal.durable()
+        first, second, _ = sorted(tmp_path.glob("*.journal"))
+        second.write_bytes(b"")  # its name survived the power loss, its bytes did not
+        await Journal(tmp_path, replay).settle()
+        assert sorted(replayed) == ["a", "b"]
+        assert first.read_bytes().startswith(encode({"k": "a"}))  # the copy the first cut drops
+        await journal.aclose()
+
+    asyncio.run(run())
+
+
 def _refusal() -> Response:
     return Response(b"no audit, no data", 503, {"Retry-After": "5"})
 

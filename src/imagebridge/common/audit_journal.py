@@ -195,6 +195,9 @@ class Journal:
         self._new_entries = False
         #: Sealed segments whose records not known durable are still to be rewritten (:meth:`_rewrite`).
         self._superseding: list[_Segment] = []
+        #: Every cut still on disk (segment name → offset): each rewrite's line repeats them all,
+        #: as the segment holding an earlier line may itself be lost.
+        self._cuts: dict[str, int] = {}
 
     def append(self, entry: Entry) -> None:
         """Journal ``entry`` (one ``write``); the writer task commits it soon after.
@@ -364,7 +367,8 @@ class Journal:
             for k, (_, segment, number, _) in enumerate(self._pending)
             if segment.sealed and number > self._synced
         ]
-        marker = {SUPERSEDES: [[segment.path.name, segment.synced] for segment in self._superseding]}
+        self._cuts.update((segment.path.name, segment.synced) for segment in self._superseding)
+        marker = {SUPERSEDES: [[name, offset] for name, offset in self._cuts.items()]}
         data = b"".join([*(encode(self._pending[k][0]) for k in moved), encode(marker)])
         segment = self._create()
         written = os.write(segment.fd, data)
@@ -438,6 +442,7 @@ class Journal:
         for segment in self._segments:
             if segment.outstanding == 0 and (segment.sealed or segment.size >= self.segment_bytes):
                 segment.path.unlink(missing_ok=True)  # while still locked: nobody replays it
+                self._cuts.pop(segment.path.name, None)
                 os.close(segment.fd)
             else:
                 keep.append(segment)
