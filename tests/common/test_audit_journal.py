@@ -507,6 +507,31 @@ def test_a_refused_requests_record_says_503(tmp_path: Path, monkeypatch: pytest.
     assert sorted((e["k"], e["status"]) for e in replayed) == [("later", 200), ("refused", 503)]
 
 
+def test_a_reader_is_refused_while_the_records_cannot_be_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``fsync`` only durable records are committed: while fdatasync fails, a reader waiting
+    for this process's records (an audit query) gets :class:`JournalUnavailable` (its 503), not a
+    wait until the disk heals; the records stay for the next start."""
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(audit_journal.os, "fdatasync", failing)
+    sink = Sink()
+
+    async def run() -> None:
+        journal = Journal(tmp_path, sink.apply, fsync=True)
+        journal.append({"k": "a"})
+        with pytest.raises(audit_journal.JournalUnavailable):
+            await journal.flush()
+        await journal.aclose()
+
+    asyncio.run(run())
+    assert sink.rows == {}
+    assert list(tmp_path.glob("*.journal"))
+
+
 def test_append_the_disk_refuses_is_journal_unavailable(tmp_path: Path) -> None:
     """A segment that cannot be created or written is :class:`JournalUnavailable` (each service
     answers it with 503), never a record silently dropped."""

@@ -195,6 +195,8 @@ class Journal:
         self._new_entries = False
         #: Sealed segments whose records not known durable are still to be rewritten (:meth:`_rewrite`).
         self._superseding: list[_Segment] = []
+        #: Why the writer cannot commit (with ``fsync``: its records cannot be made durable), until it can.
+        self._unavailable: JournalUnavailable | None = None
         #: Every cut still on disk (segment name → offset): each rewrite's line repeats them all,
         #: as the segment holding an earlier line may itself be lost.
         self._cuts: dict[str, int] = {}
@@ -292,12 +294,15 @@ class Journal:
         self._watcher = asyncio.create_task(self._watch())
 
     async def flush(self) -> None:
-        """Wait until everything this process has journaled so far is committed."""
+        """Wait until everything this process has journaled so far is committed;
+        :class:`JournalUnavailable` while it cannot be made durable (``fsync``) to be committed."""
         target = self._appended
         while self._committed < target:
             self._progress.clear()
             self._hurry.set()
             await self._progress.wait()
+            if self._unavailable is not None and self._committed < target:
+                raise JournalUnavailable(str(self._unavailable))
 
     async def settle(self) -> None:
         """Make every record journaled so far, by any process sharing the directory, committed.
@@ -320,7 +325,7 @@ class Journal:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         committed = False
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(TimeoutError, JournalUnavailable):
             async with asyncio.timeout(CLOSE_SECONDS):
                 await self.flush()
                 committed = True
@@ -414,8 +419,11 @@ class Journal:
             if self.fsync:  # only durable records are committed: the others may yet be rewritten
                 try:
                     await self.durable()
-                except JournalUnavailable:
+                    self._unavailable = None
+                except JournalUnavailable as exc:
                     log.exception("audit records could not be made durable yet; retrying")
+                    self._unavailable = exc
+                    self._progress.set()  # a waiting reader is refused, not kept waiting
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
             ready = len(self._pending)
