@@ -323,3 +323,37 @@ def test_power_loss_after_retrievals_keeps_their_audit_records(
             (study,),
         ).fetchall()
     assert {sop for (sop,) in delivered} >= {str(ds.SOPInstanceUID) for ds in datasets}
+
+
+def test_a_retrieval_refused_for_want_of_a_durable_record_is_recorded_as_refused(
+    power_loss: tuple[ArchiveStack, PowerLossVolume],
+) -> None:
+    """FT-09 and AU-01 together: fdatasync fails while a retrieval is answered, so the client gets
+    503, and the record of that retrieval says 503 (it said allow/200) even after power loss; the
+    same retrieval once the disk heals is served and recorded as 200."""
+    stack, volume = power_loss
+    study = generate_uid()
+    ds = instance(study=study, number=1, seed=800, rows=64, columns=64)
+    assert stack.stow([part10(ds)]).status_code == 200
+    stack.retrieve(study)  # published: retrievals are allowed from here on
+    url = f"{stack.base}/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    with httpx.Client(timeout=60, headers=stack.headers(Accept=WADO_ACCEPT)) as http:
+        volume.command("fail-fsync")
+        try:
+            refused = http.get(url)
+        finally:
+            volume.command("heal")
+        assert (refused.status_code, refused.headers.get("Retry-After")) == (503, "5"), refused.text
+        assert http.get(url).status_code == 200
+    assert stack.stack.imaging is not None
+    stack.stack.imaging.kill()
+    volume.command("crash")
+    stack.stack.start_imaging()  # its startup replays what survived of the dead journal
+
+    database = stack.stack.imaging_settings.data_dir / "imaging.sqlite3"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        recorded = conn.execute(
+            "SELECT outcome, status FROM audit WHERE sop_uid = ? AND operation = 'retrieve' ORDER BY at",
+            (str(ds.SOPInstanceUID),),
+        ).fetchall()
+    assert recorded == [("unavailable", 503), ("allow", 200)]
