@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from imagebridge.common.cors import is_origin
+
 T = TypeVar("T")
 
 
@@ -100,8 +102,9 @@ class ImagingSettings:
     #: This system's own Backend Services registration at the EHR.
     client_id: str = "imaging"
     private_key_file: Path = Path("var/imaging/client-key.json")
-    #: Browser origins allowed to call DICOMweb (CORS); "*" = any (bearer tokens are not cookies).
-    cors_allowed_origins: tuple[str, ...] = ("*",)
+    #: Browser origins allowed to call DICOMweb (CORS), e.g. the OHIF viewer's
+    #: ``https://viewer.example.org``; none by default; "*" = any (bearer tokens are not cookies).
+    cors_allowed_origins: tuple[str, ...] = ()
     #: Seconds a positive introspection answer may be reused: the revocation promise.
     revocation_window: int = 30
     #: Seconds a negative introspection answer is remembered.
@@ -158,6 +161,11 @@ class ImagingSettings:
             raise SettingsError("upstream_auth must be 'basic:user:password' or 'bearer:TOKEN'")
         if self.stow_overwrite not in ("reject", "replace"):
             raise SettingsError(f"stow_overwrite must be 'reject' or 'replace', not {self.stow_overwrite!r}")
+        for entry in self.cors_allowed_origins:
+            if entry != "*" and not is_origin(entry):
+                raise SettingsError(
+                    f"cors_allowed_origins: {entry!r} is not an origin (scheme://host[:port]) nor '*'"
+                )
 
     @property
     def origin(self) -> str:

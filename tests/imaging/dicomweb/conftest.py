@@ -8,6 +8,7 @@ import httpx
 import pytest
 from tests.imaging.dicomweb.pixel_stack import (
     READ_SCOPE,
+    VIEWER,
     WRITE_SCOPE,
     PixelStack,
     Sample,
@@ -29,7 +30,7 @@ from imagebridge.common import jose
 def pixel_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PixelStack]:
     """Both services with the sample corpus and two decode bombs stored and published."""
     tmp = tmp_path_factory.mktemp("pixel-stack")
-    stack = LocalStack(tmp)
+    stack = LocalStack(tmp, extra_imaging_env={"IMAGEBRIDGE_IMAGING_CORS_ALLOWED_ORIGINS": VIEWER})
     stack.provision()
     reader = BackendClient("pixel-reader", jose.load_or_create_private_jwk(tmp / "reader.json", "ES384"))
     modality = BackendClient(

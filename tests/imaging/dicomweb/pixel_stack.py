@@ -1,4 +1,5 @@
-"""Helpers for the pixel-path tests (frames, rendered, transcoding, CORS): their own stack.
+"""Helpers for the pixel-path tests (frames, rendered, transcoding, CORS): their own stack, whose
+imaging system grants CORS to :data:`VIEWER`.
 
 pydicom's and pydicom-data's sample files are given fresh UIDs and one PatientID, sent by STOW-RS
 with a modality client, published to the EHR, and read by a backend client whose Group holds
@@ -30,6 +31,8 @@ from imagebridge.ehr.admin import Admin
 MRN = "PX-0001"
 STUDY_UID = generate_uid(entropy_srcs=["imagebridge pixel tests study"])
 READ_SCOPE = "system/ImagingStudy.rs"
+#: The one origin the pixel stack's imaging system grants CORS to (an OHIF deployment's).
+VIEWER = "https://viewer.example.org"
 WRITE_SCOPE = "system/ImagingStudy.c"
 
 

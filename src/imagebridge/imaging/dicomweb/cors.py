@@ -3,9 +3,10 @@
 A viewer served from another origin (OHIF) calls DICOMweb with ``Authorization: Bearer`` and
 ``Accept`` headers, so the browser first sends a preflight ``OPTIONS``. The preflight carries no
 token by design and is answered here, before the gate; every real request still passes the gate.
-Allowed origins come from ``ImagingSettings.cors_allowed_origins``: ``*`` (the default) answers
-``Access-Control-Allow-Origin: *`` without credentials, which suits bearer tokens (they are not
-cookies); a list answers the matching origin and ``Vary: Origin``.
+Allowed origins come from ``ImagingSettings.cors_allowed_origins``: none by default (no grant to
+any page: security.md RS-11); a list of the viewers' origins answers the matching origin with
+``Vary: Origin``; ``*``, set explicitly, answers ``Access-Control-Allow-Origin: *`` to every origin
+(never with credentials: bearer tokens are not cookies; common/cors.py).
 
 Every DICOMweb response also carries ``Cross-Origin-Resource-Policy: cross-origin`` so that a
 cross-origin-isolated page (COEP ``require-corp``) may load frames and rendered images, and
@@ -17,25 +18,36 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
-ALLOW_HEADERS = (
-    "authorization",
-    "accept",
-    "accept-encoding",
-    "content-type",
-    "range",
-    "if-none-match",
-    "if-modified-since",
-    "cache-control",
+from imagebridge.common import cors
+
+RULES = cors.Rules(
+    methods=("GET", "HEAD", "POST", "OPTIONS"),
+    headers=(
+        "authorization",
+        "accept",
+        "accept-encoding",
+        "content-type",
+        "range",
+        "if-none-match",
+        "if-modified-since",
+        "cache-control",
+    ),
+    expose=(
+        "Content-Type",
+        "Content-Length",
+        "Content-Range",
+        "Content-Location",
+        "Warning",
+        "ETag",
+        "WWW-Authenticate",
+    ),
 )
-EXPOSE_HEADERS = (
-    "Content-Type, Content-Length, Content-Range, Content-Location, Warning, ETag, WWW-Authenticate"
-)
-MAX_AGE = "600"
+CORP = {"Cross-Origin-Resource-Policy": "cross-origin"}
+EVERY_RESPONSE = {**CORP, "X-Content-Type-Options": "nosniff"}
 
 
 class DicomwebCors:
@@ -44,7 +56,9 @@ class DicomwebCors:
     def __init__(self, app: ASGIApp, allowed_origins: Collection[str], prefix: str = "/dicom-web") -> None:
         self.app = app
         self.any_origin = "*" in allowed_origins
-        self.allowed = frozenset(o.rstrip("/") for o in allowed_origins)
+        self.allowed = frozenset(o for o in map(cors.origin_of, allowed_origins) if o is not None)
+        #: The answer depends on ``Origin`` only when some origins, not all, are granted.
+        self.vary = bool(self.allowed) and not self.any_origin
         self.prefix = prefix
 
     def allow_origin(self, origin: str | None) -> str | None:
@@ -60,45 +74,13 @@ class DicomwebCors:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        origin = headers.get("origin")
-        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            await self.preflight(origin, headers)(scope, receive, send)
+        if cors.is_preflight(scope, headers):
+            await self.preflight(headers.get("origin"), headers)(scope, receive, send)
             return
-        allowed = self.allow_origin(origin)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                out = MutableHeaders(scope=message)
-                out["Cross-Origin-Resource-Policy"] = "cross-origin"
-                out["X-Content-Type-Options"] = "nosniff"
-                if allowed is not None:
-                    out["Access-Control-Allow-Origin"] = allowed
-                    out["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-                if not self.any_origin:
-                    out.add_vary_header("Origin")
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        allowed = self.allow_origin(headers.get("origin"))
+        granted = cors.granting(send, allowed, RULES, vary=self.vary, extra=EVERY_RESPONSE)
+        await self.app(scope, receive, granted)
 
     def preflight(self, origin: str | None, headers: Headers) -> Response:
         """Answer a CORS preflight (Fetch §3.2.2): 204 with what may be sent, or 403."""
-        allowed = self.allow_origin(origin)
-        requested = {h.strip().lower() for h in headers.get("access-control-request-headers", "").split(",")}
-        requested.discard("")
-        method = headers["access-control-request-method"].upper()
-        if allowed is None or method not in ALLOW_METHODS.split(", ") or not requested <= set(ALLOW_HEADERS):
-            return PlainTextResponse(
-                "CORS preflight refused: origin, method or headers not allowed",
-                status_code=403,
-                headers={"Vary": "Origin"} if not self.any_origin else None,
-            )
-        out = {
-            "Access-Control-Allow-Origin": allowed,
-            "Access-Control-Allow-Methods": ALLOW_METHODS,
-            "Access-Control-Allow-Headers": ", ".join(ALLOW_HEADERS),
-            "Access-Control-Max-Age": MAX_AGE,
-            "Cross-Origin-Resource-Policy": "cross-origin",
-        }
-        if not self.any_origin:
-            out["Vary"] = "Origin"
-        return Response(status_code=204, headers=out)
+        return cors.preflight(self.allow_origin(origin), RULES, headers, vary=self.vary, extra=CORP)
