@@ -49,7 +49,7 @@ import os
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +151,8 @@ class _Request:
 
 
 _REQUEST: ContextVar[_Request | None] = ContextVar("audit_journal_request", default=None)
+#: A segment read for replay: its name and its entries, each with its byte offset.
+_Read = tuple[str, list[tuple[int, Entry]]]
 #: An appended entry, the segment holding it, its number and the request it belongs to.
 _Appended = tuple[Entry, "_Segment", int, _Request | None]
 
@@ -510,26 +512,25 @@ class Journal:
         finally:
             os.close(fd)
 
-    async def _apply_groups(
-        self, segments: Iterable[tuple[str, list[tuple[int, Entry]]]], origin: Origin
-    ) -> None:
+    async def _apply_groups(self, segments: Generator[_Read], origin: Origin) -> None:
         """Apply ``segments`` (one writer's, oldest first) in groups of about
         :data:`REPLAY_SEGMENTS`: together what must be seen together. A segment that supersedes
         another (:data:`SUPERSEDES`) joins that one's group; the entries ``apply`` holds back (a
         dead writer's stand-in whose completion may come later, ehr/audit.py) go on to the next
         group; the last group of a dead writer is ``dead``, the others ``dead-partial``."""
-        group: list[tuple[str, list[tuple[int, Entry]]]] = []
-        held: Sequence[Entry] = ()
-        for name, found in segments:
-            cut = {superseded for _, entry in found for superseded, _ in entry.get(SUPERSEDES, ())}
-            if len(group) >= REPLAY_SEGMENTS and not cut & {member for member, _ in group}:
-                entries = [*held, *_unsuperseded(group)]
-                held = (await self.apply(entries, "dead-partial" if origin == "dead" else origin)) or ()
-                group = []
-            group.append((name, found))
-        entries = [*held, *_unsuperseded(group)]
-        if entries:
-            await self.apply(entries, origin)
+        with contextlib.closing(segments):  # its open segment closed, whatever happens
+            group: list[_Read] = []
+            held: Sequence[Entry] = ()
+            for name, found in segments:
+                cut = {superseded for _, entry in found for superseded, _ in entry.get(SUPERSEDES, ())}
+                if len(group) >= REPLAY_SEGMENTS and not cut & {member for member, _ in group}:
+                    entries = [*held, *_unsuperseded(group)]
+                    held = (await self.apply(entries, "dead-partial" if origin == "dead" else origin)) or ()
+                    group = []
+                group.append((name, found))
+            entries = [*held, *_unsuperseded(group)]
+            if entries:
+                await self.apply(entries, origin)
 
 
 def _unsuperseded(segments: Sequence[tuple[str, Sequence[tuple[int, Entry]]]]) -> list[Entry]:
@@ -572,7 +573,7 @@ def _read_segment(path: Path, fd: int) -> tuple[str, list[tuple[int, Entry]]]:
     return path.name, found
 
 
-def _read_segments(paths: Iterable[Path]) -> Iterator[tuple[str, list[tuple[int, Entry]]]]:
+def _read_segments(paths: Iterable[Path]) -> Generator[_Read]:
     """The still-linked segments among ``paths``, read one at a time (not locked)."""
     for path in paths:
         try:
@@ -588,7 +589,7 @@ def _read_segments(paths: Iterable[Path]) -> Iterator[tuple[str, list[tuple[int,
 
 def _read_dead(
     first: Path, locked: int, paths: Iterable[Path], replayed: list[Path], live: list[Path]
-) -> Iterator[tuple[str, list[tuple[int, Entry]]]]:
+) -> Generator[_Read]:
     """``first`` (already ``locked``), then the dead segments among ``paths``, each locked while it
     is read; each is added to ``replayed``, the live ones to ``live``."""
     replayed.append(first)
