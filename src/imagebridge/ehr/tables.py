@@ -199,7 +199,8 @@ launches = Table(
 # resource other than an AuditEvent written or deleted; migration 0004 spreads it over the rows
 # ``resources.0`` … ``resources.15`` by resource id, read as their sum). Migration 0005 adds
 # ``patients.<k>`` (a patient's compartment written) and ``directory.<k>`` (data outside every
-# compartment written), which decide how long a patient's imaging grant is kept.
+# compartment written), which decide how long a patient's imaging grant is kept; migration 0007
+# ``clients`` (a client registration added, changed or removed).
 generations = Table(
     "generations",
     metadata,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import delete, insert, text
 
 from imagebridge.common.settings import EhrSettings
 from imagebridge.common.smart_scopes import parse_scopes
@@ -29,7 +29,7 @@ from imagebridge.ehr.smart.memo import (
     Memo,
     read_generation,
 )
-from imagebridge.ehr.tables import resources
+from imagebridge.ehr.tables import clients, resources
 
 
 @pytest.fixture
@@ -344,3 +344,78 @@ def test_the_compartment_types_of_the_counters_are_the_policys() -> None:
     """Migration 0005 names the compartment types in its triggers; they are the policy engine's."""
     migration = importlib.import_module("imagebridge.ehr.migrations.versions.0005_patient_counters")
     assert set(migration.COMPARTMENT) == {"Patient", *_SUBJECT}
+
+
+def test_the_clients_counter_moves_with_every_registration_change(settings: EhrSettings) -> None:
+    """Migration 0007: a client added, changed or removed moves ``clients`` (tokens do not), and
+    the registered origins follow (the enabled clients' http(s) redirect URIs)."""
+
+    async def run() -> list[tuple[int | None, frozenset[str]]]:
+        admin = Admin(settings)
+        grants = GrantStore(admin.engine)
+        seen: list[tuple[int | None, frozenset[str]]] = []
+
+        async def look() -> None:
+            found = await read_generation(admin.engine)
+            assert found is not None
+            seen.append((found.clients, await admin.clients.origins()))
+
+        try:
+            await look()
+            await admin.add_client(
+                "web", "public", scope="patient/*.rs", redirect_uris=["https://App.example:443/cb"]
+            )
+            await look()
+            secret = await grants.issue(Grant("web", "patient/*.rs", time.time() + 60, time.time()))
+            await grants.revoke(secret)
+            await look()  # tokens are no registrations
+            await admin.add_client(
+                "native",
+                "public",
+                scope="patient/*.rs",
+                redirect_uris=["com.example:/cb", "http://[::1]:9/cb"],
+            )
+            await look()
+            await admin.clients.set_enabled("web", False)
+            await look()
+            async with admin.engine.begin() as conn:
+                await conn.execute(delete(clients).where(clients.c.client_id == "native"))
+            await look()
+        finally:
+            await admin.close()
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen == [
+        (0, frozenset()),
+        (1, {"https://app.example"}),
+        (1, {"https://app.example"}),
+        (2, {"https://app.example", "http://[::1]:9"}),
+        (3, {"http://[::1]:9"}),
+        (4, frozenset()),
+    ]
+
+
+def test_origins_are_kept_until_the_clients_counter_moves() -> None:
+    memo, reads = Memo(), []
+
+    async def load() -> frozenset[str]:
+        reads.append(len(reads))
+        return frozenset({f"https://app-{len(reads)}.example"})
+
+    async def run() -> list[frozenset[str]]:
+        return [
+            await memo.origins(Generation(0, 0, clients=3), load),
+            await memo.origins(Generation(9, 9, clients=3), load),  # tokens and resources: kept
+            await memo.origins(Generation(9, 9, clients=4), load),
+            await memo.origins(Generation(9, 9, clients=3), load),  # read before the change: not filed
+            await memo.origins(Generation(9, 9, clients=4), load),
+            await memo.origins(Generation(9, 9), load),  # a database before 0007: read every time
+            await memo.origins(None, load),
+        ]
+
+    answers = asyncio.run(run())
+    assert [next(iter(a)).removeprefix("https://app-") for a in answers] == [
+        f"{n}.example" for n in (1, 1, 2, 3, 2, 4, 5)
+    ]
+    assert len(reads) == 5

@@ -1,7 +1,7 @@
 """EHR migrations bring a database from before them up to date: 0002 one created before users had
 roles, clients had registration access tokens and tokens had online_access sessions, keeping its
 users able to sign in in the roles they had (Practitioners stay clinicians); 0006 one whose
-clients had no ``imaging_source``."""
+clients had no ``imaging_source``; 0007 one without the ``clients`` counter."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from sqlalchemy import Connection, inspect, text
 
 from imagebridge.common import db
 from imagebridge.ehr.app import MIGRATIONS
-from imagebridge.ehr.smart.clients import ClientRegistry
+from imagebridge.ehr.smart.clients import Client, ClientRegistry
+from imagebridge.ehr.smart.memo import read_generation
 from imagebridge.ehr.smart.users import UserStore
 from imagebridge.ehr.tables import metadata
 
@@ -102,3 +103,25 @@ def test_0006_registers_no_existing_client_as_an_imaging_source(tmp_path: Path) 
             await engine.dispose()
 
     assert asyncio.run(read()) is False
+
+
+def test_0007_counts_registrations_of_a_database_from_before_it(tmp_path: Path) -> None:
+    """After 0007 a client registered in a database from before it moves the ``clients`` counter
+    (ehr/smart/memo.py: each worker's registered origins are read again)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ehr.sqlite3'}"
+    left_by(url, "0006", "INSERT INTO generations (name, value) VALUES ('credentials', 0), ('resources', 0)")
+    db.upgrade(MIGRATIONS, url)
+
+    async def count() -> tuple[int | None, int | None]:
+        engine = db.create_engine(url)
+        try:
+            before = await read_generation(engine)
+            await ClientRegistry(engine).add(Client("web", "public", "web", "patient/*.rs"))
+            after = await read_generation(engine)
+        finally:
+            await engine.dispose()
+        assert before is not None
+        assert after is not None
+        return before.clients, after.clients
+
+    assert asyncio.run(count()) == (0, 1)

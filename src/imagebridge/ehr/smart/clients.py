@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import Select, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagebridge.common.cors import origin_of
 from imagebridge.ehr.tables import clients
 
 ClientKind = Literal["backend", "public", "confidential"]
@@ -80,6 +81,15 @@ class ClientRegistry:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(clients).order_by(clients.c.client_id))).mappings().all()
         return [client_from_row(dict(r)) for r in rows]
+
+    async def origins(self) -> frozenset[str]:
+        """The origins of the enabled clients' http(s) redirect URIs: the pages a browser app runs
+        in, which the EHR's CORS grants (ehr/cors.py; SMART App Launch 2.2 "registered origin")."""
+        query = select(clients.c.redirect_uris).where(clients.c.enabled.is_(True))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).scalars().all()
+        found = (origin_of(uri) for row in rows for uri in orjson.loads(row or "[]"))
+        return frozenset(origin for origin in found if origin is not None)
 
     async def add(self, client: Client) -> None:
         async with self.engine.begin() as conn:

@@ -16,7 +16,10 @@ concurrent writers of different resources bump different rows) once per introspe
   Consent, RelatedPerson, Patient, Group…): every remembered included resource (the Endpoint each
   ImagingStudy of a search page names) is dropped. A patient's imaging grant is dropped by a write
   in that patient's compartment or outside every compartment (the ``patients`` and ``directory``
-  shards of migration 0005), not by writes for other patients.
+  shards of migration 0005), not by writes for other patients;
+* ``clients`` (migration 0007) moves with any insert, update or deletion of a client registration:
+  the origins of the registered clients' redirect URIs, which the EHR's CORS grants (ehr/cors.py),
+  are read again.
 
 Requests arriving while a read of the counters is under way share the next read (never the one
 under way, which may predate a change committed before they arrived).
@@ -69,6 +72,8 @@ class Generation:
     patients: tuple[int, ...] = ()
     #: Writes of resources outside every patient compartment (migration 0005).
     directory: int = 0
+    #: Client registrations added, changed or removed (migration 0007; None before).
+    clients: int | None = None
 
     def grant_stamp(self, patient: str | None) -> tuple[int, ...]:
         """The counts an imaging grant for ``patient`` depends on: its compartment's shard and the
@@ -97,6 +102,7 @@ async def read_generation(engine: AsyncEngine) -> Generation | None:
         sums["resources"],
         tuple(int(v) for v in patients if v is not None) if None not in patients else (),
         sums.get("directory", 0),
+        int(rows["clients"]) if "clients" in rows else None,
     )
 
 
@@ -142,7 +148,8 @@ async def _credential(
 
 
 class Memo:
-    """One worker's remembered token lookups, client registrations and imaging grants."""
+    """One worker's remembered token lookups, client registrations, registered origins and imaging
+    grants."""
 
     def __init__(
         self,
@@ -156,6 +163,8 @@ class Memo:
         #: principal → (the counts it was computed under, when its computation began, grant)
         self._grants: dict[Principal, tuple[tuple[int, ...], float, dict[str, Any]]] = {}
         self._included: _Table[tuple[str, str], dict[str, Any]] = _Table()
+        #: (the clients counter it was read under, the registered origins)
+        self._origins: tuple[int, frozenset[str]] | None = None
         #: Grants being computed, by counter value and principal: asked again meanwhile, awaited.
         self._computing: dict[tuple[tuple[int, ...], Principal], asyncio.Task[dict[str, Any]]] = {}
         #: The next read of the counters, shared by every request that arrives before it starts.
@@ -200,6 +209,22 @@ class Memo:
         ``generation`` must have been read before this call, as for :meth:`token`.
         """
         return await _credential(self._clients, generation, client_id, client_id, load)
+
+    async def origins(
+        self, generation: Generation | None, load: Callable[[], Awaitable[frozenset[str]]]
+    ) -> frozenset[str]:
+        """The registered clients' origins as ``load`` reads them, kept while the clients counter
+        stands (read anew on every call without it).
+
+        ``generation`` must have been read before this call, as for :meth:`token`.
+        """
+        at = None if generation is None else generation.clients
+        if at is not None and self._origins is not None and self._origins[0] == at:
+            return self._origins[1]
+        found = await load()
+        if at is not None and (self._origins is None or self._origins[0] < at):
+            self._origins = (at, found)
+        return found
 
     async def included(
         self,
