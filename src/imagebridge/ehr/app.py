@@ -20,6 +20,7 @@ from imagebridge.ehr import audit
 from imagebridge.ehr.bulk import routes as bulk_routes
 from imagebridge.ehr.bulk.jobs import BulkExports
 from imagebridge.ehr.context import EhrContext
+from imagebridge.ehr.cors import EhrCors
 from imagebridge.ehr.fhir import batch, rest
 from imagebridge.ehr.fhir.outcome import FhirError
 from imagebridge.ehr.fhir.store import Store
@@ -109,6 +110,7 @@ def create_app(settings: EhrSettings) -> Starlette:
         app.add_middleware(
             DurableResponses, journal=lambda: audit.trail(ctx).journal, refuse=_audit_unavailable
         )
+    app.add_middleware(EhrCors, ctx=ctx)  # outermost: a refusal of DurableResponses is readable too
     app.state.ctx = ctx
     app.state.bulk = bulk
     return app

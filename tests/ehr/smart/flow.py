@@ -115,8 +115,9 @@ def offered_scopes(page: httpx.Response) -> list[str]:
     return re.findall(r'name="scope" value="([^"]+)"', page.text)
 
 
-def exchange(origin: str, app: App, code: str, verifier: str, **extra: str) -> httpx.Response:
-    form = {
+def code_form(app: App, code: str, verifier: str, **extra: str) -> dict[str, str]:
+    """The token request of the authorization code grant with PKCE (RFC 6749 §4.1.3, RFC 7636)."""
+    return {
         "grant_type": "authorization_code",
         "code": code,
         "redirect_uri": app.redirect_uri,
@@ -124,7 +125,10 @@ def exchange(origin: str, app: App, code: str, verifier: str, **extra: str) -> h
         "code_verifier": verifier,
         **extra,
     }
-    return httpx.post(f"{origin}/auth/token", data=form)
+
+
+def exchange(origin: str, app: App, code: str, verifier: str, **extra: str) -> httpx.Response:
+    return httpx.post(f"{origin}/auth/token", data=code_form(app, code, verifier, **extra))
 
 
 def introspect(origin: str, token: str, caller: str | None, method: str = "POST") -> httpx.Response:

@@ -45,9 +45,8 @@ log = logging.getLogger(__name__)
 
 
 async def metadata(request: Request) -> Response:
-    return fhir_response(
-        capability_statement(request.app.state.ctx), headers={"Access-Control-Allow-Origin": "*"}
-    )
+    """The CapabilityStatement (FHIR R4 §3.1.0.8), which any origin may read (ehr/cors.py)."""
+    return fhir_response(capability_statement(request.app.state.ctx))
 
 
 @dataclass

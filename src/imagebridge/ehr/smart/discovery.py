@@ -2,7 +2,8 @@
 
 SMART App Launch 2.2 §"Conformance" (``/.well-known/smart-configuration``, JSON regardless of
 ``Accept``, absolute URLs); Argonaut SMART Imaging Access (``associated_endpoints`` with
-``smart-imaging-access`` and the mode capabilities); OpenID Connect Discovery 1.0 §3.
+``smart-imaging-access`` and the mode capabilities); OpenID Connect Discovery 1.0 §3. Any origin
+may read them (``Access-Control-Allow-Origin: *``, ehr/cors.py): they are public documents.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ SCOPES_SUPPORTED = [
     "system/ImagingStudy.rs",
     INTROSPECTION_SCOPE,
 ]
-
-CORS = {"Access-Control-Allow-Origin": "*"}
 
 #: Members of both discovery documents. Each one is said even where RFC 8414 or OpenID Connect
 #: Discovery have a default, because their defaults (``implicit`` grants, ``fragment`` responses,
@@ -94,7 +93,7 @@ def smart_configuration_document(ctx: EhrContext) -> dict[str, Any]:
 
 
 async def smart_configuration(request: Request) -> Response:
-    return JSONResponse(smart_configuration_document(request.app.state.ctx), headers=CORS)
+    return JSONResponse(smart_configuration_document(request.app.state.ctx))
 
 
 async def openid_configuration(request: Request) -> Response:
@@ -114,11 +113,10 @@ async def openid_configuration(request: Request) -> Response:
             "scopes_supported": ["openid", "fhirUser", "profile"],
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nonce", "fhirUser"],
             "request_uri_parameter_supported": False,
-        },
-        headers=CORS,
+        }
     )
 
 
 async def jwks(request: Request) -> Response:
     ctx: EhrContext = request.app.state.ctx
-    return JSONResponse(await ctx.keys.public_jwks(), headers={**CORS, "Cache-Control": "max-age=300"})
+    return JSONResponse(await ctx.keys.public_jwks(), headers={"Cache-Control": "max-age=300"})

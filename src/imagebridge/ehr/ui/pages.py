@@ -340,7 +340,8 @@ async def revoke_app(
 
 
 async def smart_style(_: Request) -> Response:
-    return JSONResponse(STYLE, headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "max-age=3600"})
+    """The SMART style (``smart_style_url``), which any origin may read (ehr/cors.py)."""
+    return JSONResponse(STYLE, headers={"Cache-Control": "max-age=3600"})
 
 
 routes = [
