@@ -107,45 +107,52 @@ def test_rs11_token_fhir_and_dicomweb_answer_over_tls(pair: TlsPair) -> None:
 
 
 def test_rs11_unregistered_origin_gets_no_cors_grant(tmp_path: Path, certs: Certificates) -> None:
-    """Imaging with a registered viewer origin; the EHR's FHIR API does no CORS at all."""
-    evil = {"Origin": "https://evil.example"}
-    preflight = {
-        **evil,
-        "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization",
-    }
+    """Over TLS: the imaging system grants only its configured viewer origin, the EHR's token
+    endpoint and FHIR API only the origins of registered apps (the pair's app redirects to
+    ``https://app.example/cb``); ``https://evil.example``, look-alikes and ``null`` get no
+    ``Access-Control-Allow-Origin`` on either, preflight or actual request. The public discovery
+    documents are readable from any origin (SMART App Launch), never with credentials."""
     running = start_tls_pair(
         tmp_path, certs, imaging_env={"IMAGEBRIDGE_IMAGING_CORS_ALLOWED_ORIGINS": "https://viewer.example"}
     )
+
+    def preflight(page: str, method: str = "GET") -> dict[str, str]:
+        return {
+            "Origin": page,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization",
+        }
+
+    def calls(http: httpx.Client, page: str, token: str) -> list[httpx.Response]:
+        bearer = {"Origin": page, "Authorization": f"Bearer {token}"}
+        return [
+            http.get(f"{running.imaging_origin}/dicom-web/studies", headers=bearer),
+            http.options(f"{running.imaging_origin}/dicom-web/studies", headers=preflight(page)),
+            http.get(f"{running.ehr_origin}/fhir/Patient/alice", headers=bearer),
+            http.options(f"{running.ehr_origin}/fhir/Patient", headers=preflight(page)),
+            http.post(f"{running.ehr_origin}/auth/token", data={"grant_type": "x"}, headers={"Origin": page}),
+            http.options(f"{running.ehr_origin}/auth/token", headers=preflight(page, "POST")),
+        ]
+
+    strangers = ("https://evil.example", "https://app.example.evil.com", "http://app.example", "null")
     try:
         token = running.patient_token("alice")
         with httpx.Client(timeout=30, verify=certs.client_context()) as http:
-            answers = [
-                http.get(
-                    f"{running.imaging_origin}/dicom-web/studies",
-                    headers={**evil, "Authorization": f"Bearer {token}"},
-                ),
-                http.options(f"{running.imaging_origin}/dicom-web/studies", headers=preflight),
-                http.get(
-                    f"{running.ehr_origin}/fhir/Patient/alice",
-                    headers={**evil, "Authorization": f"Bearer {token}"},
-                ),
-                http.options(f"{running.ehr_origin}/fhir/Patient", headers=preflight),
-            ]
-            # public discovery documents are readable from any origin (SMART App Launch), never
-            # with credentials
-            public = http.get(f"{running.ehr_origin}/fhir/metadata", headers=evil)
-            viewer = http.options(
-                f"{running.imaging_origin}/dicom-web/studies",
-                headers={**preflight, "Origin": "https://viewer.example"},
-            )
+            refused = [answer for page in strangers for answer in calls(http, page, token)]
+            public = http.get(f"{running.ehr_origin}/fhir/metadata", headers={"Origin": strangers[0]})
+            viewer = calls(http, "https://viewer.example", token)[:2]
+            app = calls(http, "https://app.example", token)[2:]
     finally:
         running.stop()
-    for answer in answers:
+    for answer in refused:
         assert "access-control-allow-origin" not in answer.headers, answer.request.url
         assert "access-control-allow-credentials" not in answer.headers
-    assert "access-control-allow-credentials" not in public.headers
-    assert viewer.headers["access-control-allow-origin"] == "https://viewer.example"  # control
+    assert public.headers["access-control-allow-origin"] == "*"
+    for answer in (public, *viewer, *app):
+        assert "access-control-allow-credentials" not in answer.headers
+    # controls: the configured viewer at the imaging system, the registered app at the EHR
+    assert [a.headers.get("access-control-allow-origin") for a in viewer] == ["https://viewer.example"] * 2
+    assert [a.headers.get("access-control-allow-origin") for a in app] == ["https://app.example"] * 4
 
 
 def _studies(pair: TlsPair) -> httpx.Response:

@@ -2,7 +2,8 @@
 
 A tiny app on 127.0.0.1 receives the redirects: Alice unticks the imaging scope and the app's token
 lacks it; Elena picks Maya from the patient picker; Dr. Chen launches a pre-approved app from a
-chart and no consent page appears.
+chart and no consent page appears. A browser app's own page exchanges its code and reads FHIR
+with ``fetch`` (CORS); a page of an unregistered origin cannot.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from tests.conftest import RunningStack
-from tests.ehr.smart.flow import App, add_launchable, exchange, pkce, query_of, register_public
+from tests.ehr.smart.flow import App, add_launchable, code_form, exchange, pkce, query_of, register_public
 from tests.services import require_executable
 
 pytestmark = pytest.mark.browser
@@ -157,6 +158,7 @@ def test_elena_picks_maya(page: Page, tiny: TinyApp) -> None:
     app = register_public(tiny.origin, tiny.redirect_uri)
     page.goto(authorize_url(tiny, app, "elena-state"))
     sign_in(page, "elena", "elena-demo-2024")
+    page.wait_for_selector('input[name="patient"]')  # the picker, after the sign-in's navigation
     options = page.locator('input[name="patient"]')
     assert [options.nth(i).get_attribute("value") for i in range(options.count())] == ["maya"]
     page.check('input[value="maya"]')
@@ -192,3 +194,41 @@ def test_clinician_launches_pre_approved_app_without_consent(
     assert body["patient"] == "alice"
     assert body["need_patient_banner"] is True
     assert httpx.get(body["smart_style_url"]).status_code == 200
+
+
+#: A browser app's script at its redirect URI: the PKCE code exchange and a FHIR read, with fetch.
+EXCHANGE_AND_READ = """async ([tokenUrl, form, fhirBase]) => {
+  const answer = await fetch(tokenUrl, {method: "POST", body: new URLSearchParams(form)});
+  const token = await answer.json();
+  const read = await fetch(`${fhirBase}/Patient/${token.patient}`, {
+    headers: {Authorization: `Bearer ${token.access_token}`, Accept: "application/fhir+json"},
+  });
+  return {patient: token.patient, status: read.status, id: (await read.json()).id, token: token.access_token};
+}"""
+#: The same FHIR read from a page that is not the app's: resolves to the error the page sees.
+READ_ELSEWHERE = """async ([url, token]) => {
+  try {
+    const read = await fetch(url, {headers: {Authorization: `Bearer ${token}`}});
+    return `read: ${read.status}`;
+  } catch (error) {
+    return `${error.name}`;
+  }
+}"""
+
+
+def test_a_browser_app_exchanges_its_code_and_reads_fhir_with_fetch(page: Page, tiny: TinyApp) -> None:
+    """SMART App Launch 2.2 CORS: the app's page (its registered origin, another port than the
+    EHR's) does the code exchange and a FHIR read itself; the same page served at ``localhost``,
+    an origin no client registered, cannot read the FHIR API with the same token."""
+    app = register_public(tiny.origin, tiny.redirect_uri)
+    page.goto(authorize_url(tiny, app, "fetch-state"))
+    sign_in(page, "alice", "alice-demo-2024")
+    page.click("#allow")
+    page.wait_for_selector("#done")
+    assert page.url.startswith(f"{tiny.base}/cb?")
+    form = code_form(app, tiny.callbacks[-1]["code"], tiny.verifier)
+    found = page.evaluate(EXCHANGE_AND_READ, [f"{tiny.origin}/auth/token", form, tiny.fhir_base])
+    assert (found["patient"], found["status"], found["id"]) == ("alice", 200, "alice")
+    page.goto(tiny.base.replace("127.0.0.1", "localhost") + "/cb")
+    page.wait_for_selector("#done")
+    assert page.evaluate(READ_ELSEWHERE, [f"{tiny.fhir_base}/Patient/alice", found["token"]]) == "TypeError"
