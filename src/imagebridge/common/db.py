@@ -66,9 +66,10 @@ def add_missing_column(table: str, column: Column[Any]) -> None:
 
 
 def drop_column(table: str, name: str) -> None:
-    """In a migration's downgrade: drop a column (by copying the table on SQLite)."""
-    with op.batch_alter_table(table) as batch:
-        batch.drop_column(name)
+    """In a migration's downgrade: drop a column in place (``ALTER TABLE … DROP COLUMN``, SQLite
+    3.35+), keeping the table's triggers: copying the table, as a batch operation does on SQLite,
+    drops them (the EHR's change counters of migrations 0003 and 0007 on ``clients``)."""
+    op.drop_column(table, name)
 
 
 def run_migrations_online(url: str, target_metadata: Any) -> None:

@@ -1,7 +1,8 @@
 """EHR migrations bring a database from before them up to date: 0002 one created before users had
 roles, clients had registration access tokens and tokens had online_access sessions, keeping its
 users able to sign in in the roles they had (Practitioners stay clinicians); 0006 one whose
-clients had no ``imaging_source``; 0007 one without the ``clients`` counter."""
+clients had no ``imaging_source``; 0007 one without the ``clients`` counter. Downgrades keep the
+triggers of the change counters."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import asyncio
 from pathlib import Path
 
 from alembic import command
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, inspect, text, update
 
 from imagebridge.common import db
+from imagebridge.common.settings import EhrSettings
 from imagebridge.ehr.app import MIGRATIONS
 from imagebridge.ehr.smart.clients import Client, ClientRegistry
-from imagebridge.ehr.smart.memo import read_generation
+from imagebridge.ehr.smart.memo import Generation, read_generation
 from imagebridge.ehr.smart.users import UserStore
-from imagebridge.ehr.tables import metadata
+from imagebridge.ehr.tables import clients, metadata
 
 ADDED = (("users", "roles"), ("users", "enabled"), ("clients", "registration_token"), ("tokens", "session"))
 
@@ -125,3 +127,40 @@ def test_0007_counts_registrations_of_a_database_from_before_it(tmp_path: Path) 
         return before.clients, after.clients
 
     assert asyncio.run(count()) == (0, 1)
+
+
+def test_downgrades_keep_the_registration_triggers(ehr_settings: EhrSettings) -> None:
+    """Taken back to 0005 (0007's and 0006's downgrades), a client disabled still moves the
+    ``credentials`` counter of 0003 (ehr/smart/memo.py: no worker keeps verifying its assertions);
+    upgraded again, a registration moves the ``clients`` counter too."""
+    url = ehr_settings.resolved_database_url
+
+    async def disable() -> tuple[Generation, Generation]:
+        engine = db.create_engine(url)
+        try:
+            before = await read_generation(engine)
+            async with engine.begin() as conn:
+                await conn.execute(update(clients).where(clients.c.client_id == "web").values(enabled=False))
+            after = await read_generation(engine)
+        finally:
+            await engine.dispose()
+        assert before is not None
+        assert after is not None
+        return before, after
+
+    asyncio.run(_add(url, Client("web", "public", "web", "patient/*.rs")))
+    command.downgrade(db.alembic_config(MIGRATIONS, url), "0005")
+    before, after = asyncio.run(disable())
+    assert after.credentials == before.credentials + 1
+    db.upgrade(MIGRATIONS, url)
+    asyncio.run(_add(url, Client("web2", "public", "web2", "patient/*.rs")))
+    before, after = asyncio.run(disable())
+    assert (after.credentials, after.clients) == (before.credentials + 1, (before.clients or 0) + 1)
+
+
+async def _add(url: str, client: Client) -> None:
+    engine = db.create_engine(url)
+    try:
+        await ClientRegistry(engine).add(client)
+    finally:
+        await engine.dispose()
