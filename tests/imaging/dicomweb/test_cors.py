@@ -130,9 +130,11 @@ def test_configured_origins_are_normalized() -> None:
 
 
 def test_any_origin_only_when_asked_for() -> None:
-    """``*`` grants every origin, as ``*`` and without Vary (the answer is the same for all)."""
+    """``*`` grants every origin, as ``*`` and without Vary: the answer is the same for all, also
+    for a request without ``Origin`` (Fetch §3.2.5: a browser may reuse its cached answer to one)."""
     cors = DicomwebCors(_never, ["*"])
     assert cors.allow_origin("https://evil.example") == "*"
+    assert cors.allow_origin(None) == "*"
     answer = cors.preflight("https://evil.example", _preflight_headers("https://evil.example"))
     assert answer.status_code == 204
     assert answer.headers["access-control-allow-origin"] == "*"

@@ -62,11 +62,12 @@ class DicomwebCors:
         self.prefix = prefix
 
     def allow_origin(self, origin: str | None) -> str | None:
-        """The ``Access-Control-Allow-Origin`` value for ``origin``, or None if not allowed."""
-        if origin is None:
-            return None
+        """The ``Access-Control-Allow-Origin`` value for ``origin``, or None if not allowed. ``*`` goes
+        out also without ``Origin``: that answer says no ``Vary: Origin`` (Fetch §3.2.5)."""
         if self.any_origin:
             return "*"
+        if origin is None:
+            return None
         return origin if origin in self.allowed else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
