@@ -545,3 +545,49 @@ def test_append_the_disk_refuses_is_journal_unavailable(tmp_path: Path) -> None:
         await journal.aclose()
 
     asyncio.run(run())
+
+
+def test_a_rewrite_the_disk_refuses_leaves_no_segment_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed fdatasync every append first tries the rewrite. While the disk refuses it
+    (ENOSPC), each attempt's new segment is removed and closed again: no descriptor or empty
+    segment per refused request, and once the disk heals each record is kept once."""
+    failures = [OSError(errno.EIO, "Input/output error")]
+
+    def fdatasync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+
+    full = True
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if full and str(tmp_path) in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit_journal.os, "fdatasync", fdatasync)
+    sink = Sink()
+
+    async def run() -> None:
+        nonlocal full
+        journal = Journal(tmp_path, sink.apply, fsync=True)
+        journal.append({"k": "a"})
+        monkeypatch.setattr(audit_journal.os, "write", write)
+        with pytest.raises(audit_journal.JournalUnavailable):
+            await journal.durable()  # fails, and its rewrite too
+        opened = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            with pytest.raises(audit_journal.JournalUnavailable):
+                journal.append({"k": "refused"})
+        assert len(os.listdir("/proc/self/fd")) == opened
+        assert len(list(tmp_path.glob("*.journal"))) == 1  # the sealed one only
+        full = False
+        journal.append({"k": "b"})
+        await journal.flush()
+        await journal.aclose()
+
+    asyncio.run(run())
+    assert sorted(sink.rows) == ["a", "b"]
+    assert list(tmp_path.iterdir()) == []

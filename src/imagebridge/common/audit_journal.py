@@ -378,10 +378,16 @@ class Journal:
         marker = {SUPERSEDES: [[name, offset] for name, offset in self._cuts.items()]}
         data = b"".join([*(encode(self._pending[k][0]) for k in moved), encode(marker)])
         segment = self._create()
-        written = os.write(segment.fd, data)
-        if written != len(data):
-            self._seal([segment])
-            raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes to {segment.path}")
+        try:
+            written = os.write(segment.fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes to {segment.path}")
+        except OSError:
+            # nothing refers to it yet: removed, not kept open (one per attempt while the disk refuses)
+            self._segments.remove(segment)
+            segment.path.unlink(missing_ok=True)
+            os.close(segment.fd)
+            raise
         segment.size += written
         for k in moved:
             entry, old, number, request = self._pending[k]
@@ -404,9 +410,14 @@ class Journal:
         # Locked under a name replay ignores, then renamed: never seen unlocked under its real name.
         hidden = self.directory / f".{name}.new"
         fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = self.directory / f"{name}{SUFFIX}"
-        os.rename(hidden, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, path)
+        except OSError:
+            hidden.unlink(missing_ok=True)
+            os.close(fd)
+            raise
         self._new_entries = True
         segment = _Segment(path, fd)
         self._segments.append(segment)
