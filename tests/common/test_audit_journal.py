@@ -591,3 +591,38 @@ def test_a_rewrite_the_disk_refuses_leaves_no_segment_open(
     asyncio.run(run())
     assert sorted(sink.rows) == ["a", "b"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_replayer_dying_while_it_retires_leaves_no_stand_in_without_its_completion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replayer of a dead writer dies (killed, power loss) after deleting some of its
+    segments: what is left must not be a stand-in whose completion is gone (the next replay would
+    add the stand-in, as if the request had never been completed, to the completion already
+    committed). A completion left without its stand-in is only replayed again (idempotent)."""
+    (tmp_path / "00000000000000000001-7-aaaa.journal").write_bytes(encode({"k": "s", "later": True}))
+    (tmp_path / "00000000000000000002-7-bbbb.journal").write_bytes(encode({"k": "c", "completes": "s"}))
+    created: list[str] = []
+
+    async def apply(entries: Sequence[Entry], origin: Origin) -> None:
+        completed = {e.get("completes") for e in entries}
+        for e in entries:
+            if not e.get("later") or (origin == "dead" and e["k"] not in completed):
+                created.append(e["k"])
+
+    class Died(BaseException):
+        pass
+
+    real_unlink = Path.unlink
+
+    def dies_after_one(path: Path, missing_ok: bool = False) -> None:
+        real_unlink(path, missing_ok)
+        monkeypatch.setattr(Path, "unlink", real_unlink)
+        raise Died
+
+    monkeypatch.setattr(Path, "unlink", dies_after_one)
+    with pytest.raises(Died):
+        asyncio.run(Journal(tmp_path, apply).recover())
+    asyncio.run(Journal(tmp_path, apply).recover())
+    assert "s" not in created
+    assert list(tmp_path.glob("*.journal")) == []

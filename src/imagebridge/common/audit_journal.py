@@ -498,7 +498,8 @@ class Journal:
         """Apply one process's segments (by pid), oldest first, in groups (:meth:`_apply_groups`).
 
         Whoever locks the oldest one replays the dead ones and holds that lock until they are all
-        applied and retired (the oldest last), opening the others one at a time: thousands may be
+        applied and retired (oldest first; a process that finds a later one unlocked meanwhile
+        replays the rest again, idempotently), opening the others one at a time: thousands may be
         left after a long database outage, more than a process may open. A process that cannot
         lock it leaves them to that one (or to their live writer) and reads them only as live.
         Dead and live segments (a reused pid) are applied apart, each as its origin."""
@@ -515,7 +516,9 @@ class Journal:
             replayed: list[Path] = []
             live: list[Path] = []
             await self._apply_groups(_read_dead(paths[k], fd, paths[k + 1 :], replayed, live), "dead")
-            for path in reversed(replayed):  # the oldest, whose lock says "being replayed", last
+            # oldest first: cut short, it leaves a completion without its stand-in (replayed again,
+            # idempotently), never a stand-in without its completion (ehr/audit.py)
+            for path in replayed:
                 path.unlink(missing_ok=True)
             if live and include_live:
                 await self._apply_groups(_read_segments(live), "live")
