@@ -444,6 +444,41 @@ def test_if_none_exist_on_a_put_entry_fails_that_entry_alone(
     assert _by_uid(running, writer, refused) == []
 
 
+def test_if_none_exist_never_returns_a_match_the_caller_may_not_see(
+    running: RunningStack, writer: str, patient: str
+) -> None:
+    """A conditional create (FHIR R4 §3.1.0.8) whose search matches a study outside the caller's
+    reach (another patient's, not in its Group) is 403 and discloses nothing, as a conditional
+    update matching it is, in a batch entry as in the single interaction; nothing is written."""
+    outsider, taken = _new_patient(running, "batch-hidden"), _uid()
+    hidden = {**published_study(taken, outsider), "id": unique("hidden")}
+    hidden["subject"] = {"reference": f"Patient/{outsider}"}
+    put(running, hidden)
+    condition = f"identifier=urn:dicom:uid|urn:oid:{taken}"
+    single = httpx.post(
+        f"{running.fhir_base}/ImagingStudy",
+        content=orjson.dumps(published_study(taken, patient)),
+        headers={
+            "Authorization": f"Bearer {writer}",
+            "Content-Type": "application/fhir+json",
+            "If-None-Exist": condition,
+        },
+        timeout=60,
+    )
+    entry = _post(
+        running,
+        writer,
+        _batch(_entry("POST", "ImagingStudy", published_study(taken, patient), ifNoneExist=condition)),
+    )
+    assert entry.status_code == 200, entry.text
+    assert single.status_code == 403, single.text
+    assert [e["response"]["status"] for e in entry.json()["entry"]] == ["403 Forbidden"]
+    for answer in (single, entry):
+        assert hidden["id"] not in answer.text
+        assert outsider not in answer.text
+    assert _by_uid(running, writer, taken) == []
+
+
 def _events_of(running: RunningStack, token: str) -> list[dict[str, Any]]:
     """The committed AuditEvents naming ``token``'s id, straight from the EHR's database (events
     that name no patient are in no one's access report)."""

@@ -350,7 +350,10 @@ async def create_resource(
         raise FhirError(400, "invalid", "If-None-Exist needs search criteria")
 
     def build(existing: dict[str, Any] | None) -> dict[str, Any]:
-        return existing if existing is not None else {**resource, "id": uuid.uuid4().hex}
+        if existing is None:
+            return {**resource, "id": uuid.uuid4().hex}
+        _may_write(view, existing, scopes)  # a match is returned: never one out of reach (403)
+        return existing
 
     return await _stored(ctx, note, ctx.store.conditional_put(parsed.query, build))
 
