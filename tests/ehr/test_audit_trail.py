@@ -129,3 +129,31 @@ def test_events_of_a_refused_request_say_it_was_answered_503() -> None:
     assert amended["entity"] == read["entity"]
     later = audit.refused_entry({"later": stand_in})["later"]
     assert (later["outcome"], later["outcomeDesc"]) == ("8", f"{audit.UNDURABLE}; {audit.UNFINISHED}")
+
+
+def test_an_event_rewritten_after_a_failed_sync_whose_supersede_line_was_torn_is_kept_once(
+    tmp_path: Path,
+) -> None:
+    """Power loss tore the supersede line of a rewrite (common/audit_journal.py): a replay finds
+    the event twice in one group, the old segment's copy and the rewritten one saying 503. It is
+    created once, as rewritten, instead of the replay failing at every attempt."""
+    url = _database(tmp_path)
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    trail = audit.AuditTrail(Store(db.create_engine(url, pool_size=1)), "http://ehr/fhir", journal)
+    event = trail._event(audit.READ, ACTOR, 200, audit.Disclosure("p1", ["ImagingStudy/s1"]), None, NOW)
+    torn = encode({audit_journal.SUPERSEDES: [["00000000000000000001-9-aaaa.journal", 0]]})
+    (journal / "00000000000000000001-9-aaaa.journal").write_bytes(encode({"events": [event]}))
+    (journal / "00000000000000000002-9-bbbb.journal").write_bytes(
+        encode(audit.refused_entry({"events": [event]})) + torn[:-7]
+    )
+
+    async def run() -> dict[str, dict[str, Any]]:
+        try:
+            assert await trail.journal.recover() == 2
+            return await _events(trail.store)
+        finally:
+            await trail.store.engine.dispose()
+
+    events = asyncio.run(run())
+    assert [e["outcome"] for e in events.values()] == ["8"]

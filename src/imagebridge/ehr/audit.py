@@ -292,7 +292,9 @@ class AuditTrail:
             elif origin == "dead-partial":
                 held.append(entry)
             # "live": the process that journaled it completes it
-        await self._create(events)
+        # an event found twice (a rewrite whose supersede line a power loss tore,
+        # common/audit_journal.py) is created once, as its later copy: the one saying what was answered
+        await self._create(list({event["id"]: event for event in events}.values()))
         return held
 
     async def _create(self, events: list[dict[str, Any]]) -> None:

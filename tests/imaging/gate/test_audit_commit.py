@@ -166,3 +166,38 @@ def test_the_record_of_a_request_refused_for_want_of_a_durable_record_says_503(
     assert started == [503]
     decided = f"{UNDURABLE} (decided: allow 200)"
     assert [tuple(r) for r in rows] == [("unavailable", 503, 0, False, decided)]
+
+
+def test_a_record_rewritten_after_a_failed_sync_whose_supersede_line_was_torn_is_kept_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Power loss tore the supersede line of a rewrite (common/audit_journal.py), so a replay finds
+    the record twice in one group: the old segment's copy and the rewritten, amended one. The
+    replay commits (PostgreSQL refuses an insert that meets one key twice) and keeps the later
+    copy, which says what the client got; a streamed record's count still lands."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    refused = _record("d" * 32, "alice", streaming=True)
+    streamed = _record("e" * 32, "alice", streaming=True)
+    count = {"key": "e" * 32, "sent": 77}
+    amended = {**refused, "outcome": "unavailable", "status": 503, "streaming": False, "detail": UNDURABLE}
+    torn = audit_journal.encode({audit_journal.SUPERSEDES: [["00000000000000000001-9-aaaa.journal", 0]]})
+    (journal / "00000000000000000001-9-aaaa.journal").write_bytes(
+        audit_journal.encode(refused) + audit_journal.encode(streamed)
+    )
+    (journal / "00000000000000000002-9-bbbb.journal").write_bytes(
+        b"".join(map(audit_journal.encode, (amended, streamed, count))) + torn[:-7]
+    )
+
+    async def run() -> list[Any]:
+        engine = db.create_engine(database_url, pool_size=1)
+        try:
+            assert await AuditLog(engine, MRN, journal).journal.recover() == 2
+            async with engine.connect() as conn:
+                columns = (audit.c.record_key, audit.c.status, audit.c.bytes_sent, audit.c.streaming)
+                rows = await conn.execute(select(*columns).order_by(audit.c.record_key))
+                return [tuple(r) for r in rows]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(run()) == [("d" * 32, 503, 0, False), ("e" * 32, 200, 77, False)]

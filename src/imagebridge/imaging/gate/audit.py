@@ -251,15 +251,16 @@ class AuditLog:
         (the usual case: the body ends moments after the record) goes into the row as inserted,
         final; a row already there unfinished (another process replayed the record before the
         count was journaled) takes it on conflict. A count whose record came in an earlier batch
-        updates the row.
+        updates the row. A record found twice (a rewrite whose supersede line a power loss tore,
+        common/audit_journal.py) is inserted once, as its later copy: the one saying what the client got.
         """
         counts = {e["key"]: e["sent"] for e in entries if "key" in e and "sent" in e}
+        records = {e["record_key"]: e for e in entries if "record_key" in e}
         rows = [
             {**e, "bytes_sent": counts.pop(e["record_key"]), "streaming": False}
             if e.get("streaming") and e["record_key"] in counts
             else e
-            for e in entries
-            if "record_key" in e
+            for e in records.values()
         ]
         sent = [{"key": key, "sent": count} for key, count in counts.items()]
         async with self.engine.begin() as conn:
