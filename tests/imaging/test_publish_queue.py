@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from alembic import command
@@ -16,6 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagebridge.common import db
+from imagebridge.imaging import publish
 from imagebridge.imaging.app import MIGRATIONS
 from imagebridge.imaging.gate.ehr_client import EhrUnavailable
 from imagebridge.imaging.publish import Publisher, queue_studies
@@ -143,6 +145,45 @@ def test_a_study_queued_again_while_leased_is_published_again_after_its_holder(d
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def test_a_worker_starts_no_publication_once_its_lease_may_have_run_out(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow EHR (each publication takes a tenth of the lease here) never makes a worker publish
+    a study after its lease ran out, when another worker may have taken it: each publication
+    ends before its lease does, the studies the worker did not reach are due again at once."""
+    uids = [f"1.2.6.{n}" for n in range(20)]
+    clock = [1000.0]
+    monkeypatch.setattr(publish, "time", SimpleNamespace(time=lambda: clock[0]))
+
+    async def run() -> tuple[list[float], Counter[str]]:
+        engine = db.create_engine(database_url, pool_size=2)
+        ehr, left = _Ehr(), []
+
+        async def slow(study_uid: str) -> None:
+            async with engine.connect() as conn:
+                lease = await conn.scalar(
+                    select(publish_queue.c.leased_until).where(publish_queue.c.study_uid == study_uid)
+                )
+            left.append(float(lease) - clock[0])  # what its lease has left as it starts
+            clock[0] += publish.LEASE / 10
+            await ehr.publish(study_uid)
+
+        try:
+            async with engine.begin() as conn:
+                await queue_studies(conn, uids, 0.0)
+            worker = _publisher(engine, ehr)
+            worker.publish = slow  # type: ignore[method-assign]
+            while await _queued(engine):
+                await worker.publish_pending()
+            return left, ehr.puts
+        finally:
+            await engine.dispose()
+
+    left, puts = asyncio.run(run())
+    assert puts == Counter(uids)
+    assert min(left) > publish.LEASE / 10
 
 
 def test_0004_schema_upgrade_leases_a_queue_from_before_it(blank_database_url: str) -> None:

@@ -36,6 +36,9 @@ SETTLE = 1.0
 #: Seconds a worker holds the studies it took from the queue (their ``leased_until``): the other
 #: workers skip them meanwhile, also those queued again, and take them over if it dies holding them.
 LEASE = 120.0
+#: A worker starts no publication in the last seconds of its lease: one publication (a few HTTP
+#: calls, each with a timeout) ends well within them, before another worker may take the study.
+LEASE_MARGIN = LEASE / 2
 #: A published study leaves the queue unless it was queued again meanwhile (``queued_at`` moved).
 _DEQUEUE = delete(publish_queue).where(
     publish_queue.c.study_uid == bindparam("uid"),
@@ -205,7 +208,8 @@ class Publisher:
         seconds ahead, only where no other worker's lease is running), so workers sharing the
         queue never publish the same study at once: the database lets one UPDATE take a given row.
         A study queued again while leased (a STOW during its publication) keeps its row, due
-        again once this worker releases it.
+        again once this worker releases it. A slow EHR makes the worker stop starting publications
+        :data:`LEASE_MARGIN` before its lease ends and release the rest.
         """
         now = time.time()
         cutoff, lease = now - settle, now + LEASE
@@ -228,6 +232,8 @@ class Publisher:
         published: list[dict[str, Any]] = []
         try:
             for uid in uids:
+                if time.time() > lease - LEASE_MARGIN:
+                    break  # the rest is released below, due again at once
                 try:
                     await self.publish(uid)
                 except PublishRefused as exc:
