@@ -626,3 +626,44 @@ def test_a_replayer_dying_while_it_retires_leaves_no_stand_in_without_its_comple
     asyncio.run(Journal(tmp_path, apply).recover())
     assert "s" not in created
     assert list(tmp_path.glob("*.journal")) == []
+
+
+def test_a_committed_segment_the_disk_will_not_delete_stops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system remounted read-only after an I/O error refuses to delete a committed segment
+    (EROFS): the writer goes on, a reader waiting for the commit is answered, shutdown closes each
+    segment once; the segment stays for a later replay (idempotent)."""
+    real_unlink = Path.unlink
+
+    def read_only(path: Path, missing_ok: bool = False) -> None:
+        if path.suffix == ".journal":
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    sink = Sink()
+    closed: list[int] = []
+    real_close = os.close
+
+    def close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    async def run() -> None:
+        journal = Journal(tmp_path, sink.apply, segment_bytes=20)
+        for i in range(3):
+            journal.append({"k": str(i)})
+        async with asyncio.timeout(60):  # a guard: it waited for ever
+            await journal.flush()
+        journal.append({"k": "3"})
+        async with asyncio.timeout(60):
+            await journal.flush()
+        journal.append({"k": "4"})  # in a segment that is not full: shutdown retires it
+        monkeypatch.setattr(audit_journal.os, "close", close)
+        await journal.aclose()
+
+    asyncio.run(run())
+    assert sorted(sink.rows) == ["0", "1", "2", "3", "4"]
+    assert closed
+    assert len(closed) == len(set(closed))

@@ -339,7 +339,8 @@ class Journal:
                 await self._writer
         for segment in self._segments:
             if committed:
-                segment.path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # left to a later replay, as in _retire
+                    segment.path.unlink(missing_ok=True)
             os.close(segment.fd)
         self._segments = []
 
@@ -462,7 +463,10 @@ class Journal:
         keep: list[_Segment] = []
         for segment in self._segments:
             if segment.outstanding == 0 and (segment.sealed or segment.size >= self.segment_bytes):
-                segment.path.unlink(missing_ok=True)  # while still locked: nobody replays it
+                # while still locked: nobody replays it; a disk that refuses (read-only after an
+                # I/O error) leaves it to a later replay (idempotent), not the writer dead
+                with contextlib.suppress(OSError):
+                    segment.path.unlink(missing_ok=True)
                 self._cuts.pop(segment.path.name, None)
                 os.close(segment.fd)
             else:
