@@ -667,3 +667,38 @@ def test_a_committed_segment_the_disk_will_not_delete_stops_nothing(
     assert sorted(sink.rows) == ["0", "1", "2", "3", "4"]
     assert closed
     assert len(closed) == len(set(closed))
+
+
+def test_a_sync_without_a_free_descriptor_is_refused_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process is out of descriptors (EMFILE) when a sync duplicates the segments' ones: the
+    sync has failed (its waiters refused: a 503, not an exception that kills the writer; its
+    records rewritten), no descriptor is left open, and the writer commits each record once."""
+    monkeypatch.setattr(audit_journal, "RETRY_SECONDS", 0.01)
+    real_dup = os.dup
+    calls: list[int] = []
+
+    def dup(fd: int) -> int:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_dup(fd)
+
+    sink = Sink()
+
+    async def run() -> None:
+        opened = len(os.listdir("/proc/self/fd"))
+        journal = Journal(tmp_path, sink.apply, fsync=True, segment_bytes=20)
+        for i in range(3):  # two segments to sync
+            journal.append({"k": str(i)})
+        monkeypatch.setattr(audit_journal.os, "dup", dup)
+        with pytest.raises(audit_journal.JournalUnavailable):
+            await journal.durable()
+        async with asyncio.timeout(60):  # a guard: it waited for ever
+            await journal.flush()
+        await journal.aclose()
+        assert len(os.listdir("/proc/self/fd")) == opened
+
+    asyncio.run(run())
+    assert sorted(sink.rows) == ["0", "1", "2"]

@@ -268,10 +268,10 @@ class Journal:
             raise JournalUnavailable(f"audit journal {self.directory}: {exc}") from exc
         upto = self._appended
         sizes = [(s, s.size) for s in self._segments if not s.sealed and s.synced < s.size]
-        # duplicates: a segment retired meanwhile closes its own descriptor, never this one
-        fds = [os.dup(segment.fd) for segment, _ in sizes]
         directory, self._new_entries = self._new_entries, False
         try:
+            # duplicates: a segment retired meanwhile closes its own descriptor, never this one
+            fds = _dup_all([segment.fd for segment, _ in sizes])
             await asyncio.to_thread(_sync_files, fds, self.directory if directory else None)
         except BaseException as exc:
             self._new_entries = self._new_entries or directory
@@ -625,6 +625,19 @@ def _read_dead(
                 live.append(path)
         finally:
             os.close(fd)
+
+
+def _dup_all(fds: Sequence[int]) -> list[int]:
+    """A duplicate of each of ``fds``; none left open when one cannot be made (EMFILE)."""
+    dups: list[int] = []
+    try:
+        for fd in fds:
+            dups.append(os.dup(fd))
+    except OSError:
+        for fd in dups:
+            os.close(fd)
+        raise
+    return dups
 
 
 def _sync_files(fds: Sequence[int], directory: Path | None) -> None:
