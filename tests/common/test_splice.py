@@ -81,7 +81,12 @@ class Socketed:
         """The same body read through Python (the fallback)."""
         yield HEAD
         loop = asyncio.get_running_loop()
-        while data := await loop.sock_recv(self.sock, 1 << 20):
+        left = None if self.remaining is None else self.remaining - len(HEAD)
+        while left is None or left > 0:
+            data = await loop.sock_recv(self.sock, 1 << 20 if left is None else min(1 << 20, left))
+            if not data:
+                return
+            left = None if left is None else left - len(data)
             yield data
 
 
@@ -97,7 +102,10 @@ def _app(source: RawSource, sent: list[int]) -> Starlette:
             sent.append(response.sent)
             sock.close()
 
-        response = SplicedResponse(origin.body(), origin, 200, {"content-type": "application/octet-stream"})
+        headers = {"content-type": "application/octet-stream"}
+        if length and "announced" in request.query_params:  # the PACS's Content-Length, passed on
+            headers["content-length"] = length
+        response = SplicedResponse(origin.body(), origin, 200, headers)
         response.background = BackgroundTask(done)
         return response
 
@@ -145,6 +153,38 @@ def test_a_sized_body_ends_at_its_length(served: tuple[str, RawSource, list[int]
         answer = http.get(url, params={"length": length})
     assert answer.content == (HEAD + PAYLOAD)[:length]
     assert _settled(sent) == [length]
+
+
+def test_a_sized_body_announced_by_its_content_length_goes_out_chunked(
+    served: tuple[str, RawSource, list[int]],
+) -> None:
+    """The proxy passes the PACS's Content-Length on; spliced, the body is chunked instead."""
+    url, _, sent = served
+    length = 3_000_001
+    with httpx.Client(timeout=30) as http:
+        answer = http.get(url, params={"length": length, "announced": ""})
+        again = http.get(url, params={"length": length, "announced": ""})
+    assert "content-length" not in answer.headers
+    assert answer.headers["transfer-encoding"] == "chunked"
+    assert answer.content == again.content == (HEAD + PAYLOAD)[:length]
+    assert _settled(sent, 2) == [length] * 2
+    # an HTTP/1.0 client reads no chunks: its body goes through Python with the length
+    host, _, target = url.removeprefix("http://").partition("/")
+    with socket.create_connection(tuple(host.split(":"))) as raw:  # type: ignore[arg-type]
+        raw.sendall(f"GET /{target}?length={length}&announced HTTP/1.0\r\n\r\n".encode())
+        received = b"".join(iter(lambda: raw.recv(1 << 20), b""))
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"content-length: %d" % length in head.lower()
+    assert body == (HEAD + PAYLOAD)[:length]
+    assert _settled(sent, 3)[2] == 0
+
+
+def test_a_sized_body_cut_short_by_its_source_is_not_ended(served: tuple[str, RawSource, list[int]]) -> None:
+    """A source closing before its Content-Length: the client must not get a complete body."""
+    url, _, sent = served
+    with httpx.Client(timeout=30) as http, pytest.raises(httpx.RemoteProtocolError):
+        http.get(url, params={"length": len(HEAD + PAYLOAD) + 1000, "announced": ""})
+    assert _settled(sent) == [len(HEAD + PAYLOAD)]
 
 
 def test_head_and_servers_without_the_connection_go_through_python(

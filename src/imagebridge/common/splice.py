@@ -13,8 +13,11 @@ already spliced, the body goes through Python as any :class:`StreamingResponse` 
 headers go out through the ASGI ``send`` (every middleware sees them, and the audit journal's
 durability check still comes first), the end of the body too; in between, the pump writes to
 the client's socket itself, in a worker thread of its own, once the server's write buffer is
-empty. A source that breaks off or stops sending for ``wait`` seconds ends the body where it
-is, as the streamed path does; a client gone stops the pump.
+empty. A source's ``Content-Length`` is not passed on (the chunks frame the body), nor is a
+body chunked for an HTTP/1.0 client. A source that breaks off or stops sending for ``wait``
+seconds ends the body where it is, as the streamed path does; one that ends before its length
+leaves the response unended (the connection is closed, as the server does when a streamed body
+falls short of its ``Content-Length``); a client gone stops the pump.
 """
 
 from __future__ import annotations
@@ -69,8 +72,8 @@ class SpliceSource:
 
 def usable_transport(scope: Scope) -> asyncio.Transport | None:
     """The client connection, when a body may be written to its socket directly."""
-    if scope.get("method") != "GET" or not hasattr(os, "splice"):
-        return None
+    if scope.get("method") != "GET" or scope.get("http_version") != "1.1" or not hasattr(os, "splice"):
+        return None  # an HTTP/1.0 client reads no chunks (RFC 9112 §7.1)
     transport: asyncio.Transport | None = scope.get("extensions", {}).get(TRANSPORT, {}).get("transport")
     if transport is None or transport.is_closing() or transport.get_extra_info("sslcontext") is not None:
         return None
@@ -103,7 +106,9 @@ class SplicedResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
             return
         try:
-            start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            # the body goes out in chunks: a Content-Length (the source's) would frame it otherwise
+            headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+            start = {"type": "http.response.start", "status": self.status_code, "headers": headers}
             await send(start)
             await _drained(transport, detached.wait)
             pump = _Pump(detached, _socket_fd(transport))
@@ -111,7 +116,7 @@ class SplicedResponse(StreamingResponse):
                 self.sent = await anyio.to_thread.run_sync(pump.run, abandon_on_cancel=True, limiter=_PUMPS)
             finally:
                 pump.stop()  # a cancelled request's pump ends at its next wait
-            if self.sent < 0:  # the client is gone: nothing more can be sent
+            if self.sent < 0:  # the client is gone, or a sized body was cut short: it is not ended
                 self.sent = -self.sent - 1
                 transport.abort()
                 return
@@ -212,7 +217,7 @@ class _Pump:
 
     def run(self) -> int:
         """Write the body to the client as HTTP/1.1 chunks (in a worker thread): the bytes sent,
-        or ``-1 - sent`` when the client went away."""
+        or ``-1 - sent`` when the client went away or the source ended before its length."""
         fds = self._take()
         if fds is None:
             return 0
@@ -269,4 +274,4 @@ def _chunks(source: SpliceSource, fd: int, client: int, stop: threading.Event) -
             _write(client, crlf, stop)
     except _ClientGone:
         return -1 - sent
-    return sent
+    return sent if not remaining else -1 - sent

@@ -523,8 +523,12 @@ def test_a_query_the_pacs_refuses_as_such_keeps_its_status(
         with httpx.Client(timeout=30) as http:
             everywhere = http.get(f"{base}/studies", params={"00291010": "x"}, headers=auth)
             in_study = http.get(f"{base}/studies/{alice}/series", params={"00291010": "x"}, headers=auth)
+            # a whole study comes off the PACS's socket, spliced (its body has a Content-Length)
+            study = http.get(f"{base}/studies/{alice}", headers={**auth, "Accept": DICOM})
     assert everywhere.status_code == 400
     assert in_study.status_code == 400
+    assert study.status_code == 400
+    assert study.json() == {"error": "unsupported attribute"}
 
 
 _CA_FILE = "IMAGEBRIDGE_IMAGING_UPSTREAM_CA_FILE"
