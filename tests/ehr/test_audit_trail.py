@@ -157,3 +157,24 @@ def test_an_event_rewritten_after_a_failed_sync_whose_supersede_line_was_torn_is
 
     events = asyncio.run(run())
     assert [e["outcome"] for e in events.values()] == ["8"]
+
+
+def test_an_event_committed_before_its_request_was_refused_takes_the_503(tmp_path: Path) -> None:
+    """Another EHR process settling the journal (an AuditEvent search) may create a live writer's
+    event before that writer's sync fails and amends it (its request answered 503 instead): the
+    amended copy, committed next, replaces it; a copy that comes later unamended changes nothing."""
+    url = _database(tmp_path)
+    trail = audit.AuditTrail(Store(db.create_engine(url, pool_size=1)), "http://ehr/fhir", tmp_path / "j")
+    event = trail._event(audit.READ, ACTOR, 200, audit.Disclosure("p1", ["ImagingStudy/s1"]), None, NOW)
+
+    async def run() -> dict[str, dict[str, Any]]:
+        try:
+            await trail._commit([{"events": [event]}], "live")
+            await trail._commit([audit.refused_entry({"events": [event]})], "own")
+            await trail._commit([{"events": [event]}], "live")
+            return await _events(trail.store)
+        finally:
+            await trail.store.engine.dispose()
+
+    events = asyncio.run(run())
+    assert [(e["outcome"], e["outcomeDesc"]) for e in events.values()] == [("8", audit.UNDURABLE)]

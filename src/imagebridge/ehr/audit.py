@@ -298,7 +298,9 @@ class AuditTrail:
         return held
 
     async def _create(self, events: list[dict[str, Any]]) -> None:
-        """Create ``events`` in one transaction, skipping those already there (a replay).
+        """Create ``events`` in one transaction, skipping those already there (a replay), except
+        one saying its request was answered 503 instead (:func:`refused_entry`; another process
+        settling the journal created it before it was amended): it replaces the one there.
 
         The commit waits for PostgreSQL's WAL flush only for an fsync journal: its segments may be
         retired once committed, and must not take the power-loss promise with them.
@@ -318,6 +320,11 @@ class AuditTrail:
                 )
                 there = set(found.scalars())
             await self.store.create_many([e for e in events if e["id"] not in there], flush=flush)
+            for event in events:
+                if event["id"] in there and _says_503(event):
+                    stored = await self.store.read("AuditEvent", event["id"])
+                    if stored is not None and not _says_503(stored):
+                        await self.store.put(event)
 
 
 def refused_entry(entry: Entry) -> Entry:
@@ -329,6 +336,11 @@ def refused_entry(entry: Entry) -> Entry:
     if "later" in entry:
         amended["later"] = _answered_503(entry["later"])
     return amended
+
+
+def _says_503(event: dict[str, Any]) -> bool:
+    """``event`` is one of a request answered 503 for want of a durable record (:func:`refused_entry`)."""
+    return str(event.get("outcomeDesc", "")).startswith(UNDURABLE)
 
 
 def _answered_503(event: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from imagebridge.common import audit_journal, db
 from imagebridge.common.audit_journal import DurableResponses, Origin
-from imagebridge.imaging.gate.audit import UNDURABLE, AuditLog
+from imagebridge.imaging.gate.audit import UNDURABLE, AuditLog, refused_record
 from imagebridge.imaging.tables import audit, studies
 
 MRN = "urn:mrn"
@@ -201,3 +201,28 @@ def test_a_record_rewritten_after_a_failed_sync_whose_supersede_line_was_torn_is
             await engine.dispose()
 
     assert asyncio.run(run()) == [("d" * 32, 503, 0, False), ("e" * 32, 200, 77, False)]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_record_committed_before_its_request_was_refused_takes_the_503(
+    database_url: str, tmp_path: Path, streaming: bool
+) -> None:
+    """Another process settling the journal (an audit report) may commit a live writer's record
+    before that writer's sync fails and amends it (its request answered 503 instead): the amended
+    copy, committed next, replaces it; a copy that comes later unamended changes nothing."""
+
+    async def run() -> list[Any]:
+        engine = db.create_engine(database_url, pool_size=1)
+        try:
+            log = AuditLog(engine, MRN, tmp_path / "journal")
+            record = _record("f" * 32, "alice", streaming=streaming)
+            await log._commit([record], "live")
+            await log._commit([refused_record(record)], "own")
+            await log._commit([record], "live")
+            async with engine.connect() as conn:
+                columns = (audit.c.outcome, audit.c.status, audit.c.bytes_sent, audit.c.streaming)
+                return [tuple(r) for r in await conn.execute(select(*columns))]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(run()) == [("unavailable", 503, 0, False)]

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Insert, Select, bindparam, select, update
+from sqlalchemy import Insert, Select, bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.background import BackgroundTask
@@ -110,12 +110,20 @@ _SENT = (
 @functools.cache
 def _insert_records(dialect: str) -> Insert:
     """Insert records; one already there is kept, unless it is an unfinished stream and this
-    record of it is final (then it takes the final count)."""
+    record of it is final (then it takes the final count), or this record says its request was
+    answered 503 instead (:func:`refused_record`; another process settling the journal committed
+    it before it was amended): then it takes what this one says."""
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(audit)
+    new = insert.excluded
+    refused = new.detail.startswith(UNDURABLE, autoescape=True)
     return insert.on_conflict_do_update(
         index_elements=["record_key"],
-        set_={"bytes_sent": insert.excluded.bytes_sent, "streaming": False},
-        where=audit.c.streaming.is_(True) & insert.excluded.streaming.is_(False),
+        set_={
+            "bytes_sent": new.bytes_sent,
+            "streaming": False,
+            **{c: case((refused, new[c]), else_=audit.c[c]) for c in ("outcome", "status", "detail")},
+        },
+        where=(audit.c.streaming.is_(True) & new.streaming.is_(False)) | refused,
     )
 
 
