@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -18,11 +19,12 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tests.threaded_app import ThreadedApp
 
 from imagebridge.apps.stack import free_port
 from imagebridge.common.server import ConnectionProtocol
-from imagebridge.common.splice import SplicedResponse, SpliceSource, usable_transport
+from imagebridge.common.splice import TRANSPORT, SplicedResponse, SpliceSource, usable_transport
 
 PAYLOAD = bytes(range(251)) * 20_000  # 5 MB: several 1 MiB pieces, not a multiple of them
 HEAD = b"already read: "
@@ -232,3 +234,43 @@ def test_a_client_gone_mid_body_stops_the_pump(served: tuple[str, RawSource, lis
     with httpx.Client(timeout=30) as http:
         source.stall = False
         assert http.get(url).content == HEAD + PAYLOAD  # the server serves on
+
+
+def _head_held_until_the_client_is_gone(app: ASGIApp, held: threading.Event) -> ASGIApp:
+    """``app`` whose response head, once ``held`` is set, waits until the client's socket is closed
+    (as a head waits for its audit record to be made durable, common/audit_journal.py)."""
+
+    async def holding(scope: Scope, receive: Receive, send: Send) -> None:
+        async def later(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                held.set()
+                transport = scope["extensions"][TRANSPORT]["transport"]
+                for _ in range(1000):
+                    if transport.get_extra_info("socket").fileno() == -1:
+                        break
+                    await asyncio.sleep(0.01)
+            await send(message)
+
+        await app(scope, receive, later)
+
+    return holding
+
+
+def test_a_client_gone_before_the_head_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    source, held = RawSource(), threading.Event()
+    sent: list[int] = []
+    app = _head_held_until_the_client_is_gone(_app(source, sent), held)
+    server = ThreadedApp(app, free_port(), http=ConnectionProtocol)
+    server.start()
+    uvicorn_log = logging.getLogger("uvicorn.error")  # configured by uvicorn: not propagated
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(b"GET /body HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert held.wait(10)
+        assert _settled(sent) == [0]
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+        server.stop()
+        source.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

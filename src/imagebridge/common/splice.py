@@ -111,6 +111,8 @@ class SplicedResponse(StreamingResponse):
             start = {"type": "http.response.start", "status": self.status_code, "headers": headers}
             await send(start)
             await _drained(transport, detached.wait)
+            if transport.is_closing():  # the client went away meanwhile: its socket may be closed
+                return
             pump = _Pump(detached, _socket_fd(transport))
             try:
                 self.sent = await anyio.to_thread.run_sync(pump.run, abandon_on_cancel=True, limiter=_PUMPS)
