@@ -22,6 +22,10 @@ RULES = Rules(methods=("GET", "POST"), headers=("authorization", "content-type")
         ("http://[::1]:8080/cb", "http://[::1]:8080"),
         ("https://user:pw@app.example/cb", "https://app.example"),
         ("https://bücher.example/cb", "https://xn--bcher-kva.example"),
+        # IDNA 2003 maps ß to ss (another host); browsers (UTS 46) keep it: xn--fa-hia.example
+        ("https://faß.example/cb", None),
+        ("http://[0:0:0:0:0:0:0:1]:8080/cb", "http://[::1]:8080"),
+        ("https://[2001:DB8:0::1]/cb", "https://[2001:db8::1]"),
         ("com.example.app:/oauth2redirect", None),
         ("urn:ietf:wg:oauth:2.0:oob", None),
         ("https:///cb", None),

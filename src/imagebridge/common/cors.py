@@ -9,6 +9,7 @@ that no cache hands one origin's grant to another.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -23,8 +24,9 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 def origin_of(url: str) -> str | None:
     """The ASCII serialization of ``url``'s origin (RFC 6454 §6.2), as a browser sends it in
     ``Origin``: ``scheme://host[:port]``, scheme and host in lower case, the scheme's default port
-    left out. None for anything but an http(s) URL with a host (a native app's private-use scheme
-    has an opaque origin, serialized ``null``, which is never granted anything)."""
+    left out, an IPv6 address compressed. None for anything but an http(s) URL with a host (a
+    native app's private-use scheme has an opaque origin, serialized ``null``, which is never
+    granted anything) and for a host whose IDNA 2003 form is not the one browsers send (UTS 46)."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -35,11 +37,17 @@ def origin_of(url: str) -> str | None:
         return None
     if not host.isascii():
         try:
-            host = host.encode("idna").decode("ascii")
+            encoded = host.encode("idna")
+            if encoded.decode("idna") != host:  # IDNA 2003 mapped a character (ß, ς) browsers keep
+                return None
         except UnicodeError:
             return None
+        host = encoded.decode("ascii")
     if ":" in host:
-        host = f"[{host}]"
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"  # RFC 5952, as the URL Standard
+        except ValueError:
+            return None
     return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS[scheme]) else f":{port}")
 
 
