@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -23,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tests.threaded_app import ThreadedApp
 
 from imagebridge.apps.stack import free_port
+from imagebridge.common import splice
 from imagebridge.common.server import ConnectionProtocol
 from imagebridge.common.splice import TRANSPORT, SplicedResponse, SpliceSource, usable_transport
 
@@ -274,3 +276,49 @@ def test_a_client_gone_before_the_head_is_no_error(caplog: pytest.LogCaptureFixt
         server.stop()
         source.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def _heads_in_turn(app: ASGIApp, second_checked: threading.Event) -> ASGIApp:
+    """``app`` where the head of ``?turn=first`` waits until ``?turn=second`` has decided how to
+    send its body, and the head of the second until the first holds the one pump there is."""
+
+    async def in_turn(scope: Scope, receive: Receive, send: Send) -> None:
+        async def later(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                first = b"turn=first" in scope["query_string"]
+                if not first:
+                    second_checked.set()
+                for _ in range(1000):
+                    if second_checked.is_set() if first else not splice._PUMPS.available_tokens:
+                        break
+                    await asyncio.sleep(0.01)
+            await send(message)
+
+        await app(scope, receive, later)
+
+    return in_turn
+
+
+def test_a_body_admitted_while_a_pump_was_free_never_waits_for_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one pump: the first retrieval, stalled, holds it; the second, whose body was about
+    to be spliced when the first took it, still comes (through Python), not after the first."""
+    monkeypatch.setattr(splice, "_PUMPS", anyio.CapacityLimiter(1))
+    source, second_checked = RawSource(stall=True), threading.Event()
+    sent: list[int] = []
+    server = ThreadedApp(
+        _heads_in_turn(_app(source, sent), second_checked), free_port(), http=ConnectionProtocol
+    )
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as first:
+            first.sendall(b"GET /body?turn=first&wait=60 HTTP/1.1\r\nhost: x\r\n\r\n")
+            whole = len(HEAD + PAYLOAD)
+            with httpx.Client(timeout=30) as http:
+                second = http.get(
+                    f"http://127.0.0.1:{server.port}/body", params={"turn": "second", "length": whole}
+                )
+            assert second.content == HEAD + PAYLOAD
+            assert _settled(sent) == [0]  # through Python, while the first is still being spliced
+    finally:
+        server.stop()
+        source.close()

@@ -45,6 +45,9 @@ PIECE = 1 << 20
 MAX_PUMPS = 64
 """Relays spliced at once (each holds a worker thread); beyond, bodies go through Python."""
 _PUMPS = anyio.CapacityLimiter(MAX_PUMPS)
+"""A pump's place, taken before its body is detached (never waited for: none left, Python reads)."""
+_THREADS = anyio.CapacityLimiter(MAX_PUMPS)
+"""The pumps' worker threads (as many as places: never waited for either)."""
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _CLIENT_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
@@ -101,7 +104,11 @@ class SplicedResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         transport = usable_transport(scope)
-        detached = self.source.detach() if transport is not None and _PUMPS.available_tokens else None
+        place, detached = object(), None
+        if transport is not None and _took(place):
+            detached = self.source.detach()
+            if detached is None:
+                _PUMPS.release_on_behalf_of(place)
         if transport is None or detached is None:
             await super().__call__(scope, receive, send)
             return
@@ -115,7 +122,7 @@ class SplicedResponse(StreamingResponse):
                 return
             pump = _Pump(detached, _socket_fd(transport))
             try:
-                self.sent = await anyio.to_thread.run_sync(pump.run, abandon_on_cancel=True, limiter=_PUMPS)
+                self.sent = await anyio.to_thread.run_sync(pump.run, abandon_on_cancel=True, limiter=_THREADS)
             finally:
                 pump.stop()  # a cancelled request's pump ends at its next wait
             if self.sent < 0:  # the client is gone, or a sized body was cut short: it is not ended
@@ -124,9 +131,19 @@ class SplicedResponse(StreamingResponse):
                 return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            _PUMPS.release_on_behalf_of(place)
             await _close(self.body_iterator)
             if self.background is not None:
                 await self.background()
+
+
+def _took(place: object) -> bool:
+    """Whether ``place`` got one of the :data:`MAX_PUMPS` pumps (at once, or not at all)."""
+    try:
+        _PUMPS.acquire_on_behalf_of_nowait(place)
+    except anyio.WouldBlock:
+        return False
+    return True
 
 
 async def _close(body: object) -> None:
