@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -238,6 +241,18 @@ def test_a_client_gone_mid_body_stops_the_pump(served: tuple[str, RawSource, lis
         assert http.get(url).content == HEAD + PAYLOAD  # the server serves on
 
 
+@contextlib.contextmanager
+def _no_server_error(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Asserts that uvicorn logged no error (an exception in the application) meanwhile."""
+    uvicorn_log = logging.getLogger("uvicorn.error")  # configured by uvicorn: not propagated
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        yield
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 def _head_held_until_the_client_is_gone(app: ASGIApp, held: threading.Event) -> ASGIApp:
     """``app`` whose response head, once ``held`` is set, waits until the client's socket is closed
     (as a head waits for its audit record to be made durable, common/audit_journal.py)."""
@@ -264,18 +279,15 @@ def test_a_client_gone_before_the_head_is_no_error(caplog: pytest.LogCaptureFixt
     app = _head_held_until_the_client_is_gone(_app(source, sent), held)
     server = ThreadedApp(app, free_port(), http=ConnectionProtocol)
     server.start()
-    uvicorn_log = logging.getLogger("uvicorn.error")  # configured by uvicorn: not propagated
-    uvicorn_log.addHandler(caplog.handler)
-    try:
-        with socket.create_connection(("127.0.0.1", server.port)) as raw:
-            raw.sendall(b"GET /body HTTP/1.1\r\nhost: x\r\n\r\n")
-            assert held.wait(10)
-        assert _settled(sent) == [0]
-    finally:
-        uvicorn_log.removeHandler(caplog.handler)
-        server.stop()
-        source.close()
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    with _no_server_error(caplog):  # until the server has stopped: its log follows the response's end
+        try:
+            with socket.create_connection(("127.0.0.1", server.port)) as raw:
+                raw.sendall(b"GET /body HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert held.wait(10)
+            assert _settled(sent) == [0]
+        finally:
+            server.stop()
+            source.close()
 
 
 def _heads_in_turn(app: ASGIApp, second_checked: threading.Event) -> ASGIApp:
@@ -322,3 +334,29 @@ def test_a_body_admitted_while_a_pump_was_free_never_waits_for_one(monkeypatch: 
     finally:
         server.stop()
         source.close()
+
+
+def test_a_client_connection_timing_out_mid_body_is_a_client_gone(
+    served: tuple[str, RawSource, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write to the client failing as a dead TCP connection does (ETIMEDOUT: retransmissions
+    or keepalives unanswered) ends the response like a hangup, with the bytes sent counted."""
+    url, _, sent = served
+    real = os.splice
+    clients: list[int] = []
+
+    def splice_until_timeout(src: int, dst: int, count: int, *args: object, **kwargs: object) -> int:
+        if dst in clients:  # the client's connection died after its first piece
+            raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+        moved = real(src, dst, count, *args, **kwargs)  # type: ignore[arg-type]
+        if not stat.S_ISFIFO(os.fstat(dst).st_mode):
+            clients.append(dst)
+        return moved
+
+    monkeypatch.setattr(os, "splice", splice_until_timeout)
+    with _no_server_error(caplog), httpx.Client(timeout=30) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.get(url)
+        assert _settled(sent)[0] > len(HEAD)

@@ -50,7 +50,19 @@ _THREADS = anyio.CapacityLimiter(MAX_PUMPS)
 """The pumps' worker threads (as many as places: never waited for either)."""
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_CLIENT_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
+#: A write to the client failing so: its connection is closed, reset or dead (unanswered
+#: retransmissions or keepalives: ETIMEDOUT; ICMP errors: unreachable, down).
+_CLIENT_GONE = (
+    errno.EPIPE,
+    errno.ECONNRESET,
+    errno.ENOTCONN,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENETDOWN,
+)
 #: The client closed its side or the connection failed (not data: a pipelined request is no hangup).
 _HANGUP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 
