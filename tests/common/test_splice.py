@@ -119,11 +119,13 @@ def _app(source: RawSource, sent: list[int]) -> Starlette:
     return Starlette(routes=[Route("/body", relay, methods=["GET"])])
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[str, RawSource, list[int]]]:
+@pytest.fixture(params=["uvloop", "asyncio"])
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, RawSource, list[int]]]:
+    """The app under uvicorn on each event loop it may run on (``auto`` picks uvloop when it is
+    installed, as here; the transports differ: ``get_extra_info("socket")``, write buffers)."""
     source = RawSource()
     sent: list[int] = []
-    server = ThreadedApp(_app(source, sent), free_port(), http=ConnectionProtocol)
+    server = ThreadedApp(_app(source, sent), free_port(), http=ConnectionProtocol, loop=request.param)
     server.start()
     try:
         yield f"http://127.0.0.1:{server.port}/body", source, sent
