@@ -345,9 +345,10 @@ def test_a_rewrite_whose_own_segment_is_lost_still_supersedes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two syncs fail in a row: the records go to a second segment, then to a third, whose line
-    names both earlier cuts. If the second segment is lost (never synced), replay still drops the
-    first segment's superseded copies: each record once."""
-    failures = [OSError(errno.EIO, "Input/output error")] * 2
+    names both earlier cuts. The second segment is gone (it held nothing uncommitted any more; or
+    lost to power loss, never synced), yet replay still drops the first segment's superseded
+    copies, the first being kept by a durable record not yet committed: each record once."""
+    failures: list[OSError] = []
 
     def fdatasync(fd: int) -> None:
         if failures:
@@ -360,18 +361,20 @@ def test_a_rewrite_whose_own_segment_is_lost_still_supersedes(
         replayed.extend(e["k"] for e in entries)
 
     async def run() -> None:
-        journal = Journal(tmp_path, Sink().apply, fsync=True)
+        journal = Journal(tmp_path, Sink().apply, fsync=True, commit_delay=3600)
+        journal.append({"k": "d"})
+        await journal.durable()
+        failures.extend([OSError(errno.EIO, "Input/output error")] * 2)
         journal.append({"k": "a"})
         for _ in range(2):
             with pytest.raises(audit_journal.JournalUnavailable):
                 await journal.durable()
         journal.append({"k": "b"})
         await journal.durable()
-        first, second, _ = sorted(tmp_path.glob("*.journal"))
-        second.write_bytes(b"")  # its name survived the power loss, its bytes did not
+        first, _ = sorted(tmp_path.glob("*.journal"))
         await Journal(tmp_path, replay).settle()
-        assert sorted(replayed) == ["a", "b"]
-        assert first.read_bytes().startswith(encode({"k": "a"}))  # the copy the first cut drops
+        assert sorted(replayed) == ["a", "b", "d"]
+        assert first.read_bytes() == encode({"k": "d"}) + encode({"k": "a"})  # the first cut drops "a"
         await journal.aclose()
 
     asyncio.run(run())
@@ -702,3 +705,38 @@ def test_a_sync_without_a_free_descriptor_is_refused_and_retried(
 
     asyncio.run(run())
     assert sorted(sink.rows) == ["0", "1", "2"]
+
+
+def test_syncs_failing_for_a_while_keep_one_copy_and_no_descriptor_per_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While fdatasync keeps failing, every failed sync seals the segment holding the records and
+    rewrites them into a new one (the writer retries every second, each waiting request syncs):
+    the sealed segment, holding nothing uncommitted any more, is deleted and closed at once, so
+    neither descriptors nor copies of the records pile up until the disk heals."""
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(audit_journal.os, "fdatasync", failing)
+    monkeypatch.setattr(audit_journal, "CLOSE_SECONDS", 0.1)  # the records stay for the next start
+
+    async def run() -> None:
+        opened = len(os.listdir("/proc/self/fd"))
+        journal = Journal(tmp_path, Sink().apply, fsync=True, commit_delay=3600)
+        journal.append({"k": "a"})
+        for _ in range(20):
+            with pytest.raises(audit_journal.JournalUnavailable):
+                await journal.durable()
+        assert len(os.listdir("/proc/self/fd")) <= opened + 2
+        assert len(list(tmp_path.glob("*.journal"))) == 1
+        await journal.aclose()
+
+    asyncio.run(run())
+    replayed: list[str] = []
+
+    async def replay(entries: Sequence[Entry], origin: Origin) -> None:
+        replayed.extend(e["k"] for e in entries)
+
+    asyncio.run(Journal(tmp_path, replay).recover())
+    assert replayed == ["a"]

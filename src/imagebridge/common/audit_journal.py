@@ -25,7 +25,8 @@ pages that failed clean, so a later call can succeed without them ever reaching 
 journal seals every segment that sync covered and writes the records not yet known durable (it
 still holds them, uncommitted: with ``fsync`` on, only durable records are committed) into a new
 segment, followed by a line naming the bytes they supersede; replay drops the superseded copies,
-so each record is delivered once.
+so each record is delivered once. A sealed segment left holding nothing uncommitted is deleted at
+once: while the disk keeps failing, each failed sync would otherwise keep one open.
 
 A record says what its client got (:class:`DurableResponses`). When the sync covering a request's
 records fails, the request is answered 503 and its records, still in memory and not yet durable
@@ -396,6 +397,7 @@ class Journal:
             segment.outstanding += 1
             self._pending[k] = (entry, segment, number, request)
         self._superseding = []
+        self._retire()  # the sealed segments now holding nothing uncommitted: one per failed sync
 
     def _current(self) -> _Segment:
         if self._segments and not self._segments[-1].sealed and self._segments[-1].size < self.segment_bytes:
