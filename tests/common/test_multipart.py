@@ -10,8 +10,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from imagebridge.common.multipart import (
+    BodyEnd,
     MultipartError,
+    PartData,
+    PartEnd,
+    PartHeaders,
     PartTooLarge,
+    RelatedParser,
     boundary,
     content_type_related,
     iter_parts,
@@ -238,6 +243,20 @@ def test_unread_parts_are_skipped_and_old_bodies_refuse() -> None:
         return seen
 
     assert asyncio.run(run()) == [b"two"]
+
+
+def test_body_chunks_without_a_delimiter_are_handed_out_uncopied() -> None:
+    parser = RelatedParser(B.encode(), max_part_bytes=MB)
+    assert isinstance(parser.feed(b"--b0und4ry\r\n\r\nfirst")[0], PartHeaders)
+    whole = bytes(range(256)) * 200  # no CR in its last bytes: nothing there can start a delimiter
+    ends_in_cr = b"y" * 1000 + b"\r\n-"
+    events = parser.feed(whole) + parser.feed(ends_in_cr) + parser.feed(b"-b0und4ry--")
+    assert isinstance(events[0], PartData)
+    assert events[0].data is whole
+    bodies = b"".join(e.data for e in events if isinstance(e, PartData))
+    assert bodies == whole + b"y" * 1000  # the CR LF - waited for the bytes that made it a delimiter
+    assert isinstance(events[-2], PartEnd)
+    assert isinstance(events[-1], BodyEnd)
 
 
 # --- bounded memory ----------------------------------------------------------------------------

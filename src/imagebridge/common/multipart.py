@@ -6,7 +6,7 @@ the imaging system's STOW-RS (:func:`iter_parts`, async, part bodies streamed) a
 reading WADO-RS responses (:func:`iter_related`, sync). It never holds more than one chunk plus
 a boundary's worth of overlap (or one bounded header block), so a 2 GB instance can be spooled to
 disk and a hostile body (security.md DI-13) costs linear time and bounded memory. It uses
-``bytearray.find`` only: no regular expression sees the body.
+``find`` only: no regular expression sees the body.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class RelatedParser:
     returned as the last event (a :class:`MultipartError`), after everything before it, so that a
     consumer acts on complete parts before failing. :meth:`close` says the body ended. The buffer
     holds at most what one ``feed`` brought plus a boundary's worth of overlap (or one bounded
-    header block); every search is a ``bytearray.find``: no regular expression sees the body.
+    header block); every search is a ``find``: no regular expression sees the body. Body bytes
+    of a chunk with no delimiter in it are handed out as they came, not copied.
     """
 
     def __init__(
@@ -114,9 +115,11 @@ class RelatedParser:
         """Add ``data``; return the events it completes."""
         if self._state == "done":
             return []
-        self._buf += data
         events: list[Event] = []
         try:
+            if self._state == "body" and not self._buf:
+                data = self._body_direct(data, events)
+            self._buf += data
             while self._step(events):
                 pass
         except MultipartError as exc:
@@ -238,17 +241,42 @@ class RelatedParser:
             if found > 0:
                 events.append(self._take(found))
                 return True
-            safe = len(self._buf) - len(self._delimiter) + 1
+            safe = len(self._buf) - self._partial(self._buf)
             if safe > 0:
                 events.append(self._take(safe))
             return False
 
+    def _body_direct(self, data: bytes, events: list[Event]) -> bytes:
+        """Body bytes of ``data`` (the buffer being empty) handed out as they are, without
+        copying them through the buffer, up to a delimiter or what could start one; the rest
+        of ``data`` is returned for the buffer."""
+        found = data.find(self._delimiter)
+        end = found if found >= 0 else len(data) - self._partial(data)
+        if end == 0:
+            return data
+        events.append(self._count(data if end == len(data) else data[:end]))
+        return data[end:]
+
+    def _partial(self, data: bytes | bytearray) -> int:
+        """How many bytes at the end of ``data`` could be the start of a delimiter (it begins
+        with CR, so only a CR in the last ``len(delimiter) - 1`` bytes can start one)."""
+        at = data.find(b"\r", max(0, len(data) - len(self._delimiter) + 1))
+        while at >= 0:
+            if self._delimiter.startswith(data[at:]):
+                return len(data) - at
+            at = data.find(b"\r", at + 1)
+        return 0
+
     def _take(self, size: int) -> PartData:
-        self._part_bytes += size
+        with memoryview(self._buf) as view, view[:size] as piece:
+            chunk = bytes(piece)
+        del self._buf[:size]
+        return self._count(chunk)
+
+    def _count(self, chunk: bytes) -> PartData:
+        self._part_bytes += len(chunk)
         if self._part_bytes > self._max_part_bytes:
             raise PartTooLarge(f"a multipart part is larger than {self._max_part_bytes} bytes")
-        chunk = bytes(self._buf[:size])
-        del self._buf[:size]
         return PartData(chunk)
 
 

@@ -114,6 +114,8 @@ PREFIX = b"DICM"
 MAX_FILE_META = 64 * 1024
 #: Bytes of a part gathered in memory before they are hashed and written in a worker thread.
 SPOOL_WRITE = 1024 * 1024
+#: Chunks shorter than this are gathered into one buffer while they wait to be written.
+_SMALL_CHUNK = 64 * 1024
 _LONG_VRS = frozenset(vr.encode() for vr in guard.LONG_VRS)
 _VRS = _LONG_VRS | {vr.encode() for vr in guard.SHORT_VRS}
 
@@ -163,8 +165,9 @@ def _completed_meta(meta: bytes) -> bytes:
     return out.getvalue()
 
 
-def file_start(head: bytes, final: bool) -> bytes | None:
-    """The first bytes to store for a part starting with ``head`` (None: need more bytes).
+def file_start(head: bytes, final: bool) -> tuple[bytes, int] | None:
+    """What to store instead of the first bytes of a part starting with ``head``: (those bytes,
+    how many bytes of ``head`` they replace), or None when more bytes are needed.
 
     A PS3.10 file gets a zeroed preamble (PS3.10 §7.5 gives it no meaning; security.md DI-10); a
     part starting with File Meta Information is completed into a PS3.10 file (module docstring);
@@ -173,7 +176,7 @@ def file_start(head: bytes, final: bool) -> bytes | None:
     if len(head) < PREAMBLE + len(PREFIX) and not final:
         return None
     if head[PREAMBLE : PREAMBLE + len(PREFIX)] == PREFIX:
-        return bytes(PREAMBLE) + head[PREAMBLE:]
+        return bytes(PREAMBLE), PREAMBLE
     if head[:2] == b"\x02\x00" and head[4:6] in _VRS:
         try:
             end = _meta_end(head, final)
@@ -182,53 +185,73 @@ def file_start(head: bytes, final: bool) -> bytes | None:
         if end is None:
             return None
         if end >= 0:
-            return _completed_meta(head[:end]) + head[end:]
-    return bytes(min(PREAMBLE, len(head))) + head[PREAMBLE:]
+            return _completed_meta(head[:end]), end
+    return bytes(min(PREAMBLE, len(head))), PREAMBLE
 
 
 async def _normalised(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """``body`` with its start replaced by :func:`file_start` (at most a meta group buffered)."""
-    head: bytes | None = b""
+    head = b""
     async for chunk in body:
-        if head is None:
-            yield chunk
-            continue
         head += chunk
         start = file_start(head, final=False)
         if start is not None:
-            head = None
-            yield start
-    if head is not None:  # the part ended before its start could be judged
-        yield file_start(head, final=True) or b""
+            break
+    else:  # the part ended before its start could be judged
+        start = file_start(head, final=True)
+    replaced, offset = start or (b"", 0)  # never None when final
+    yield replaced
+    if len(head) > offset:
+        yield head[offset:]
+    async for chunk in body:
+        yield chunk
 
 
 class Spool:
     """A part being spooled: its file (created with its first written bytes), the SHA-256 and size
-    so far, and the bytes not written yet. :meth:`finish` writes those and closes the file, in the
-    worker thread that then judges the instance: a part of up to :data:`SPOOL_WRITE` bytes costs
-    that one thread hop, and at most :data:`SPOOL_WRITE` bytes wait in memory per part."""
+    so far, and the chunks not written yet (as they came: they are not copied together).
+    :meth:`finish` writes those and closes the file, in the worker thread that then judges the
+    instance: a part of up to :data:`SPOOL_WRITE` bytes costs that one thread hop, and at most
+    :data:`SPOOL_WRITE` bytes wait in memory per part."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.digest = hashlib.sha256()
         self.size = 0
-        self.pending = bytearray()
+        self.pending: list[bytes | bytearray] = []
+        self.pending_size = 0
         self.path: Path | None = None
         self._file: IO[bytes] | None = None
 
-    def write(self, data: bytes) -> None:
+    def add(self, chunk: bytes) -> None:
+        """Keep ``chunk`` for the next write; small ones are gathered into one buffer (a body
+        sent in tiny chunks costs no list entry per chunk)."""
+        self.size += len(chunk)
+        self.pending_size += len(chunk)
+        if len(chunk) < _SMALL_CHUNK and self.pending and isinstance(self.pending[-1], bytearray):
+            self.pending[-1] += chunk
+        else:
+            self.pending.append(bytearray(chunk) if len(chunk) < _SMALL_CHUNK else chunk)
+
+    def take(self) -> list[bytes | bytearray]:
+        """The chunks not written yet, for :meth:`write` (they are no longer pending)."""
+        chunks, self.pending, self.pending_size = self.pending, [], 0
+        return chunks
+
+    def write(self, chunks: list[bytes | bytearray]) -> None:
         if self._file is None:
             fd, name = tempfile.mkstemp(dir=self.directory, prefix="stow-", suffix=".part")
             self.path = Path(name)
             self._file = os.fdopen(fd, "wb")
-        self.digest.update(data)  # hashlib lets go of the GIL for large buffers
-        self._file.write(data)
+        for chunk in chunks:
+            self.digest.update(chunk)  # hashlib lets go of the GIL for large buffers
+            self._file.write(chunk)
 
     def finish(self) -> SpooledInstance:
-        """Write the pending bytes and close the file (in a worker thread); the file is removed
+        """Write the pending chunks and close the file (in a worker thread); the file is removed
         if that fails, and a full disk fails with :data:`OUT_OF_RESOURCES`."""
         try:
-            self.write(bytes(self.pending))
+            self.write(self.take())
             assert self._file is not None  # the write made it
             assert self.path is not None
             self._file.close()
@@ -266,12 +289,9 @@ async def spool(body: AsyncIterator[bytes], directory: Path) -> Spool:
     file = Spool(directory)
     try:
         async for chunk in _normalised(body):
-            file.size += len(chunk)
-            file.pending += chunk
-            if len(file.pending) >= SPOOL_WRITE:  # one worker-thread hop per SPOOL_WRITE bytes
-                data = bytes(file.pending)
-                file.pending.clear()
-                await anyio.to_thread.run_sync(file.write, data)
+            file.add(chunk)
+            if file.pending_size >= SPOOL_WRITE:  # one worker-thread hop per SPOOL_WRITE bytes
+                await anyio.to_thread.run_sync(file.write, file.take())
     except OSError as exc:
         file.discard()
         _refuse_if_full(exc)
