@@ -23,7 +23,7 @@ import struct
 import tempfile
 import warnings
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -87,14 +87,21 @@ class ParsedInstance:
     dataset: Dataset  # header only (no pixel data loaded)
     transfer_syntax_uid: str
     pixel_elements: list[dicom_json.PixelElement]  # the element header that ended the reading
+    _values: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def value(self, keyword: str) -> Any:
         """The attribute's value as ``dataset.get(keyword)`` gives it (None when absent), read
-        without pydicom making and storing a DataElement where it can (:func:`dicom_json.element_value`)."""
+        without pydicom making and storing a DataElement where it can (:func:`dicom_json.element_value`),
+        and converted once: the same object every time (not to be changed)."""
+        try:
+            return self._values[keyword]
+        except KeyError:
+            pass
         tag = tag_for_keyword(keyword)
-        if tag is None or tag not in self.dataset:
-            return None
-        return dicom_json.element_value(self.dataset, tag)
+        ds = self.dataset
+        value = None if tag is None or tag not in ds else dicom_json.element_value(ds, tag)
+        self._values[keyword] = value
+        return value
 
     def attr(self, keyword: str, default: str = "") -> str:
         value = self.value(keyword)
@@ -326,24 +333,23 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
         raise InstanceRejected(
             CANNOT_UNDERSTAND, f"the DICOM file cannot be parsed: {type(exc).__name__}"
         ) from exc
-    meta = ds.file_meta
-    sop_class = str(ds.get("SOPClassUID", ""))
-    sop_instance = str(ds.get("SOPInstanceUID", ""))
+    parsed = ParsedInstance(spooled, ds, ts, pixel_elements)
+    sop_class = parsed.attr("SOPClassUID")
+    sop_instance = parsed.attr("SOPInstanceUID")
     for keyword in REQUIRED_UIDS:
-        value = str(ds.get(keyword, ""))
-        if not is_valid_uid(value):
+        if not is_valid_uid(parsed.attr(keyword)):
             raise InstanceRejected(
                 CANNOT_UNDERSTAND, f"{keyword} is missing or not a valid UID", sop_class, sop_instance
             )
-    if not str(ds.get("PatientID", "")).strip():
+    if not parsed.attr("PatientID").strip():
         raise InstanceRejected(CANNOT_UNDERSTAND, "PatientID is missing", sop_class, sop_instance)
     for meta_keyword, keyword in META_MATCHES:
-        declared = str(meta.get(meta_keyword, "") or "")
-        if declared and declared != str(ds.get(keyword)):
+        declared = str(ds.file_meta.get(meta_keyword, "") or "")
+        if declared and declared != parsed.attr(keyword):
             raise InstanceRejected(
                 DATASET_SOP_CLASS_MISMATCH,
                 f"the file meta {meta_keyword} differs from the data set's {keyword}",
                 sop_class,
                 sop_instance,
             )
-    return ParsedInstance(spooled, ds, ts, pixel_elements)
+    return parsed
