@@ -43,7 +43,6 @@ from imagebridge.imaging.archive.ingest import (
     InstanceRejected,
     ParsedInstance,
     Spool,
-    SpooledInstance,
     parse,
     spool,
 )
@@ -279,9 +278,9 @@ def _take(
     local: LocalBlobStore | None,
 ) -> Entry:
     """Finish the spool file, judge the instance (its study, and whether the writer may store
-    for its PatientID) and, for a local blob store, put it (in a worker thread)."""
-    entry = _prepare(spooled.finish(), max_inflated_bytes)
-    parsed = entry.parsed
+    for its PatientID: before its metadata is made) and, for a local blob store, put it (in a
+    worker thread)."""
+    parsed = parse(spooled.finish(), max_inflated_bytes)
     if url_study is not None and parsed.attr("StudyInstanceUID") != url_study:
         raise InstanceRejected(
             STUDY_MISMATCH,
@@ -296,6 +295,7 @@ def _take(
             parsed.attr("SOPClassUID"),
             parsed.attr("SOPInstanceUID"),
         )
+    entry = _prepare(parsed)
     if local is not None:
         try:
             local.put_now(parsed.spooled.sha256, parsed.spooled.path)
@@ -316,9 +316,8 @@ def _not_stored(exc: Exception, parsed: ParsedInstance) -> InstanceRejected:
     )
 
 
-def _prepare(spooled: SpooledInstance, max_inflated_bytes: int) -> Entry:
-    """Parse, validate and precompute the metadata of one instance (in a worker thread)."""
-    parsed = parse(spooled, max_inflated_bytes)
+def _prepare(parsed: ParsedInstance) -> Entry:
+    """Precompute the metadata and index rows of one parsed instance (in a worker thread)."""
     try:
         # Pixel Data gets its BulkDataURI (PS3.18 §F.2.7) from the element header parse() kept
         ds = parsed.dataset
