@@ -50,6 +50,16 @@ def test_blob_store_is_content_addressed_and_ranged(tmp_path: Path) -> None:
     anyio.run(run)
 
 
+@pytest.mark.parametrize(
+    "key", ["A" * 64, "a" * 63, "a" * 65, "a" * 63 + "\n", "g" * 64, "\u0660" * 64, "", "../" + "a" * 61]
+)
+def test_only_lower_case_sha256_hex_digests_name_blobs(tmp_path: Path, key: str) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    assert store.path("0123456789abcdef" * 4).name == "0123456789abcdef" * 4
+    with pytest.raises(ValueError, match="SHA-256"):
+        store.path(key)
+
+
 def test_put_of_an_existing_blob_restarts_its_grace_period(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path / "blobs")
     data = part10(instance())

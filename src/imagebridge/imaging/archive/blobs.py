@@ -11,6 +11,7 @@ then copied in.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Collection
@@ -25,11 +26,12 @@ if TYPE_CHECKING:
     from imagebridge.common.settings import ImagingSettings
 
 CHUNK = 1024 * 1024
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 def check_key(key: str) -> str:
     """``key`` if it is a SHA-256 hex digest (the only names a blob may have), else ValueError."""
-    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+    if not _KEY.fullmatch(key):
         raise ValueError("blob keys are SHA-256 hex digests")
     return key
 
