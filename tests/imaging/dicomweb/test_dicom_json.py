@@ -300,3 +300,21 @@ def test_raw_elements_convert_like_pydicom_elements(name: str) -> None:
     assert not any(isinstance(converted.get_item(tag), RawDataElement) for tag in tags)
     direct = json_bytes(dataset_to_json(raw, bulkdata_uri=_uri))
     assert direct == json_bytes(dataset_to_json(converted, bulkdata_uri=_uri))
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "ExplVR_BigEnd.dcm", "MR_small_implicit.dcm", "chrH32.dcm"])
+def test_values_converted_for_the_json_are_pydicoms(name: str) -> None:
+    """The top-level values dataset_to_json reports are the values pydicom gives: of every tag but
+    IS/DS ones, whose text the JSON reads itself unless pydicom had already converted it."""
+    from pydicom import dcmread
+    from pydicom.data import get_charset_files, get_testdata_file
+
+    path = get_testdata_file(name) or get_charset_files(name)[0]
+    reference = dcmread(path, stop_before_pixels=True)
+    values: dict[int, object] = {}
+    dataset_to_json(dcmread(path, stop_before_pixels=True), bulkdata_uri=_uri, values=values)
+    tags = sorted(reference.keys())  # iterating a Dataset gives its elements
+    expected = {tag for tag in tags if tag & 0xFFFF and reference[tag].VR not in ("IS", "DS")}
+    assert expected <= set(values) <= set(tags)
+    for tag, value in values.items():
+        assert value == reference[tag].value, f"{tag:08X}"

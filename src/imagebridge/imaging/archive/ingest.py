@@ -87,20 +87,22 @@ class ParsedInstance:
     dataset: Dataset  # header only (no pixel data loaded)
     transfer_syntax_uid: str
     pixel_elements: list[dicom_json.PixelElement]  # the element header that ended the reading
-    _values: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: Top-level values converted so far, by tag (:func:`dicom_json.instance_json` adds its own).
+    values: dict[int, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def value(self, keyword: str) -> Any:
         """The attribute's value as ``dataset.get(keyword)`` gives it (None when absent), read
         without pydicom making and storing a DataElement where it can (:func:`dicom_json.element_value`),
-        and converted once: the same object every time (not to be changed)."""
+        and converted once: kept in :attr:`values` (not to be changed)."""
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            return None
         try:
-            return self._values[keyword]
+            return self.values[tag]
         except KeyError:
             pass
-        tag = tag_for_keyword(keyword)
-        ds = self.dataset
-        value = None if tag is None or tag not in ds else dicom_json.element_value(ds, tag)
-        self._values[keyword] = value
+        value = dicom_json.element_value(self.dataset, tag) if tag in self.dataset else None
+        self.values[tag] = value
         return value
 
     def attr(self, keyword: str, default: str = "") -> str:

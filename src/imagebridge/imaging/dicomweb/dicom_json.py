@@ -85,15 +85,21 @@ def parse_tag_path(value: str) -> TagPath:
 
 
 def dataset_to_json(
-    ds: Dataset, *, bulkdata_uri: BulkDataURIBuilder | None, inline_threshold: int = 1024
+    ds: Dataset,
+    *,
+    bulkdata_uri: BulkDataURIBuilder | None,
+    inline_threshold: int = 1024,
+    values: dict[int, Any] | None = None,
 ) -> dict[str, Any]:
     """Convert ``ds`` to a DICOM JSON object (PS3.18 §F.2).
 
     With ``bulkdata_uri``, binary values of ``inline_threshold`` bytes or more, and pixel data of
     any size, become ``BulkDataURI`` members built from the attribute's :data:`TagPath`; without
-    it every binary value is ``InlineBinary``. The file meta group is not part of ``ds``.
+    it every binary value is ``InlineBinary``. The file meta group is not part of ``ds``. With
+    ``values``, the top-level values converted on the way are put there by tag, each as
+    :func:`element_value` gives it.
     """
-    return _dataset(ds, (), 0, bulkdata_uri, inline_threshold)
+    return _dataset(ds, (), 0, bulkdata_uri, inline_threshold, values)
 
 
 def json_bytes(value: Any) -> bytes:
@@ -129,13 +135,15 @@ def instance_json(
     uri_builder: BulkDataURIBuilder,
     *,
     inline_threshold: int = 1024,
+    values: dict[int, Any] | None = None,
 ) -> dict[str, Any]:
     """DICOM JSON of a data set read by :func:`read_header` (PS3.18 §F.2).
 
     The pixel data is described by a ``BulkDataURI`` from its element header alone (an empty one
-    by its VR only). Elements after the pixel data are not included.
+    by its VR only). Elements after the pixel data are not included. ``values`` as for
+    :func:`dataset_to_json`.
     """
-    result = dataset_to_json(ds, bulkdata_uri=uri_builder, inline_threshold=inline_threshold)
+    result = dataset_to_json(ds, bulkdata_uri=uri_builder, inline_threshold=inline_threshold, values=values)
     for tag, vr, length in pixel_elements:
         attribute: dict[str, Any] = {"vr": vr or _dictionary_vr(tag)}
         if length:
@@ -175,7 +183,12 @@ def _resolve_vr(element: DataElement, ds: Dataset) -> str:
 
 
 def _dataset(
-    ds: Dataset, prefix: TagPath, depth: int, uri: BulkDataURIBuilder | None, threshold: int
+    ds: Dataset,
+    prefix: TagPath,
+    depth: int,
+    uri: BulkDataURIBuilder | None,
+    threshold: int,
+    values: dict[int, Any] | None = None,
 ) -> dict[str, Any]:
     if depth > MAX_DEPTH:
         raise DepthError(f"sequences nested deeper than {MAX_DEPTH} levels")
@@ -184,7 +197,9 @@ def _dataset(
     encoding = ds.original_character_set or ds._character_set
     for tag in sorted(ds.keys()):
         if tag & 0xFFFF:  # (gggg,0000) Group Length is never included (§F.2.2)
-            result[f"{tag:08X}"] = _attribute(ds, tag, (*prefix, tag), depth, uri, threshold, encoding)
+            result[f"{tag:08X}"] = _attribute(
+                ds, tag, (*prefix, tag), depth, uri, threshold, encoding, values
+            )
     return result
 
 
@@ -225,20 +240,19 @@ def _attribute(
     uri: BulkDataURIBuilder | None,
     threshold: int,
     encoding: str | MutableSequence[str],
+    values: dict[int, Any] | None,
 ) -> dict[str, Any]:
     raw = ds.get_item(tag)
     direct = _direct(raw, encoding) if isinstance(raw, RawDataElement) else None
-    if direct is not None:
-        vr, value = direct
-    elif isinstance(raw, RawDataElement) and (raw.VR or _dictionary_vr(tag)) in ("IS", "DS"):
+    if direct is None and isinstance(raw, RawDataElement) and (raw.VR or _dictionary_vr(tag)) in ("IS", "DS"):
         # Read IS/DS text ourselves: pydicom refuses invalid numbers, which must pass as strings.
         vr = raw.VR or _dictionary_vr(tag)
         text = (raw.value or b"").decode("ascii", "replace").strip(" \x00")
         value = text.split("\\") if text else None
     else:
-        element = ds[tag]
-        vr = element.VR if " or " not in element.VR else _resolve_vr(element, ds)
-        value = element.value
+        vr, value = direct if direct is not None else _element(ds, tag)
+        if values is not None:
+            values[tag] = value
     attribute: dict[str, Any] = {"vr": vr}
     if value is None or (not isinstance(value, int | float) and len(value) == 0):
         return attribute
@@ -256,6 +270,12 @@ def _attribute(
         items = value if isinstance(value, MultiValue | list | tuple) else [value]
         attribute["Value"] = [_value(vr, item) for item in items]
     return attribute
+
+
+def _element(ds: Dataset, tag: int) -> tuple[str, Any]:
+    """(VR, value) of an element through pydicom's own conversion (stored in ``ds``)."""
+    element = ds[tag]
+    return element.VR if " or " not in element.VR else _resolve_vr(element, ds), element.value
 
 
 def _value(vr: str, item: Any) -> Any:

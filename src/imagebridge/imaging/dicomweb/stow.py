@@ -321,7 +321,9 @@ def _prepare(parsed: ParsedInstance) -> Entry:
     try:
         # Pixel Data gets its BulkDataURI (PS3.18 §F.2.7) from the element header parse() kept
         ds = parsed.dataset
-        instance = dicom_json.instance_json(ds, parsed.pixel_elements, _bulk_template(parsed))
+        instance = dicom_json.instance_json(
+            ds, parsed.pixel_elements, _bulk_template(parsed), values=parsed.values
+        )
         return Entry(
             parsed,
             dicom_json.json_bytes([instance]),
