@@ -29,7 +29,7 @@ import fcntl
 import os
 import select
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,11 +203,14 @@ class _ClientGone(Exception):
     pass
 
 
-def _write(fd: int, data: bytes, stop: threading.Event) -> None:
-    view = memoryview(data)
-    while view:
+def _send(fd: int, count: int, step: Callable[[int], int], stop: threading.Event) -> None:
+    """Call ``step(done)``, which sends some of ``count`` bytes to the client's socket ``fd`` and
+    says how many, until all are sent, waiting while the socket's buffer is full;
+    :class:`_ClientGone` once the client has gone."""
+    done = 0
+    while done < count:
         try:
-            view = view[os.write(fd, view) :]
+            done += step(done)
         except BlockingIOError:
             if not _ready(fd, select.POLLOUT, float("inf"), stop, fd):
                 raise _ClientGone from None
@@ -215,20 +218,16 @@ def _write(fd: int, data: bytes, stop: threading.Event) -> None:
             if exc.errno in _CLIENT_GONE:
                 raise _ClientGone from exc
             raise
+
+
+def _write(fd: int, data: bytes, stop: threading.Event) -> None:
+    view = memoryview(data)
+    _send(fd, len(view), lambda done: os.write(fd, view[done:]), stop)
 
 
 def _move(pipe: int, fd: int, count: int, stop: threading.Event) -> None:
     """Splice ``count`` bytes from ``pipe`` into the client's socket ``fd``."""
-    while count:
-        try:
-            count -= os.splice(pipe, fd, count, flags=_FLAGS)
-        except BlockingIOError:
-            if not _ready(fd, select.POLLOUT, float("inf"), stop, fd):
-                raise _ClientGone from None
-        except OSError as exc:
-            if exc.errno in _CLIENT_GONE:
-                raise _ClientGone from exc
-            raise
+    _send(fd, count, lambda done: os.splice(pipe, fd, count - done, flags=_FLAGS), stop)
 
 
 class _Pump:
