@@ -35,6 +35,31 @@ class Sink:
             self.rows.setdefault(entry["k"], entry)
 
 
+class Keys:
+    """A replay target keeping the ``k`` of every entry it is given, in order."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def __call__(self, entries: Sequence[Entry], origin: Origin) -> None:
+        self.keys.extend(e["k"] for e in entries)
+
+
+class Syncs:
+    """The journal's fdatasync replaced: each call notes the file's inode in :attr:`synced` and
+    raises the next of :attr:`failures` while any are queued."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.synced: list[int] = []
+        self.failures: list[OSError] = []
+        monkeypatch.setattr(audit_journal.os, "fdatasync", self)
+
+    def __call__(self, fd: int) -> None:
+        self.synced.append(os.fstat(fd).st_ino)
+        if self.failures:
+            raise self.failures.pop()
+
+
 def test_lines_round_trip_and_damage_is_skipped() -> None:
     lines = [encode({"k": str(i), "v": "é"}) for i in range(3)]
     entries, skipped = decode(b"".join(lines))
@@ -304,19 +329,10 @@ def test_a_failed_fdatasync_is_never_trusted_again(tmp_path: Path, monkeypatch: 
     so syncing that file again could succeed without them. The waiters of the failed call are
     refused; the segment is sealed and never synced again; its records not known durable are
     rewritten into a new segment that the next sync covers; a replay delivers each record once."""
-    synced: list[int] = []  # inode of each fdatasync'ed file
-    failures: list[OSError] = []
-
-    def fdatasync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        if failures:
-            raise failures.pop()
-
-    monkeypatch.setattr(audit_journal.os, "fdatasync", fdatasync)
-    replayed: list[str] = []
-
-    async def replay(entries: Sequence[Entry], origin: Origin) -> None:
-        replayed.extend(e["k"] for e in entries)
+    syncs = Syncs(monkeypatch)
+    synced, failures = syncs.synced, syncs.failures
+    replay = Keys()
+    replayed = replay.keys
 
     async def run() -> None:
         sink = Sink()
@@ -348,17 +364,9 @@ def test_a_rewrite_whose_own_segment_is_lost_still_supersedes(
     names both earlier cuts. The second segment is gone (it held nothing uncommitted any more; or
     lost to power loss, never synced), yet replay still drops the first segment's superseded
     copies, the first being kept by a durable record not yet committed: each record once."""
-    failures: list[OSError] = []
-
-    def fdatasync(fd: int) -> None:
-        if failures:
-            raise failures.pop()
-
-    monkeypatch.setattr(audit_journal.os, "fdatasync", fdatasync)
-    replayed: list[str] = []
-
-    async def replay(entries: Sequence[Entry], origin: Origin) -> None:
-        replayed.extend(e["k"] for e in entries)
+    failures = Syncs(monkeypatch).failures
+    replay = Keys()
+    replayed = replay.keys
 
     async def run() -> None:
         journal = Journal(tmp_path, Sink().apply, fsync=True, commit_delay=3600)
@@ -733,10 +741,6 @@ def test_syncs_failing_for_a_while_keep_one_copy_and_no_descriptor_per_failure(
         await journal.aclose()
 
     asyncio.run(run())
-    replayed: list[str] = []
-
-    async def replay(entries: Sequence[Entry], origin: Origin) -> None:
-        replayed.extend(e["k"] for e in entries)
-
+    replay = Keys()
     asyncio.run(Journal(tmp_path, replay).recover())
-    assert replayed == ["a"]
+    assert replay.keys == ["a"]

@@ -13,6 +13,7 @@ process, which is why FT-08 asks for lost unsynced writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sqlite3
@@ -71,6 +72,15 @@ class PowerLossVolume:
     def command(self, word: str) -> None:
         (self.mountpoint / ".unsynced-fs").write_text(word)
 
+    @contextlib.contextmanager
+    def failing_fsync(self) -> Iterator[None]:
+        """Every fsync fails with EIO until the block ends."""
+        self.command("fail-fsync")
+        try:
+            yield
+        finally:
+            self.command("heal")
+
     def unmount(self) -> None:
         subprocess.run(["umount", str(self.mountpoint)], check=False)
         try:
@@ -105,10 +115,8 @@ def test_the_volume_drops_what_a_failed_fsync_did_not_write(volume: PowerLossVol
         os.fsync(folder)
         os.close(folder)
         os.write(fd, b"lost\n")
-        volume.command("fail-fsync")
-        with pytest.raises(OSError, match="Input/output error"):
+        with volume.failing_fsync(), pytest.raises(OSError, match="Input/output error"):
             os.fsync(fd)
-        volume.command("heal")
         os.fsync(fd)  # succeeds, without the bytes that failed
         os.write(fd, b"after\n")
         os.fsync(fd)
@@ -276,11 +284,8 @@ def test_failed_fsync_is_never_acknowledged_nor_trusted_later(
     study = generate_uid()
     datasets = [instance(study=study, number=i, seed=900 + i, rows=64, columns=64) for i in range(3)]
     parts = [part10(ds) for ds in datasets]
-    volume.command("fail-fsync")
-    try:
+    with volume.failing_fsync():
         failed = stack.stow(parts)
-    finally:
-        volume.command("heal")
     # the blobs' fsync fails, and so does the audit journal's: no record, no answer but a 503
     assert (failed.status_code, failed.headers.get("Retry-After")) == (503, "5"), failed.text
     assert referenced_uids(failed.json()) == []
@@ -293,6 +298,20 @@ def test_failed_fsync_is_never_acknowledged_nor_trusted_later(
     volume.command("crash")
     stack.stack.start_imaging()
     assert sorted(sha256(p) for p in stack.retrieve(study)) == sorted(sha256(p) for p in parts)
+
+
+def _audit_after_power_loss(
+    stack: ArchiveStack, volume: PowerLossVolume, query: str, *args: str
+) -> list[tuple[Any, ...]]:
+    """Kill the imaging process, cut the power, start it again (its startup replays what
+    survived of the dead journal), and run ``query`` on its audit table."""
+    assert stack.stack.imaging is not None
+    stack.stack.imaging.kill()
+    volume.command("crash")
+    stack.stack.start_imaging()
+    database = stack.stack.imaging_settings.data_dir / "imaging.sqlite3"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        return conn.execute(query, args).fetchall()
 
 
 def test_power_loss_after_retrievals_keeps_their_audit_records(
@@ -311,17 +330,12 @@ def test_power_loss_after_retrievals_keeps_their_audit_records(
         for ds in datasets:
             response = http.get(f"{base}/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
             assert response.status_code == 200, response.text
-    assert stack.stack.imaging is not None
-    stack.stack.imaging.kill()
-    volume.command("crash")
-    stack.stack.start_imaging()  # its startup replays what survived of the dead journal
-
-    database = stack.stack.imaging_settings.data_dir / "imaging.sqlite3"
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-        delivered = conn.execute(
-            "SELECT sop_uid FROM audit WHERE study_uid = ? AND operation = 'retrieve' AND status = 200",
-            (study,),
-        ).fetchall()
+    delivered = _audit_after_power_loss(
+        stack,
+        volume,
+        "SELECT sop_uid FROM audit WHERE study_uid = ? AND operation = 'retrieve' AND status = 200",
+        study,
+    )
     assert {sop for (sop,) in delivered} >= {str(ds.SOPInstanceUID) for ds in datasets}
 
 
@@ -338,22 +352,14 @@ def test_a_retrieval_refused_for_want_of_a_durable_record_is_recorded_as_refused
     stack.retrieve(study)  # published: retrievals are allowed from here on
     url = f"{stack.base}/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
     with httpx.Client(timeout=60, headers=stack.headers(Accept=WADO_ACCEPT)) as http:
-        volume.command("fail-fsync")
-        try:
+        with volume.failing_fsync():
             refused = http.get(url)
-        finally:
-            volume.command("heal")
         assert (refused.status_code, refused.headers.get("Retry-After")) == (503, "5"), refused.text
         assert http.get(url).status_code == 200
-    assert stack.stack.imaging is not None
-    stack.stack.imaging.kill()
-    volume.command("crash")
-    stack.stack.start_imaging()  # its startup replays what survived of the dead journal
-
-    database = stack.stack.imaging_settings.data_dir / "imaging.sqlite3"
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-        recorded = conn.execute(
-            "SELECT outcome, status FROM audit WHERE sop_uid = ? AND operation = 'retrieve' ORDER BY at",
-            (str(ds.SOPInstanceUID),),
-        ).fetchall()
+    recorded = _audit_after_power_loss(
+        stack,
+        volume,
+        "SELECT outcome, status FROM audit WHERE sop_uid = ? AND operation = 'retrieve' ORDER BY at",
+        str(ds.SOPInstanceUID),
+    )
     assert recorded == [("unavailable", 503), ("allow", 200)]
