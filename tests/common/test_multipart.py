@@ -392,3 +392,77 @@ def test_sync_reader_refuses_a_cut_body_and_finds_quoted_boundaries() -> None:
         list(iter_related(content_type, [data[:-8]], max_part_bytes=MB))
     with pytest.raises(MultipartError, match="no multipart boundary"):
         list(iter_related("multipart/related", [data], max_part_bytes=MB))
+
+
+# --- any body, any chunking ----------------------------------------------------------------------
+
+_raw_bodies = st.lists(
+    st.sampled_from(
+        [
+            b"\r\n--" + B.encode(),
+            b"--" + B.encode(),
+            b"\r\n--" + B.encode()[:-1],
+            B.encode(),
+            b"\r\n",
+            b"\r",
+            b"\n",
+            b"-",
+            b"--",
+            b" ",
+            b"\t",
+            b"x",
+            b"\r\n\r\n",
+            b"X: y\r\n",
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+def _outcome(chunks: Iterable[bytes], max_part_bytes: int) -> list[object]:
+    """The parser's events for ``chunks``, each part's data joined, errors as (type, message)
+    with the data of the part they ended left out."""
+    parser = RelatedParser(B.encode(), max_part_bytes=max_part_bytes, max_header_bytes=64)
+    events = [event for chunk in chunks for event in parser.feed(chunk)] + parser.close()
+    outcome: list[object] = []
+    for event in events:
+        if isinstance(event, PartData):
+            assert event.data  # no empty pieces
+            if outcome and isinstance(outcome[-1], bytes):
+                outcome[-1] += event.data
+                continue
+            outcome.append(event.data)
+        elif isinstance(event, MultipartError):
+            if outcome and isinstance(outcome[-1], bytes):
+                outcome.pop()  # how much of a failed part came before the error depends on the chunks
+            outcome.append((type(event), str(event)))
+        elif isinstance(event, PartHeaders):
+            outcome.append(event.headers)
+        else:
+            outcome.append(type(event))
+    return outcome
+
+
+@given(
+    body=_raw_bodies,
+    cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=25),
+    max_part_bytes=st.integers(min_value=0, max_value=40),
+)
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+def test_any_body_parses_alike_in_any_chunks(body: bytes, cuts: list[int], max_part_bytes: int) -> None:
+    """Preamble, delimiters split anywhere (CR LF too), padding, the close delimiter, near-miss
+    boundaries and the part size limit: the chunking never changes parts, bodies or errors."""
+    whole = _outcome([body], max_part_bytes)
+    assert _outcome(_split(body, cuts), max_part_bytes) == whole
+    assert _outcome([bytes([b]) for b in body], max_part_bytes) == whole
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 11, 13, 64])
+def test_limit_and_delimiters_across_chunks(size: int) -> None:
+    head = b"pre\r\n--b0und4ry \t\r\nA: 1\r\n\r\n"
+    data = head + b"ab--b0und4ry\r\n--b0und4ryx\r" + b"\r\n--b0und4ry--\r\nepilogue"
+    body = b"ab--b0und4ry\r\n--b0und4ryx\r"  # the boundary without CR LF, then with other bytes after it
+    assert _outcome(_chunked(data, size), 26) == [{"a": "1"}, body, PartEnd, BodyEnd]
+    too_large = _outcome(_chunked(data, size), 25)
+    assert too_large[0] == {"a": "1"}
+    assert too_large[-1] == (PartTooLarge, "a multipart part is larger than 25 bytes")
