@@ -51,7 +51,18 @@ def test_blob_store_is_content_addressed_and_ranged(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["A" * 64, "a" * 63, "a" * 65, "a" * 63 + "\n", "g" * 64, "\u0660" * 64, "", "../" + "a" * 61]
+    "key",
+    [
+        "A" * 64,
+        "a" * 63,
+        "a" * 65,
+        "a" * 63 + "\n",
+        "a" * 64 + "\n",
+        "g" * 64,
+        "\u0660" * 64,
+        "",
+        "../" + "a" * 61,
+    ],
 )
 def test_only_lower_case_sha256_hex_digests_name_blobs(tmp_path: Path, key: str) -> None:
     store = LocalBlobStore(tmp_path / "blobs")
