@@ -119,3 +119,61 @@ def test_attributes_read_as_pydicom_reads_them(name: str) -> None:
         assert parsed.attr(keyword, "-") == ("-" if value is None else str(value)), keyword
         if isinstance(value, (int, str)) and str(value).strip().lstrip("-").isdigit():
             assert parsed.int_attr(keyword) == int(value), keyword
+
+
+def _indexed(path: str) -> tuple[pydicom.Dataset, ParsedInstance] | None:
+    """(Dataset as pydicom reads it, ParsedInstance once its DICOM JSON was made) of a sample
+    file; None when it is not a PS3.10 file or its JSON cannot be made (STOW-RS refuses it)."""
+    from imagebridge.imaging.dicomweb.dicom_json import instance_json, read_header
+
+    try:
+        with open(path, "rb") as fp:
+            reference, pixel_elements = read_header(fp)
+        with open(path, "rb") as fp:
+            parsed = ParsedInstance(
+                SpooledInstance(Path(path), 0, ""), read_header(fp)[0], "", pixel_elements
+            )
+        parsed.attr("PatientID")  # parse() and the write check read some values first
+        instance_json(parsed.dataset, pixel_elements, lambda _path: "", values=parsed.values)
+    except Exception:
+        return None
+    return reference, parsed
+
+
+def _get(ds: pydicom.Dataset, keyword: str) -> object:
+    """``ds.get(keyword)``, or the exception pydicom raises converting it."""
+    try:
+        return ds.get(keyword)
+    except Exception as exc:
+        return exc
+
+
+def test_attributes_after_the_json_reported_its_values_are_pydicoms() -> None:
+    """Every sample file of pydicom and pydicom-data (character sets, private groups, odd VRs,
+    multiple and empty values): once the instance's DICOM JSON has put its converted values into
+    ParsedInstance.values, each attribute (and the index rows' numbers) reads as Dataset.get."""
+    import warnings
+
+    from pydicom.data import get_charset_files, get_testdata_files
+    from pydicom.datadict import keyword_for_tag
+
+    compared = 0
+    for path in get_testdata_files() + get_charset_files():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as parse() reads: pydicom warns about tolerated oddities
+            indexed = _indexed(path)
+            if indexed is None:
+                continue
+            reference, parsed = indexed
+            for keyword in filter(None, map(keyword_for_tag, sorted(reference.keys()))):
+                expected = _get(reference, keyword)
+                if isinstance(expected, Exception):
+                    continue  # pydicom cannot convert it either
+                assert parsed.attr(keyword, "-") == ("-" if expected is None else str(expected)), (
+                    path,
+                    keyword,
+                )
+                if isinstance(expected, int) or (isinstance(expected, str) and expected.strip().isdigit()):
+                    assert parsed.int_attr(keyword) == int(expected), (path, keyword)
+        compared += 1
+    assert compared > 200
