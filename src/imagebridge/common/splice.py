@@ -31,7 +31,7 @@ import select
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import anyio
 from starlette.background import BackgroundTask
@@ -67,10 +67,6 @@ _CLIENT_GONE = (
 _HANGUP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 
 
-class SourceFailed(Exception):
-    """The source socket broke off or stopped sending."""
-
-
 @dataclass
 class SpliceSource:
     """The rest of a body on a socket: bytes already read off it, then the socket itself."""
@@ -83,6 +79,13 @@ class SpliceSource:
     """Bytes still to come on the socket; None: until it closes."""
     wait: float
     """Longest wait for the socket's next bytes, in seconds."""
+
+
+class Detachable(Protocol):
+    """A body being read off a socket, which can hand the socket over."""
+
+    def detach(self) -> SpliceSource | None:
+        """Stop reading and hand over the rest (None: it cannot be spliced; read it as before)."""
 
 
 def usable_transport(scope: Scope) -> asyncio.Transport | None:
@@ -104,14 +107,13 @@ class SplicedResponse(StreamingResponse):
     def __init__(
         self,
         content: AsyncIterator[bytes],
-        source: Any,
+        source: Detachable,
         status_code: int,
         headers: Mapping[str, str] | None = None,
         background: BackgroundTask | None = None,
     ) -> None:
         super().__init__(content, status_code, headers, background=background)
         self.source = source
-        """Has ``detach() -> SpliceSource | None`` (None: cannot be spliced, read ``content``)."""
         self.sent = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
