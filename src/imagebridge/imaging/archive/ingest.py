@@ -35,7 +35,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 
-from imagebridge.imaging.archive import guard
+from imagebridge.imaging.archive import guard, header
 from imagebridge.imaging.dicomweb import dicom_json
 from imagebridge.imaging.dicomweb.uids import is_valid_uid
 
@@ -316,7 +316,8 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
 
     The structure is checked first (:mod:`.guard`: declared lengths, sequence depth, transfer
     syntax, deflate cap), so pydicom never allocates what a hostile header declares; then the
-    header is read once, without pixel data (the metadata JSON is made from that same data set),
+    header is read once, without pixel data (:mod:`.header`, or pydicom for what it leaves; the
+    metadata JSON is made from that same data set),
     and the required attributes are validated (DI-04, DI-05).
     """
     try:
@@ -327,8 +328,11 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about tolerated oddities; we judge below
-            with spooled.path.open("rb") as fp:
-                ds, pixel_elements = dicom_json.read_header(fp)
+            read: tuple[Dataset, list[dicom_json.PixelElement]] | None = header.read(spooled.path, ts)
+            if read is None:
+                with spooled.path.open("rb") as fp:
+                    read = dicom_json.read_header(fp)
+            ds, pixel_elements = read
     except (InvalidDicomError, EOFError) as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
     except (ValueError, KeyError, TypeError, OverflowError, MemoryError, RecursionError, OSError) as exc:
