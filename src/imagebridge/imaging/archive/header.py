@@ -117,7 +117,9 @@ def _file_dataset(
     if isinstance(charset, RawDataElement):
         encoding = convert_encodings(convert_raw_data_element(charset).value)
     dataset.set_original_encoding(implicit, True, encoding)
-    ds = FileDataset(str(path), dataset, data[:128], FileMetaDataset(Dataset(meta)), implicit, True)
+    file_meta = FileMetaDataset(Dataset(meta))
+    file_meta.set_original_encoding(False, True, default_encoding)
+    ds = FileDataset(str(path), dataset, data[:128], file_meta, implicit, True)
     ds.set_original_encoding(implicit, True, dataset._character_set)
     return ds
 
