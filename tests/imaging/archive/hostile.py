@@ -97,6 +97,22 @@ def deflate_bomb(inflated: int = 300 * 1024 * 1024) -> bytes:
     return meta("1.2.840.10008.1.2.1.99", sop) + b"".join(pieces)
 
 
+def disguised_deflate_bomb(inflated: int) -> bytes:
+    """DI-08: a deflated data set that inflates to ``inflated`` bytes under a Transfer Syntax UID
+    padded with a space (pydicom's UID strips it), its compressed bytes also reading as one
+    Explicit VR Little Endian element (0000,FFB0) OB spanning them: a non-final stored block
+    (PS3.5 §A.5, RFC 1951 §3.2.4) whose LEN/NLEN bytes and first bytes spell the element header."""
+    size = 0xB000  # LEN; NLEN's high byte is "O", the first stored byte "B"
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(1024 * 1024)
+    bomb = b"".join(squeeze.compress(zeros) for _ in range(inflated // len(zeros))) + squeeze.flush()
+    total = 5 + size + len(bomb)
+    stored = (b"B\0\0" + struct.pack("<L", total - 12)).ljust(size, b"\0")
+    data = struct.pack("<BHH", 0, size, size ^ 0xFFFF) + stored + bomb
+    assert data[4:6] == b"OB"
+    return meta(" 1.2.840.10008.1.2.1.99", generate_uid()) + data
+
+
 def malicious_preamble() -> tuple[bytes, bytes]:
     """DI-10: an instance whose preamble is a PE header; returns (as sent, as it must be stored)."""
     clean = part10(instance())

@@ -72,3 +72,14 @@ def test_nesting_within_the_limit_passes(tmp_path: Path) -> None:
 def test_deflate_within_the_cap_passes(tmp_path: Path) -> None:
     path = _write(tmp_path, hostile.deflate_bomb(inflated=2 * 1024 * 1024))
     assert guard.scan(path, max_inflated_bytes=CAP) == "1.2.840.10008.1.2.1.99"
+
+
+def test_a_padded_transfer_syntax_is_the_one_pydicom_reads(tmp_path: Path) -> None:
+    """pydicom strips whitespace around a UID: the data set is scanned as the deflated one it
+    reads, not as the Explicit VR Little Endian element its compressed bytes pose as (DI-08)."""
+    path = _write(tmp_path, hostile.disguised_deflate_bomb(inflated=8 * 1024 * 1024))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_deflated
+        with pytest.raises(guard.Malformed, match="inflates beyond"):
+            guard.scan(path, max_inflated_bytes=1024 * 1024)

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.values import convert_UI
 
 #: Deepest sequence nesting accepted; real objects stay far below, pydicom fails near 250.
 MAX_SEQUENCE_DEPTH = 32
@@ -121,18 +122,25 @@ def _meta(r: _Reader) -> str:
         if head != b"\x02\x00":
             break
         tag = r.tag()
-        _, length = _explicit_header(r)
+        vr, length = _explicit_header(r)
         if length == UNDEFINED:
             raise Malformed("a file meta element has an undefined length")
         if tag == 0x00020010:
-            if length > 128:
-                raise Malformed("the Transfer Syntax UID is too long")
-            ts = r.read(length).decode("ascii", "replace").rstrip("\0 ")
+            if length > 128 or vr not in ("UI", "UN"):  # pydicom reads a UN one as UI
+                raise Malformed("the Transfer Syntax UID is not a UID")
+            ts = _uid(r.read(length))
         else:
             r.skip(length, r.size)
     if not ts:
         raise Malformed("the file meta information has no Transfer Syntax UID")
     return ts
+
+
+def _uid(value: bytes) -> str:
+    """A UI value as pydicom reads it (``convert_UI``: padding and surrounding whitespace
+    dropped), so that the syntax scanned is the one pydicom reads by; "" when it holds several."""
+    uid = convert_UI(value, True)
+    return uid if isinstance(uid, str) else ""
 
 
 def _explicit_header(r: _Reader) -> tuple[str, int]:
