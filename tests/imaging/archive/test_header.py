@@ -13,6 +13,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from tests.imaging.archive.hostile import element, meta
 
 from imagebridge.imaging.archive import guard, header
 from imagebridge.imaging.dicomweb.dicom_json import dataset_to_json, json_bytes, read_header
@@ -45,9 +46,15 @@ def _assert_as_pydicom_reads(path: Path) -> bool:
         for tag in meta_tags:
             assert ours.file_meta[tag].value == reference.file_meta[tag].value
         assert list(ours.keys()) == list(reference.keys())
-        for tag, element in reference._dict.items():
-            if isinstance(element, RawDataElement):  # pydicom converts undefined-length sequences
-                assert ours._dict[tag] == element, (path, f"{tag:08X}")
+        for tag, theirs in reference._dict.items():
+            mine = ours._dict[tag]
+            assert mine == theirs, (path, f"{tag:08X}")  # an undefined-length sequence is read
+            if not isinstance(theirs, RawDataElement):
+                flags = (mine.is_undefined_length, getattr(mine.value, "is_undefined_length", None))
+                assert flags == (
+                    theirs.is_undefined_length,
+                    getattr(theirs.value, "is_undefined_length", None),
+                )
         expected = json_bytes(dataset_to_json(_pydicom(path)[0], bulkdata_uri=_uri))
         assert json_bytes(dataset_to_json(ours, bulkdata_uri=_uri)) == expected
     return True
@@ -192,3 +199,95 @@ def test_encapsulated_pixel_data_stops_the_reading(tmp_path: Path) -> None:
     read = header.read(path, JPEGBaseline8Bit)
     assert read is not None
     assert read[1] == [(0x7FE00010, "OB", 0xFFFFFFFF)]
+
+
+_ITEM = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+_ITEM_END = struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+_SEQUENCE_END = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+
+
+def _raw_file(tmp_path: Path, body: bytes, syntax: str = ExplicitVRLittleEndian) -> Path:
+    path = tmp_path / "raw.dcm"
+    path.write_bytes(meta(syntax, generate_uid()) + body)
+    return path
+
+
+def _undefined(head: bytes, *items: bytes) -> bytes:
+    """An undefined-length element (``head`` its header) of undefined-length items."""
+    return head + b"".join(_ITEM + item + _ITEM_END for item in items) + _SEQUENCE_END
+
+
+def _implicit(tag: int, value: bytes, length: int | None = None) -> bytes:
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value) if length is None else length) + value
+
+
+def test_a_sequence_before_the_character_set_is_decoded_with_the_one_before_it(tmp_path: Path) -> None:
+    """pydicom reads an undefined-length sequence where it meets it, with the Specific Character
+    Set read so far (here the default: the later ISO_IR 192 does not apply to it)."""
+    sequence = _undefined(
+        element(0x0008, 0x0001, "SQ", b"", 0xFFFFFFFF), element(0x10, 0x10, "PN", "é".encode())
+    )
+    body = sequence + element(0x0008, 0x0005, "CS", b"ISO_IR 192") + element(0x0008, 0x0016, "UI", b"1.2\0")
+    assert _assert_as_pydicom_reads(_raw_file(tmp_path, body))
+
+
+def test_a_file_that_ends_with_its_meta_reads_as_pydicom_reads_it(tmp_path: Path) -> None:
+    """read_partial calls an empty data set implicit VR, whatever the transfer syntax."""
+    assert _assert_as_pydicom_reads(_raw_file(tmp_path, b""))
+
+
+_SOP = element(0x0008, 0x0016, "UI", b"1.2\0")
+
+
+@pytest.mark.parametrize(
+    ("body", "syntax"),
+    [
+        pytest.param(  # pydicom reads the item explicit: its first length looks like a VR ("AB")
+            _SOP
+            + _undefined(
+                element(0x0008, 0x1140, "SQ", b"", 0xFFFFFFFF),
+                _undefined(
+                    element(0x0009, 0x1000, "UN", b"", 0xFFFFFFFF), _implicit(0x00091001, bytes(0x4241))
+                ),
+            ),
+            ExplicitVRLittleEndian,
+            id="UN sequence item that looks explicit",
+        ),
+        pytest.param(  # pydicom scans Selector UN Value (VR UN) for the first delimiter
+            _implicit(0x00080016, b"1.2\0")
+            + _undefined(
+                _implicit(0x0040A730, b"", 0xFFFFFFFF),
+                _undefined(
+                    _implicit(0x0072006D, b"", 0xFFFFFFFF),
+                    _undefined(_implicit(0x0040A730, b"", 0xFFFFFFFF), _implicit(0x00080100, b"AB")),
+                )
+                + _implicit(0x00720070, b"ZZ"),
+            ),
+            ImplicitVRLittleEndian,
+            id="undefined-length UN value holding a sequence",
+        ),
+        pytest.param(  # pydicom reads the fragments as items of a sequence
+            _SOP
+            + _undefined(
+                element(0x0088, 0x0200, "SQ", b"", 0xFFFFFFFF),
+                element(0x7FE0, 0x0010, "UN", b"", 0xFFFFFFFF)
+                + struct.pack("<HHL", 0xFFFE, 0xE000, 12)
+                + element(0x0010, 0x0010, "PN", b"", 0x7FFF)
+                + b"abcd"
+                + _SEQUENCE_END,
+            ),
+            ExplicitVRLittleEndian,
+            id="nested encapsulated pixel data as UN",
+        ),
+        pytest.param(  # pydicom fails on it
+            _undefined(element(0x0008, 0x0005, "SQ", b"", 0xFFFFFFFF), _SOP) + _SOP,
+            ExplicitVRLittleEndian,
+            id="Specific Character Set as a sequence",
+        ),
+    ],
+)
+def test_sequences_pydicom_reads_otherwise_than_the_guard_walks_them_are_left_to_it(
+    tmp_path: Path, body: bytes, syntax: str
+) -> None:
+    path = _raw_file(tmp_path, body, syntax)
+    assert header.read(path, guard.scan(path, max_inflated_bytes=1 << 20)) is None

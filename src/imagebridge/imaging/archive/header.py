@@ -2,16 +2,20 @@
 (PS3.10 §7.1, PS3.5 §7.1, §7.5).
 
 What pydicom's ``read_partial`` stopped at the top-level pixel data makes of a little-endian
-file (the same raw elements, values unconverted, and the same character set), at a fraction of
-the cost: elements are cut from the bytes, not read one by one through a file object. The file
-must have passed :func:`.guard.scan`: its lengths are trusted. A file pydicom would read in a way
-this does not repeat gives None and is left to pydicom: big-endian, deflated or private transfer
-syntaxes, Command Set elements, undefined-length top-level elements other than sequences, a data
-set whose first VR contradicts its transfer syntax, or a header over :data:`MAX_HEADER` bytes.
+file (the same raw elements, values unconverted, the same character set, and undefined-length
+sequences read as it reads them: by its ``read_sequence``, with the character set read so far),
+at a fraction of the cost: other elements are cut from the bytes, not read one by one through a
+file object. The file must have passed :func:`.guard.scan`: its lengths are trusted. A file
+pydicom would read in a way this does not repeat gives None and is left to pydicom: big-endian,
+deflated or private transfer syntaxes, Command Set elements, undefined-length top-level elements
+other than sequences, a sequence pydicom reads otherwise than the guard walked it (or fails on),
+a Specific Character Set that is a sequence, a data set whose first VR contradicts its transfer
+syntax, or a header over :data:`MAX_HEADER` bytes.
 """
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 from typing import cast
@@ -19,6 +23,7 @@ from typing import cast
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filereader import read_sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -26,6 +31,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     PrivateTransferSyntaxes,
 )
+from pydicom.values import convert_string
 
 from imagebridge.imaging.archive.guard import ITEM_END, LONG_VRS, SEQUENCE_END, SHORT_VRS, UNDEFINED
 from imagebridge.imaging.dicomweb.dicom_json import PIXEL_DATA_TAGS, PixelElement
@@ -83,21 +89,28 @@ def _header(
     meta: _Elements = {}
     pos = _DATA_SET
     while reader.has(pos, 8) and data[pos : pos + 2] == b"\x02\x00":
-        element, pos = reader.element(*reader.head(pos, implicit=False), implicit=False)
+        element, pos = reader.element(
+            *reader.head(pos, implicit=False), implicit=False, encoding=default_encoding
+        )
         meta[element.tag] = element
+    if not reader.has(pos, 1):
+        implicit = True  # what read_partial says of a file that ends with its meta
     if reader.has(pos, 2) and data[pos : pos + 2] == b"\x00\x00":
         raise _Unusual("Command Set elements")
     if reader.has(pos, 6) and _looks_explicit(data[pos + 4 : pos + 6]) == implicit:
         raise _Unusual("the first VR contradicts the transfer syntax")  # pydicom then switches
     elements: _Elements = {}
     pixel: list[PixelElement] = []
+    encoding: str | list[str] = default_encoding  # as data_element_generator keeps it
     while reader.has(pos, 1):
         tag, vr, length, start = reader.head(pos, implicit)
         if tag in PIXEL_DATA_TAGS:
             pixel.append((tag, vr, length))
             break
-        element, pos = reader.element(tag, vr, length, start, implicit)
+        element, pos = reader.element(tag, vr, length, start, implicit, encoding)
         elements[element.tag] = element
+        if tag == _SPECIFIC_CHARACTER_SET and isinstance(element, RawDataElement):
+            encoding = convert_encodings(convert_string(element.value or b"", True))
     return _file_dataset(path, data, meta, elements, implicit), pixel
 
 
@@ -114,7 +127,9 @@ def _file_dataset(
     dataset = Dataset(elements)
     encoding: str | list[str] = default_encoding
     charset = elements.get(_SPECIFIC_CHARACTER_SET)
-    if isinstance(charset, RawDataElement):
+    if isinstance(charset, DataElement):
+        raise _Unusual("a Specific Character Set that is a sequence")  # pydicom fails on it
+    if charset is not None:
         encoding = convert_encodings(convert_raw_data_element(charset).value)
     dataset.set_original_encoding(implicit, True, encoding)
     file_meta = FileMetaDataset(Dataset(meta))
@@ -158,29 +173,42 @@ class _Reader:
         return group << 16 | number, vr, length, pos + 8
 
     def element(
-        self, tag: int, vr: str | None, length: int, start: int, implicit: bool
-    ) -> tuple[RawDataElement, int]:
-        """The raw element whose :meth:`head` this is, as pydicom's ``data_element_generator``
-        yields it, and where the next one starts. An undefined-length sequence is kept as the
-        bytes of its items (pydicom converts those as it converts a defined-length one)."""
+        self, tag: int, vr: str | None, length: int, start: int, implicit: bool, encoding: str | list[str]
+    ) -> tuple[RawDataElement | DataElement, int]:
+        """The element whose :meth:`head` this is, as pydicom's ``data_element_generator``
+        yields it (``encoding`` is its character set so far), and where the next one starts."""
         if length == UNDEFINED:
-            if (vr or (None if tag >> 16 & 1 else dictionary_vr(tag))) != "SQ":
+            vr = vr or (None if tag >> 16 & 1 else dictionary_vr(tag))
+            if vr != "SQ":
                 raise _Unusual("an undefined-length value that is not a sequence")
-            end = self.sequence_end(start, implicit)
-            value: bytes | None = self.data[start:end]
-            length, following = end - start, end + 8
-        else:
-            following = start + length
-            if not self.has(start, length):
-                raise _Unusual("a truncated value")
-            value = (
-                self.data[start:following] if length else cast(bytes | None, empty_value_for_VR(vr, raw=True))
-            )
+            return self.sequence(tag, start, implicit, encoding)
+        following = start + length
+        if not self.has(start, length):
+            raise _Unusual("a truncated value")
+        value = self.data[start:following] if length else cast(bytes | None, empty_value_for_VR(vr, raw=True))
         return RawDataElement(BaseTag(tag), vr, length, value, start, implicit, True), following
+
+    def sequence(
+        self, tag: int, start: int, implicit: bool, encoding: str | list[str]
+    ) -> tuple[DataElement, int]:
+        """The undefined-length sequence whose items start at ``start`` read by pydicom's
+        ``read_sequence`` (as the generator reads it), once :meth:`sequence_end` has found its
+        end in the bytes read: pydicom must end there too."""
+        following = self.sequence_end(start, implicit) + 8
+        fp = io.BytesIO(self.data)
+        fp.seek(start)
+        try:
+            items = read_sequence(fp, implicit, True, UNDEFINED, encoding)
+        except Exception as exc:  # pydicom raises many types; its own reading then reports it
+            raise _Unusual("a sequence pydicom cannot read") from exc
+        if fp.tell() != following:
+            raise _Unusual("a sequence pydicom reads otherwise than the guard walked it")
+        return DataElement(BaseTag(tag), "SQ", items, start, is_undefined_length=True), following
 
     def sequence_end(self, pos: int, implicit: bool) -> int:
         """Where the Sequence Delimitation Item of the undefined-length sequence (or encapsulated
-        value) whose items start at ``pos`` is; items are walked as the guard walks them."""
+        value) whose items start at ``pos`` is; items are walked as the guard walks them (raises
+        :class:`_Short` when that is past the bytes read)."""
         while True:
             group, number, length = self.unpack(pos)
             if group << 16 | number == SEQUENCE_END:
