@@ -5,10 +5,14 @@ from __future__ import annotations
 import struct
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom import Dataset
 from pydicom.data import get_charset_files, get_testdata_file, get_testdata_files
+from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
@@ -113,22 +117,27 @@ def _instance(**attributes: object) -> Dataset:
     return ds
 
 
-def _nested_undefined_length() -> Sequence:
+def _add_sequence(ds: Dataset, tag: int, items: list[Dataset], undefined_length: bool) -> None:
+    """A sequence written with an undefined length or not (pydicom's writer reads the element's
+    flag, not the Sequence's)."""
+    ds.add_new(tag, "SQ", Sequence(items))
+    ds[tag].is_undefined_length = undefined_length
+
+
+def _nested_undefined_length(ds: Dataset, tag: int) -> None:
     inner = Dataset()
     inner.CodeValue = "T-04000"
     inner.CodeMeaning = "Breast"
     middle = Dataset()
-    middle.AnatomicRegionSequence = Sequence([inner])
-    middle.AnatomicRegionSequence.is_undefined_length = True
+    _add_sequence(middle, 0x00082218, [inner], undefined_length=True)  # AnatomicRegionSequence
     middle.is_undefined_length_sequence_item = True
-    outer = Sequence([middle, Dataset()])
-    outer.is_undefined_length = True
-    return outer
+    _add_sequence(ds, tag, [middle, Dataset()], undefined_length=True)
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_undefined_length_sequences_and_items(tmp_path: Path, syntax: str) -> None:
-    ds = _instance(ReferencedImageSequence=_nested_undefined_length(), Rows=2, Columns=2)
+    ds = _instance(Rows=2, Columns=2)
+    _nested_undefined_length(ds, 0x00081140)  # ReferencedImageSequence
     ds.PixelData = bytes(8)
     assert _assert_as_pydicom_reads(_file(tmp_path, ds, syntax))
 
@@ -142,7 +151,8 @@ def test_a_header_longer_than_the_first_read(tmp_path: Path) -> None:
 
 
 def test_a_file_without_pixel_data_is_read_to_its_end(tmp_path: Path) -> None:
-    ds = _instance(ContentSequence=_nested_undefined_length())
+    ds = _instance()
+    _nested_undefined_length(ds, 0x0040A730)  # ContentSequence
     ds.add_new(0x00091010, "LO", "creator")
     ds.add_new(0x00091011, "OB", bytes(header.HEAD))  # the file is longer than the first read
     assert _assert_as_pydicom_reads(_file(tmp_path, ds, ExplicitVRLittleEndian))
@@ -291,3 +301,104 @@ def test_sequences_pydicom_reads_otherwise_than_the_guard_walks_them_are_left_to
 ) -> None:
     path = _raw_file(tmp_path, body, syntax)
     assert header.read(path, guard.scan(path, max_inflated_bytes=1 << 20)) is None
+
+
+_TEXT = st.sampled_from(["", "A", "Doe^Jane", "é", "Жук", "中", "a b ", "x=y", "1\\2", "^=^"])
+_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    **dict.fromkeys(("LO", "LT", "PN", "SH", "ST", "UC", "UT"), _TEXT),
+    **dict.fromkeys(
+        ("AE", "AS", "CS", "DA", "DT", "TM"), st.sampled_from(["", "ABC", "20240102", "A\\B", "1 "])
+    ),
+    "UI": st.sampled_from(["", "1.2.3", "1.2.840.10008.1.2\\1.2"]),
+    "UR": st.sampled_from(["", "http://example.org/x"]),
+    "IS": st.sampled_from(["", "1", "-20", "3\\4"]),
+    "DS": st.sampled_from(["", "1.5", "-0.25", "1e3\\2"]),
+    "AT": st.lists(st.integers(0, 2**32 - 1), max_size=2),
+    "FL": st.lists(st.floats(width=32, allow_nan=False), max_size=2),  # NaN: no data set equals itself
+    "FD": st.lists(st.floats(allow_nan=False), max_size=2),
+    **{
+        vr: st.lists(st.integers(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1), max_size=3)
+        for vr, bits in [("SS", 16), ("SL", 32), ("SV", 64)]
+    },
+    **{
+        vr: st.lists(st.integers(0, 2**bits - 1), max_size=3)
+        for vr, bits in [("US", 16), ("UL", 32), ("UV", 64)]
+    },
+    **dict.fromkeys(
+        ("OB", "OD", "OF", "OL", "OV", "OW", "UN"), st.binary(max_size=16).map(lambda b: b[: len(b) // 8 * 8])
+    ),
+}
+#: One public tag of each VR written here (the dictionary's first past group 0008, before pixel data).
+_TAG_OF = {
+    vr: min(tag for tag, entry in DicomDictionary.items() if entry[0] == vr and 0x0008 < tag >> 16 < 0x7FE0)
+    for vr in _VALUES
+}
+_CHARSETS = st.sampled_from([None, "", "ISO_IR 100", "ISO_IR 192", "ISO_IR 144", ["", "ISO 2022 IR 87"]])
+_PRIVATE_CREATOR = 0x00090010
+
+
+def _value_elements(draw: st.DrawFn, ds: Dataset, max_size: int) -> None:
+    for vr in draw(st.lists(st.sampled_from(sorted(_TAG_OF)), max_size=max_size, unique=True)):
+        value = draw(_VALUES[vr])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns of values invalid for their VR
+            ds.add_new(_TAG_OF[vr], vr, value[0] if isinstance(value, list) and len(value) == 1 else value)
+
+
+@st.composite
+def _items(draw: st.DrawFn, depth: int) -> Dataset:
+    item = Dataset()
+    _value_elements(draw, item, 3)
+    if depth < 2 and draw(st.booleans()):
+        _add_sequence(item, 0x0040A730, *draw(_sequences(depth + 1)))  # ContentSequence
+    item.is_undefined_length_sequence_item = draw(st.booleans())
+    return item
+
+
+def _sequences(depth: int = 0) -> st.SearchStrategy[tuple[list[Dataset], bool]]:
+    """A sequence's items, and whether it has an undefined length."""
+    return st.tuples(st.lists(_items(depth), max_size=2), st.booleans())
+
+
+@st.composite
+def _data_sets(draw: st.DrawFn) -> tuple[Dataset, bool]:
+    """A data set of random elements, sequences (defined or undefined lengths, nested), private
+    elements, character set and pixel data; and whether pydicom may read it its own way (a private
+    undefined-length sequence in implicit VR, whose VR it decides by looking ahead)."""
+    implicit = draw(st.booleans())
+    ds = _instance()
+    charset = draw(_CHARSETS)
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    _value_elements(draw, ds, 8)
+    for tag in draw(st.lists(st.sampled_from([0x00081140, 0x0040A730]), unique=True)):
+        _add_sequence(ds, tag, *draw(_sequences()))  # ReferencedImageSequence, ContentSequence
+    private = draw(st.sampled_from(["none", "value", "sequence"]))
+    if private != "none":
+        ds.add_new(_PRIVATE_CREATOR, "LO", "IMAGEBRIDGE TEST")
+        ds.add_new(0x00091001, "OB", draw(_VALUES["OB"]))
+    if private == "sequence":
+        _add_sequence(ds, 0x00091002, *draw(_sequences()))
+    if draw(st.booleans()):
+        ds.Rows = ds.Columns = 2
+        ds.PixelData = bytes(4)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return ds, implicit and private == "sequence" and ds[0x00091002].is_undefined_length
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("header")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_data_sets())
+def test_any_data_set_pydicom_writes_reads_as_pydicom_reads_it(
+    directory: Path, drawn: tuple[Dataset, bool]
+) -> None:
+    ds, pydicoms = drawn
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of characters a character set lacks
+        path = _file(directory, ds, ds.file_meta.TransferSyntaxUID)
+    assert _assert_as_pydicom_reads(path) or pydicoms  # read, equal to pydicom's, or pydicom's to read
