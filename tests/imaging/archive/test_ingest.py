@@ -12,13 +12,17 @@ from pathlib import Path
 import anyio
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from tests.imaging.archive import hostile
 from tests.imaging.archive.archive_stack import instance
 
 from imagebridge.imaging.archive.ingest import (
+    CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
     InstanceRejected,
     ParsedInstance,
     SpooledInstance,
+    parse,
     spool,
 )
 
@@ -177,3 +181,16 @@ def test_attributes_after_the_json_reported_its_values_are_pydicoms() -> None:
                     assert parsed.int_attr(keyword) == int(expected), (path, keyword)
         compared += 1
     assert compared > 200
+
+
+def test_a_character_set_pydicom_takes_for_a_raw_element_is_not_understood(tmp_path: Path) -> None:
+    """A Specific Character Set written as an undefined-length sequence passes the guard; pydicom's
+    reader then raises AttributeError (it converts it as a raw element): the instance is refused."""
+    sop = generate_uid()
+    charset = hostile.element(0x0008, 0x0005, "SQ", b"", 0xFFFFFFFF) + b"\xfe\xff\xdd\xe0" + bytes(4)
+    data = hostile.meta(ExplicitVRLittleEndian, sop) + charset + hostile.header(sop)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data)
+    with pytest.raises(InstanceRejected) as raised:
+        parse(SpooledInstance(path, len(data), ""), max_inflated_bytes=1 << 20)
+    assert raised.value.reason == CANNOT_UNDERSTAND

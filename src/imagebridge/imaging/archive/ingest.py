@@ -335,7 +335,16 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
             ds, pixel_elements = read
     except (InvalidDicomError, EOFError) as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
-    except (ValueError, KeyError, TypeError, OverflowError, MemoryError, RecursionError, OSError) as exc:
+    except (  # what pydicom raises on files it cannot read (AttributeError: an element it misreads)
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        MemoryError,
+        RecursionError,
+        OSError,
+    ) as exc:
         raise InstanceRejected(
             CANNOT_UNDERSTAND, f"the DICOM file cannot be parsed: {type(exc).__name__}"
         ) from exc
