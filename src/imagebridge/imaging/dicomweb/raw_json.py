@@ -43,8 +43,9 @@ NO_VALUE: Any = object()
 
 class Converted:
     """An attribute converted from its bytes: its VR, its JSON ``Value`` items (None when it has
-    none), the bytes of a binary VR, and the value pydicom would give when that is one plain
-    ``str``, ``int`` or ``float`` (else :data:`NO_VALUE`)."""
+    none), the bytes of a binary VR, and the value pydicom would give when that is one ``str``,
+    ``int`` or ``float`` (else :data:`NO_VALUE`); a UI value is the plain ``str`` pydicom's
+    ``UID`` equals."""
 
     __slots__ = ("binary", "items", "value", "vr")
 
