@@ -194,3 +194,27 @@ def test_a_character_set_pydicom_takes_for_a_raw_element_is_not_understood(tmp_p
     with pytest.raises(InstanceRejected) as raised:
         parse(SpooledInstance(path, len(data), ""), max_inflated_bytes=1 << 20)
     assert raised.value.reason == CANNOT_UNDERSTAND
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr"),
+    [(0x00080005, "US"), (0x00080016, "US"), (0x00100020, "FD")],
+    ids=["Specific Character Set", "SOP Class UID", "Patient ID"],
+)
+def test_a_value_of_a_length_its_vr_cannot_have_is_not_understood(tmp_path: Path, tag: int, vr: str) -> None:
+    """pydicom raises BytesLengthException (no ValueError) for three bytes of US or FD."""
+    sop = generate_uid()
+    elements = {
+        0x00080016: hostile.element(0x0008, 0x0016, "UI", b"1.2.840.10008.5.1.4.1.1.2\0"),
+        0x00080018: hostile.element(0x0008, 0x0018, "UI", sop.encode().ljust(len(sop) + len(sop) % 2, b"\0")),
+        0x00100020: hostile.element(0x0010, 0x0020, "LO", b"MRN1"),
+        0x0020000D: hostile.element(0x0020, 0x000D, "UI", b"1.2.3.4\0"),
+        0x0020000E: hostile.element(0x0020, 0x000E, "UI", b"1.2.3.5\0"),
+        tag: hostile.element(tag >> 16, tag & 0xFFFF, vr, b"abc"),
+    }
+    data = hostile.meta(ExplicitVRLittleEndian, sop) + b"".join(elements[key] for key in sorted(elements))
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data)
+    with pytest.raises(InstanceRejected) as raised:
+        parse(SpooledInstance(path, len(data), ""), max_inflated_bytes=1 << 20)
+    assert raised.value.reason == CANNOT_UNDERSTAND

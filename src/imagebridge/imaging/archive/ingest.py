@@ -30,7 +30,7 @@ from typing import IO, Any
 import anyio
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
@@ -333,9 +333,15 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
                 with spooled.path.open("rb") as fp:
                     read = dicom_json.read_header(fp)
             ds, pixel_elements = read
+            parsed = ParsedInstance(spooled, ds, ts, pixel_elements)
+            # the values judged below, converted here, where what pydicom raises is caught
+            declared = {keyword: str(ds.file_meta.get(meta, "") or "") for meta, keyword in META_MATCHES}
+            for keyword in (*REQUIRED_UIDS, "PatientID"):
+                parsed.value(keyword)
     except (InvalidDicomError, EOFError) as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
     except (  # what pydicom raises on files it cannot read (AttributeError: an element it misreads)
+        BytesLengthException,  # a value whose length is no multiple of its VR's size
         ValueError,
         KeyError,
         TypeError,
@@ -348,7 +354,6 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
         raise InstanceRejected(
             CANNOT_UNDERSTAND, f"the DICOM file cannot be parsed: {type(exc).__name__}"
         ) from exc
-    parsed = ParsedInstance(spooled, ds, ts, pixel_elements)
     sop_class = parsed.attr("SOPClassUID")
     sop_instance = parsed.attr("SOPInstanceUID")
     for keyword in REQUIRED_UIDS:
@@ -359,8 +364,7 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
     if not parsed.attr("PatientID").strip():
         raise InstanceRejected(CANNOT_UNDERSTAND, "PatientID is missing", sop_class, sop_instance)
     for meta_keyword, keyword in META_MATCHES:
-        declared = str(ds.file_meta.get(meta_keyword, "") or "")
-        if declared and declared != parsed.attr(keyword):
+        if declared[keyword] and declared[keyword] != parsed.attr(keyword):
             raise InstanceRejected(
                 DATASET_SOP_CLASS_MISMATCH,
                 f"the file meta {meta_keyword} differs from the data set's {keyword}",
