@@ -113,6 +113,12 @@ def disguised_deflate_bomb(inflated: int) -> bytes:
     return meta(" 1.2.840.10008.1.2.1.99", generate_uid()) + data
 
 
+def wrong_length() -> bytes:
+    """Rows (US) of three bytes: pydicom raises BytesLengthException (no ValueError) for it."""
+    sop = generate_uid()
+    return meta("1.2.840.10008.1.2.1", sop) + header(sop) + element(0x0028, 0x0010, "US", b"abc")
+
+
 def malicious_preamble() -> tuple[bytes, bytes]:
     """DI-10: an instance whose preamble is a PE header; returns (as sent, as it must be stored)."""
     clean = part10(instance())

@@ -67,6 +67,7 @@ def test_bad_instances_fail_alone_and_the_rest_is_stored(archive_stack: ArchiveS
         (hostile.deflate_bomb(), CANNOT_UNDERSTAND),
         (part10(no_patient), CANNOT_UNDERSTAND),
         (hostile.mismatched_meta(), DATASET_SOP_CLASS_MISMATCH),
+        (hostile.wrong_length(), CANNOT_UNDERSTAND),
     ]
     answer = archive_stack.stow([good[0], *(data for data, _ in cases), good[1]])
     assert answer.status_code == 202, answer.text

@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from pydicom.errors import BytesLengthException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -330,7 +331,15 @@ def _prepare(parsed: ParsedInstance) -> Entry:
             level_json(instance, ds, "study"),
             level_json(instance, ds, "series"),
         )
-    except (ValueError, TypeError, KeyError, OverflowError, UnicodeError, LookupError) as exc:
+    except (  # BytesLengthException: a value whose length is no multiple of its VR's size
+        ValueError,
+        TypeError,
+        KeyError,
+        OverflowError,
+        UnicodeError,
+        LookupError,
+        BytesLengthException,
+    ) as exc:
         raise InstanceRejected(
             CANNOT_UNDERSTAND,
             f"the data set's values cannot be read: {type(exc).__name__}",
