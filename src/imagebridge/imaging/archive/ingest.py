@@ -64,6 +64,21 @@ META_MATCHES = (
 )
 
 
+#: What pydicom raises on a file or value it cannot read (BytesLengthException, no ValueError: a
+#: value whose length is no multiple of its VR's size; AttributeError: an element it misreads).
+UNREADABLE = (
+    BytesLengthException,
+    ValueError,
+    LookupError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+    OSError,
+)
+
+
 class InstanceRejected(Exception):
     """This instance cannot be stored; ``reason`` is its PS3.18 failure reason code."""
 
@@ -340,17 +355,7 @@ def parse(spooled: SpooledInstance, max_inflated_bytes: int) -> ParsedInstance:
                 parsed.value(keyword)
     except (InvalidDicomError, EOFError) as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
-    except (  # what pydicom raises on files it cannot read (AttributeError: an element it misreads)
-        BytesLengthException,  # a value whose length is no multiple of its VR's size
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        OverflowError,
-        MemoryError,
-        RecursionError,
-        OSError,
-    ) as exc:
+    except UNREADABLE as exc:
         raise InstanceRejected(
             CANNOT_UNDERSTAND, f"the DICOM file cannot be parsed: {type(exc).__name__}"
         ) from exc

@@ -27,7 +27,6 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from pydicom.errors import BytesLengthException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -41,6 +40,7 @@ from imagebridge.imaging.archive.ingest import (
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     STUDY_MISMATCH,
+    UNREADABLE,
     InstanceRejected,
     ParsedInstance,
     Spool,
@@ -331,15 +331,7 @@ def _prepare(parsed: ParsedInstance) -> Entry:
             level_json(instance, ds, "study"),
             level_json(instance, ds, "series"),
         )
-    except (  # BytesLengthException: a value whose length is no multiple of its VR's size
-        ValueError,
-        TypeError,
-        KeyError,
-        OverflowError,
-        UnicodeError,
-        LookupError,
-        BytesLengthException,
-    ) as exc:
+    except UNREADABLE as exc:
         raise InstanceRejected(
             CANNOT_UNDERSTAND,
             f"the data set's values cannot be read: {type(exc).__name__}",
