@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -51,6 +51,10 @@ class InstanceRow:
     transfer_syntax_uid: str
     blob_key: str
     size: int
+
+
+#: The instances columns of an InstanceRow, in its field order.
+_INSTANCE_ROW_COLUMNS = tuple(f.name for f in fields(InstanceRow))
 
 
 @dataclass(frozen=True)
@@ -307,9 +311,10 @@ class Index:
     async def instances_of(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[InstanceRow]:
-        """The instances of a study (optionally one series or one instance), in series/instance order."""
+        """The instances of a study (optionally one series or one instance), in series/instance order
+        (only the columns an :class:`InstanceRow` holds: not the precomputed metadata)."""
         query = (
-            select(instances)
+            select(*(instances.c[name] for name in _INSTANCE_ROW_COLUMNS))
             .join(series, series.c.series_uid == instances.c.series_uid)
             .where(instances.c.study_uid == study_uid)
             .order_by(
@@ -324,8 +329,8 @@ class Index:
         if sop_uid is not None:
             query = query.where(instances.c.sop_uid == sop_uid)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_instance_row(r) for r in rows]
+            rows = (await conn.execute(query)).all()
+        return [InstanceRow(*row) for row in rows]
 
     async def study_summary(self, study_uid: str) -> dict[str, Any] | None:
         """Study row plus its series, for publishing an ImagingStudy."""
@@ -367,15 +372,3 @@ class Index:
             "series": [dict(s) for s in series_rows],
             "instances": [dict(i) for i in instance_rows],
         }
-
-
-def _instance_row(r: Any) -> InstanceRow:
-    return InstanceRow(
-        study_uid=r["study_uid"],
-        series_uid=r["series_uid"],
-        sop_uid=r["sop_uid"],
-        sop_class_uid=r["sop_class_uid"],
-        transfer_syntax_uid=r["transfer_syntax_uid"],
-        blob_key=r["blob_key"],
-        size=r["size"],
-    )
