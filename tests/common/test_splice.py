@@ -362,3 +362,24 @@ def test_a_client_connection_timing_out_mid_body_is_a_client_gone(
         with pytest.raises(httpx.RemoteProtocolError):
             http.get(url)
         assert _settled(sent)[0] > len(HEAD)
+
+
+def test_what_the_source_has_at_hand_goes_out_as_one_chunk() -> None:
+    """_gather takes what has arrived without waiting, up to the room given: one chunk for
+    several reads' worth (fewer chunks for the client to parse), none when nothing is there."""
+    source, peer = socket.socketpair()
+    read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        source.setblocking(False)
+        assert splice._gather(source.fileno(), write, 1 << 20) == 0  # nothing at hand: no wait
+        for _ in range(3):
+            peer.sendall(bytes(10_000))
+        assert splice._gather(source.fileno(), write, 25_000) == 25_000
+        assert splice._gather(source.fileno(), write, 1 << 20) == 5_000
+        assert len(os.read(read, 1 << 20)) == 30_000
+        peer.close()
+        assert splice._gather(source.fileno(), write, 1 << 20) == 0  # ended: found by the next read
+    finally:
+        for fd in (read, write):
+            os.close(fd)
+        source.close()

@@ -266,6 +266,22 @@ class _Pump:
             os.close(fd)
 
 
+def _gather(fd: int, pipe: int, room: int) -> int:
+    """Splice into ``pipe`` what else the source has at hand, up to ``room`` bytes, without
+    waiting: one chunk per what has arrived rather than per read (fewer chunks for the client to
+    parse). A source that ended or broke off is found by the next read."""
+    gathered = 0
+    while gathered < room:
+        try:
+            got = os.splice(fd, pipe, room - gathered, flags=_FLAGS)
+        except OSError:  # nothing more at hand (EAGAIN), or the pipe is full
+            break
+        if got == 0:
+            break
+        gathered += got
+    return gathered
+
+
 def _chunks(source: SpliceSource, fd: int, client: int, stop: threading.Event) -> int:
     """:meth:`_Pump.run` on ``fd`` (the source) and ``client``."""
     sent = 0
@@ -293,6 +309,7 @@ def _chunks(source: SpliceSource, fd: int, client: int, stop: threading.Event) -
                     break  # broke off: the body ends here
                 if got == 0:
                     break
+                got += _gather(fd, write, want - got)
                 _write(client, b"%s%x\r\n" % (crlf, got), stop)
                 _move(read, client, got, stop)
                 crlf = b"\r\n"
