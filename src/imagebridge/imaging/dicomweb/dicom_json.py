@@ -46,11 +46,9 @@ PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _INTEGER_VRS = frozenset({"SL", "SS", "UL", "US"})
 _FLOAT_VRS = frozenset({"FL", "FD"})
 _BIG_INTEGER_VRS = frozenset({"SV", "UV"})
-_JS_SAFE_INTEGER = 2**53 - 1
 _IS = re.compile(r"[+-]?[0-9]{1,12}")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DS = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _TAG_PATH_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 _TAG_PATH_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 #: VRs whose raw bytes convert to the value pydicom's element would hold without the data set's
@@ -59,8 +57,6 @@ _DIRECT_VRS = frozenset(
     {"AE", "AS", "AT", "CS", "DA", "DT", "FD", "FL", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW"}
     | {"PN", "SH", "SL", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UR", "US", "UT", "UV"}
 )
-#: (0028,xxxx) LUT Descriptors, whose first value pydicom corrects from the data set's context.
-_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 
 
 class DepthError(ValueError):
@@ -247,7 +243,7 @@ def _direct(raw: RawDataElement, encoding: str | MutableSequence[str]) -> tuple[
             vr = dictionary_VR(raw.tag)
         except KeyError:
             return None
-    if vr not in _DIRECT_VRS or raw.tag in _LUT_DESCRIPTORS or (raw.value is None and raw.length):
+    if vr not in _DIRECT_VRS or raw.tag in raw_json.LUT_DESCRIPTORS or (raw.value is None and raw.length):
         return None
     try:
         return vr, convert_value(vr, raw, encoding)
@@ -264,7 +260,7 @@ def element_value(ds: Dataset, tag: int) -> Any:
         converted = raw_json.convert(raw, raw_json.text_codec(encoding))
         if converted is not None and converted.value is not raw_json.NO_VALUE:
             return converted.value
-        direct = _direct(raw, ds.original_character_set or ds._character_set)
+        direct = _direct(raw, encoding)
         if direct is not None:
             return direct[1]
     return ds[tag].value
@@ -319,8 +315,7 @@ def _value(vr: str, item: Any) -> Any:
         return None
     if vr == "PN":
         groups = str(item).split("=") if not isinstance(item, PersonName) else item.components
-        named = {name: group for name, group in zip(_PN_GROUPS, groups, strict=False) if group}
-        return named or None
+        return raw_json.person_name(groups)
     if vr == "AT":
         return f"{int(item):08X}"
     if vr in ("IS", "DS"):
@@ -330,7 +325,7 @@ def _value(vr: str, item: Any) -> Any:
     if vr in _FLOAT_VRS:
         return float(item) if math.isfinite(item) else None
     if vr in _BIG_INTEGER_VRS:
-        return int(item) if abs(item) <= _JS_SAFE_INTEGER else str(item)
+        return int(item) if abs(item) <= raw_json.JS_SAFE_INTEGER else str(item)
     return str(item)
 
 

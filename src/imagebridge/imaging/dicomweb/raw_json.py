@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from pydicom import config
@@ -32,11 +33,12 @@ _MULTI_TEXT = frozenset({"SH", "LO", "UC"})
 _SINGLE_TEXT = frozenset({"ST", "LT", "UT"})
 _NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _NUMBER_SIZES = {vr: struct.calcsize("<" + fmt) for vr, fmt in _NUMBERS.items()}
-_JS_SAFE_INTEGER = 2**53 - 1
+#: Largest integer a JSON number holds exactly (PS3.18 §F.2.3: larger SV/UV values are strings).
+JS_SAFE_INTEGER = 2**53 - 1
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 _ESC = 0x1B
 #: (0028,xxxx) LUT Descriptors, whose first value pydicom corrects from the data set's context.
-_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
+LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
 #: No single value for :attr:`Converted.value` (several, none, or not pydicom's type).
 NO_VALUE: Any = object()
 
@@ -80,7 +82,7 @@ def dictionary_vr(tag: int) -> str | None:
 
 def convert(raw: RawDataElement, codec: str | None) -> Converted | None:
     """``raw`` converted (``codec`` from :func:`text_codec`), or None: pydicom's to convert."""
-    if not raw.is_little_endian or raw.tag in _LUT_DESCRIPTORS or config.datetime_conversion:
+    if not raw.is_little_endian or raw.tag in LUT_DESCRIPTORS or config.datetime_conversion:
         return None
     vr = raw.VR
     if vr is None:  # implicit VR: the dictionary's, when it has one unambiguous VR for the tag
@@ -155,10 +157,12 @@ def _pn(vr: str, data: bytes, codec: str | None) -> Converted | None:
         names.append(groups)
     if len(names) == 1 and not names[0]:
         return Converted(vr, None)
-    return Converted(vr, [_person_name(groups) for groups in names])
+    return Converted(vr, [person_name(groups) for groups in names])
 
 
-def _person_name(groups: list[str]) -> dict[str, str] | None:
+def person_name(groups: Sequence[str]) -> dict[str, str] | None:
+    """A PN value's component groups as the JSON object of PS3.18 §F.2.2 (empty groups left out;
+    None when all are)."""
     named = {name: group for name, group in zip(_PN_GROUPS, groups, strict=False) if group}
     return named or None
 
@@ -171,7 +175,7 @@ def _numbers(vr: str, data: bytes, codec: str | None) -> Converted | None:
     if vr in ("FL", "FD"):
         items: list[Any] = [number if math.isfinite(number) else None for number in numbers]
     elif vr in ("SV", "UV"):
-        items = [number if abs(number) <= _JS_SAFE_INTEGER else str(number) for number in numbers]
+        items = [number if abs(number) <= JS_SAFE_INTEGER else str(number) for number in numbers]
     else:
         items = list(numbers)
     single = len(numbers) == 1 and items[0] == numbers[0]  # not NaN or infinite
